@@ -1,0 +1,356 @@
+"""ClimateBench: emissions in, climate response maps out (Watson-Parris et al. 2022).
+
+Reads the processed files as published: ``inputs_<scenario>.nc`` (CO2, CH4 series; SO2, BC maps) and
+``outputs_<scenario>.nc`` (tas, diurnal_temperature_range, pr, pr90 on member, time, lat, lon), or the
+same layout as ``.zarr``. Targets are the ensemble mean over ``member``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import xarray as xr
+from torch.utils.data import DataLoader, TensorDataset
+
+from climateml.data.io import DataError, find_file, open_dataset, require_finite, require_variable, standardize
+from climateml.data.normalize import Standardization
+from climateml.metrics import cell_area, lat_weights
+
+SERIES_INPUTS = ("CO2", "CH4")
+MAP_INPUTS = ("SO2", "BC")
+TRAIN_SCENARIOS = ["historical", "ssp126", "ssp370", "ssp585", "hist-GHG", "hist-aer"]
+SECONDS_PER_YEAR = 365.25 * 86400.0
+
+
+@dataclass
+class Scenario:
+    """One scenario in memory: inputs and member-mean targets on the same years, plus where they came from."""
+
+    name: str
+    inputs: xr.Dataset  # time (+ lat, lon for maps)
+    targets: xr.Dataset  # time, lat, lon
+    files: tuple[Path, Path] = field(default=(Path(), Path()))
+
+
+def available_scenarios(data_dir: str | Path) -> list[str]:
+    """Scenario names that have an inputs_ file in ``data_dir`` (NetCDF or Zarr)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return []
+    return sorted({p.stem.removeprefix("inputs_") for p in data_dir.glob("inputs_*") if p.suffix in (".nc", ".zarr")})
+
+
+def load_scenario(data_dir: str | Path, scenario: str, inputs: Sequence[str], targets: Sequence[str]) -> Scenario:
+    """Read and check one scenario; every problem is a DataError naming the file and variable."""
+    in_path = find_file(data_dir, f"inputs_{scenario}")
+    out_path = find_file(data_dir, f"outputs_{scenario}")
+    with open_dataset(in_path) as raw_in, open_dataset(out_path) as raw_out:
+        x_ds, y_ds = standardize(raw_in), standardize(raw_out)
+        x_vars = {}
+        for name in inputs:
+            if name not in SERIES_INPUTS + MAP_INPUTS:
+                raise DataError(f"unknown input {name!r}; choose from {SERIES_INPUTS + MAP_INPUTS}")
+            dims = ("time",) if name in SERIES_INPUTS else ("time", "lat", "lon")
+            x_vars[name] = require_variable(x_ds, name, dims, in_path).load()
+            require_finite(x_vars[name], in_path)
+        y_vars = {}
+        for name in targets:
+            has_member = name in y_ds.data_vars and "member" in y_ds[name].dims
+            dims = ("member",) * has_member + ("time", "lat", "lon")
+            da = require_variable(y_ds, name, dims, out_path).load()
+            require_finite(da, out_path)
+            y_vars[name] = da.mean("member", keep_attrs=True) if "member" in da.dims else da
+    x, y = xr.Dataset(x_vars), xr.Dataset(y_vars)
+    if not np.array_equal(x["time"].values, y["time"].values):
+        xt, yt = x["time"].values, y["time"].values
+        raise DataError(f"time axes differ: {in_path} has {len(xt)} years ({xt[0]}-{xt[-1]}), "
+                        f"{out_path} has {len(yt)} years ({yt[0]}-{yt[-1]})")
+    for name in x_vars:
+        if name in MAP_INPUTS and not _same_grid(x[name], y):
+            raise DataError(f"{in_path}: {name} grid ({x.sizes['lat']} x {x.sizes['lon']}) differs from the "
+                            f"target grid in {out_path} ({y.sizes['lat']} x {y.sizes['lon']})")
+    return Scenario(scenario, x, y, (in_path, out_path))
+
+
+def _same_grid(a: xr.DataArray | xr.Dataset, b: xr.DataArray | xr.Dataset) -> bool:
+    return all(a.sizes[d] == b.sizes[d] and np.allclose(a[d].values, b[d].values) for d in ("lat", "lon"))
+
+
+class MapReducer:
+    """Turns SO2/BC emission maps into a few numbers per year, fitted on training years only.
+
+    ``global_sum``: area-integrated emission [Mt yr-1]; ``global_mean``: area-weighted mean flux
+    [kg m-2 s-1]; ``eof``: the leading ``n_eofs`` principal components (area-weighted EOFs).
+    """
+
+    def __init__(self, method: Literal["global_sum", "global_mean", "eof"] = "global_sum", n_eofs: int = 5):
+        if method not in ("global_sum", "global_mean", "eof"):
+            raise DataError(f"map_reduction must be 'global_sum', 'global_mean' or 'eof', got {method!r}")
+        self.method, self.n_eofs = method, n_eofs
+        self.eofs: dict[str, np.ndarray] = {}
+        self.means: dict[str, np.ndarray] = {}
+
+    def width(self) -> int:
+        return self.n_eofs if self.method == "eof" else 1
+
+    def fit(self, name: str, maps: xr.DataArray) -> None:
+        if self.method != "eof":
+            return
+        w = np.sqrt(lat_weights(maps["lat"]))[:, None]
+        flat = (maps.values * w).reshape(maps.shape[0], -1)
+        self.means[name] = flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat - self.means[name], full_matrices=False)
+        if vt.shape[0] < self.n_eofs:
+            raise DataError(f"{name}: only {vt.shape[0]} training years for {self.n_eofs} EOFs")
+        self.eofs[name] = vt[: self.n_eofs]
+
+    def transform(self, name: str, maps: xr.DataArray) -> np.ndarray:
+        """(time, width) features of the maps (time, lat, lon)."""
+        if self.method == "eof":
+            w = np.sqrt(lat_weights(maps["lat"]))[:, None]
+            flat = (maps.values * w).reshape(maps.shape[0], -1)
+            return (flat - self.means[name]) @ self.eofs[name].T
+        area = cell_area(maps["lat"], maps["lon"])
+        total = (maps.values * area).sum(axis=(1, 2))
+        if self.method == "global_sum":
+            return (total * SECONDS_PER_YEAR / 1e9)[:, None]  # kg s-1 -> Mt yr-1
+        return (total / area.sum())[:, None]
+
+    def state_dict(self) -> dict:
+        return {"method": self.method, "n_eofs": self.n_eofs, "eofs": self.eofs, "means": self.means}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method, self.n_eofs = state["method"], state["n_eofs"]
+        self.eofs, self.means = dict(state["eofs"]), dict(state["means"])
+
+
+class ClimateBenchDataModule(L.LightningDataModule):
+    """Emissions -> climate maps, in the ClimateBench layout.
+
+    Args:
+        data_dir: folder with inputs_<scenario>.nc / outputs_<scenario>.nc (or .zarr).
+        train_scenarios: scenarios to train on (any names found in data_dir).
+        test_scenarios: scenarios held out for testing.
+        inputs: any of CO2, CH4 (global series) and SO2, BC (maps, reduced by ``map_reduction``).
+        target: output variable(s), e.g. "tas" or ["tas", "pr"].
+        target_reduction: "map" keeps the grid; "global_mean" predicts the cos-lat weighted mean series.
+        map_reduction: "global_sum", "global_mean" or "eof" for SO2/BC maps; ``n_eofs`` for "eof".
+        val_scenarios: hold out whole scenarios for validation; if empty, ``val_fraction`` of the
+            training years is drawn at random (seeded by ``seed``).
+        predict_scenarios: scenarios the predict step runs on (default: the test scenarios).
+        synthesize_if_missing: write sample data with ``climateml synth climatebench`` into data_dir
+            when it has no ClimateBench files.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/climatebench",
+        train_scenarios: list[str] = TRAIN_SCENARIOS,
+        test_scenarios: list[str] = ["ssp245"],
+        inputs: list[str] = ["CO2", "CH4"],
+        target: str | list[str] = "tas",
+        target_reduction: Literal["map", "global_mean"] = "map",
+        map_reduction: Literal["global_sum", "global_mean", "eof"] = "global_sum",
+        n_eofs: int = 5,
+        val_scenarios: list[str] = [],
+        val_fraction: float = 0.2,
+        predict_scenarios: list[str] = [],
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        synthesize_if_missing: bool = False,
+    ):
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.train_scenarios = list(train_scenarios)
+        self.test_scenarios = list(test_scenarios)
+        self.inputs = list(inputs)
+        self.targets = [target] if isinstance(target, str) else list(target)
+        if target_reduction not in ("map", "global_mean"):
+            raise DataError(f"target_reduction must be 'map' or 'global_mean', got {target_reduction!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not self.inputs or not self.targets:
+            raise DataError("inputs and target must name at least one variable each")
+        self.target_reduction = target_reduction
+        self.reducer = MapReducer(map_reduction, n_eofs)
+        self.val_scenarios = list(val_scenarios)
+        self.val_fraction = val_fraction
+        self.predict_scenarios = list(predict_scenarios) or self.test_scenarios
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.synthesize_if_missing = synthesize_if_missing
+        self.scenarios: dict[str, Scenario] = {}
+        self.normalization: Standardization | None = None
+        self._splits: dict[str, TensorDataset] = {}
+
+    # ---- sizes the model is built from (LightningCLI links these to the model's arguments) ----
+    @property
+    def n_inputs(self) -> int:
+        return sum(1 if v in SERIES_INPUTS else self.reducer.width() for v in self.inputs)
+
+    @property
+    def n_outputs(self) -> int:
+        self._load()
+        return len(self.targets) * self.n_cells
+
+    @property
+    def n_cells(self) -> int:
+        self._load()
+        grid = next(iter(self.scenarios.values())).targets
+        return 1 if self.target_reduction == "global_mean" else grid.sizes["lat"] * grid.sizes["lon"]
+
+    @property
+    def target_names(self) -> list[str]:
+        return list(self.targets)
+
+    @property
+    def area_weights(self) -> torch.Tensor:
+        """cos(lat) weight of every grid cell, summing to 1 (one weight if targets are global means)."""
+        self._load()
+        if self.target_reduction == "global_mean":
+            return torch.ones(1)
+        grid = next(iter(self.scenarios.values())).targets
+        w = np.broadcast_to(lat_weights(grid["lat"])[:, None], (grid.sizes["lat"], grid.sizes["lon"]))
+        w = w if w.sum() > 0 else np.ones_like(w)
+        return torch.as_tensor(w.ravel() / w.sum(), dtype=torch.float32)
+
+    # ---- loading ----
+    def prepare_data(self) -> None:
+        if self.synthesize_if_missing and not available_scenarios(self.data_dir):
+            from climateml.data.synthetic import generate_climatebench
+
+            generate_climatebench(self.data_dir)
+
+    def _load(self) -> None:
+        needed = dict.fromkeys(self.train_scenarios + self.val_scenarios + self.test_scenarios + self.predict_scenarios)
+        if all(s in self.scenarios for s in needed):
+            return
+        self.prepare_data()
+        found = available_scenarios(self.data_dir)
+        missing = [s for s in needed if s not in found]
+        if missing:
+            raise DataError(f"{self.data_dir}: no files for scenario(s) {missing}; found scenarios {found or 'none'} "
+                            f"(expected inputs_<scenario>.nc and outputs_<scenario>.nc)")
+        for s in needed:
+            if s not in self.scenarios:
+                self.scenarios[s] = load_scenario(self.data_dir, s, self.inputs, self.targets)
+        first = self.scenarios[self.train_scenarios[0]]
+        for s in self.scenarios.values():
+            if not _same_grid(s.targets, first.targets):
+                raise DataError(f"{s.files[1]}: grid {s.targets.sizes['lat']} x {s.targets.sizes['lon']} differs "
+                                f"from {first.files[1]} ({first.targets.sizes['lat']} x {first.targets.sizes['lon']})")
+
+    def features(self, scenario: str) -> torch.Tensor:
+        """Input tensor (years, n_inputs) of a loaded scenario, in physical units (maps reduced)."""
+        x = self.scenarios[scenario].inputs
+        cols = [x[v].values[:, None] if v in SERIES_INPUTS else self.reducer.transform(v, x[v]) for v in self.inputs]
+        return torch.as_tensor(np.concatenate(cols, axis=1), dtype=torch.float32)
+
+    def target_tensor(self, scenario: str) -> torch.Tensor:
+        """Target tensor (years, n_outputs) of a loaded scenario: variables one after another, each lat-major."""
+        y = self.target_dataset(scenario)
+        return torch.as_tensor(np.concatenate([y[v].values.reshape(y.sizes["time"], -1) for v in self.targets], axis=1),
+                               dtype=torch.float32)
+
+    def target_dataset(self, scenario: str) -> xr.Dataset:
+        """The member-mean targets of a scenario as xarray (global means if target_reduction is global_mean)."""
+        self._load()
+        y = self.scenarios[scenario].targets
+        if self.target_reduction == "global_mean":
+            w = xr.DataArray(lat_weights(y["lat"]), dims="lat", coords={"lat": y["lat"]})
+            y = y.weighted(w).mean(("lat", "lon"), keep_attrs=True).expand_dims(lat=[0.0], lon=[0.0], axis=(1, 2))
+        return y
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        self._load()
+        train_names = [s for s in self.train_scenarios if s not in self.val_scenarios]
+        if self.reducer.method == "eof":
+            for v in self.inputs:
+                if v in MAP_INPUTS:
+                    self.reducer.fit(v, xr.concat([self.scenarios[s].inputs[v] for s in train_names], "time"))
+        x = torch.cat([self.features(s) for s in train_names])
+        y = torch.cat([self.target_tensor(s) for s in train_names])
+        if self.val_scenarios:
+            x_val = torch.cat([self.features(s) for s in self.val_scenarios])
+            y_val = torch.cat([self.target_tensor(s) for s in self.val_scenarios])
+        else:
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
+            n_val = int(round(self.val_fraction * len(x)))
+            val, train = order[:n_val], order[n_val:]
+            x, y, x_val, y_val = x[train], y[train], x[val], y[val]
+        self.normalization = Standardization.fit(x, y, len(self.targets))
+        self._splits = {"train": TensorDataset(x, y), "val": TensorDataset(x_val, y_val)}
+        self._splits["test"] = TensorDataset(torch.cat([self.features(s) for s in self.test_scenarios]),
+                                             torch.cat([self.target_tensor(s) for s in self.test_scenarios]))
+        self._splits["predict"] = TensorDataset(torch.cat([self.features(s) for s in self.predict_scenarios]))
+
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of the training split, physical units, for baselines fitted on exactly the same data."""
+        self.setup()
+        return self._splits["train"].tensors
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        self.setup()
+        return DataLoader(self._splits[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    # ---- back to xarray ----
+    def to_xarray(self, values: torch.Tensor | np.ndarray, scenario: str) -> xr.Dataset:
+        """Model outputs (years, n_outputs) of ``scenario`` as a Dataset with the targets' coordinates."""
+        ref = self.target_dataset(scenario)
+        values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float32)
+        shape = (ref.sizes["time"], len(self.targets), ref.sizes["lat"], ref.sizes["lon"])
+        if values.shape[0] != shape[0] or values.size != np.prod(shape):
+            raise DataError(f"predictions of shape {values.shape} do not fit {scenario!r} "
+                            f"({shape[0]} years x {len(self.targets)} targets x {shape[2]} x {shape[3]} cells)")
+        values = values.reshape(shape)
+        out = xr.Dataset({v: (("time", "lat", "lon"), values[:, i], dict(ref[v].attrs)) for i, v in enumerate(self.targets)},
+                         coords={"time": ref["time"], "lat": ref["lat"], "lon": ref["lon"]})
+        out.attrs["scenario"] = scenario
+        return out
+
+    def split_predictions(self, values: torch.Tensor) -> dict[str, xr.Dataset]:
+        """Concatenated predict-step outputs, cut back into one Dataset per predict scenario."""
+        out, start = {}, 0
+        for s in self.predict_scenarios:
+            n = self.scenarios[s].inputs.sizes["time"]
+            out[s] = self.to_xarray(values[start:start + n], s)
+            start += n
+        return out
+
+    @torch.no_grad()
+    def predict_xarray(self, model: torch.nn.Module, scenario: str) -> xr.Dataset:
+        """Run ``model`` (physical inputs -> physical outputs) on a scenario and return xarray."""
+        self._load()
+        if self.reducer.method == "eof":
+            self.setup()
+        model.eval()
+        device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+        x = self.features(scenario).to(device)
+        return self.to_xarray(model(x), scenario)
+
+    def state_dict(self) -> dict:
+        return {"reducer": self.reducer.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.reducer.load_state_dict(state_dict["reducer"])

@@ -1,0 +1,5 @@
+"""Generators that write sample data in the on-disk layouts of the real data sets."""
+
+from climateml.data.synthetic.climatebench import Grid, generate_climatebench
+
+__all__ = ["Grid", "generate_climatebench"]

@@ -1,0 +1,167 @@
+"""The emulator, its training machinery, evaluation and the climateml command, on small generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from climateml.cli import main
+from climateml.data import ClimateBenchDataModule
+from climateml.data.synthetic import Grid, generate_climatebench
+from climateml.metrics import rmse
+from climateml.models import LinearRegression, TemperatureEmulator
+from climateml.models.temperature import WeightedRMSE
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "temperature.yaml")
+
+
+@pytest.fixture(scope="module")
+def cli_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cb_cli")
+    generate_climatebench(out, grid=Grid(12, 18), progress=False)
+    return out
+
+
+def _fit(data_dir, max_epochs=3, seed=0, **model_kw):
+    L.seed_everything(seed, workers=True)
+    dm = ClimateBenchDataModule(str(data_dir), seed=seed)
+    model = TemperatureEmulator(dm.n_inputs, dm.n_outputs, dm.target_names, **model_kw)
+    trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, deterministic=True)
+    trainer.fit(model, dm)
+    return model, dm, trainer
+
+
+def _run_cli(args) -> int:
+    return main(["fit", "--config", CONFIG, *args])
+
+
+def test_weighted_rmse_matches_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
+    w = torch.tensor([0.1, 0.2, 0.3, 0.1, 0.2, 0.1])
+    metric = WeightedRMSE()
+    metric.update(pred[:2], target[:2], w)
+    metric.update(pred[2:], target[2:], w)
+    expected = np.sqrt(np.mean([(w * (pred[i] - target[i]) ** 2).sum().item() for i in range(5)]))
+    assert metric.compute().item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_linear_regression_recovers_a_linear_map():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 3, generator=g) * torch.tensor([1.0, 100.0, 0.01]) + 5.0
+    coef = torch.randn(3, 4, generator=g)
+    y = x @ coef + 2.0
+    model = LinearRegression.fit(x, y)
+    assert torch.allclose(model(x), y, atol=1e-3)
+
+
+def test_normalization_reaches_buffers_and_forward_is_in_physical_units(cli_data):
+    model, dm, _ = _fit(cli_data, max_epochs=1)
+    x, y = dm.train_tensors()
+    assert torch.allclose(model.x_mean, x.mean(0))
+    assert torch.allclose(model.y_mean[0], y.mean(), rtol=1e-4)
+    assert model.cell_weights.sum().item() == pytest.approx(1.0, rel=1e-5)
+    with torch.no_grad():
+        manual = model.net((x - model.x_mean) / model.x_std) * model.y_std + model.y_mean
+        assert torch.allclose(model(x), manual)
+
+
+def test_training_reduces_error_and_is_reproducible(cli_data):
+    untrained, dm, _ = _fit(cli_data, max_epochs=0)
+    a, _, trainer = _fit(cli_data, max_epochs=15)
+    b, _, _ = _fit(cli_data, max_epochs=15)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    truth = dm.target_dataset("ssp245")["tas"]
+    assert rmse(dm.predict_xarray(a, "ssp245")["tas"], truth) < 0.5 * rmse(dm.predict_xarray(untrained, "ssp245")["tas"], truth)
+    assert trainer.callback_metrics["val_rmse_tas"].item() > 0
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "cosine", "step", "onecycle"])
+def test_lr_schedules_change_the_learning_rate(cli_data, schedule):
+    options = {"plateau": {"patience": 0, "factor": 0.5, "threshold": 10.0}, "step": {"step_size": 1}}.get(schedule, {})
+    model, _, trainer = _fit(cli_data, max_epochs=3, lr_scheduler=schedule, lr_scheduler_options=options)
+    lr_now = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr_now != pytest.approx(1e-3), f"{schedule} left the learning rate unchanged"
+
+
+def test_checkpoint_reload_predicts_in_physical_units(cli_data, tmp_path):
+    model, dm, trainer = _fit(cli_data, max_epochs=2)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    reloaded = TemperatureEmulator.load_from_checkpoint(path)
+    a, b = dm.predict_xarray(model, "ssp245"), dm.predict_xarray(reloaded, "ssp245")
+    xr.testing.assert_allclose(a, b)
+    assert float(abs(b["tas"]).max()) > 0.5 and b["tas"].attrs["units"] == "K"
+
+
+def test_fit_writes_metrics_figures_and_beats_linear_baseline(tmp_path):
+    data = tmp_path / "cb"
+    generate_climatebench(data, grid=Grid(24, 36), progress=False)
+    rc = _run_cli(["--data.data_dir", str(data), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+                   "--trainer.enable_progress_bar", "false"])
+    assert rc == 0
+    run = tmp_path / "runs" / "temperature" / "version_0"
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m) == {"tas"} and set(m["tas"]) == {"model", "linear_baseline"}
+    for scores in m["tas"].values():
+        assert {"rmse", "nrmse_spatial", "nrmse_global", "nrmse_total"} <= set(scores)
+    assert m["tas"]["model"]["nrmse_total"] < m["tas"]["linear_baseline"]["nrmse_total"]
+    for name in ["maps_tas_ssp245", "global_mean_tas_ssp245", "point_new_york_tas_ssp245", "learning_curves", "metrics"]:
+        assert (run / "figures" / f"{name}.png").stat().st_size > 10_000, name
+    assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+    preds = xr.open_dataset(run / "test_predictions_ssp245.nc")
+    assert preds["tas_emulator"].dims == ("ensemble", "time", "lat", "lon") and preds.sizes["time"] == 86
+
+
+def test_ensemble_and_predict_writes_cf_netcdf(cli_data, tmp_path):
+    runs = tmp_path / "runs"
+    common = ["--data.data_dir", str(cli_data), "--trainer.logger.init_args.save_dir", str(runs),
+              "--trainer.enable_progress_bar", "false"]
+    assert _run_cli([*common, "--ensemble", "2", "--trainer.max_epochs", "3"]) == 0
+    run = runs / "temperature" / "version_0"
+    model = json.loads((run / "metrics.json").read_text())["tas"]["model"]
+    assert model["ensemble_size"] == 2 and model["ensemble_spread"] > 0
+    ckpts = sorted(run.glob("member_*/checkpoints/best-*.ckpt"))
+    assert len(ckpts) == 2
+    preds = xr.open_dataset(run / "test_predictions_ssp245.nc")
+    assert preds.sizes["ensemble"] == 2
+    assert not np.allclose(preds["tas_emulator"].isel(ensemble=0), preds["tas_emulator"].isel(ensemble=1))
+
+    out = tmp_path / "pred"
+    rc = main(["predict", "--config", CONFIG, *common, "--ckpt_path", str(ckpts[0]),
+               "--trainer.callbacks+=climateml.callbacks.NetCDFPredictionWriter",
+               f"--trainer.callbacks.output_dir={out}"])
+    assert rc == 0
+    ds = xr.open_dataset(out / "predictions_ssp245.nc")
+    truth = xr.open_dataset(cli_data / "outputs_ssp245.nc")
+    assert ds["tas"].dims == ("time", "lat", "lon")
+    np.testing.assert_array_equal(ds["lat"], truth["lat"])
+    np.testing.assert_array_equal(ds["time"], truth["time"])
+    assert ds.attrs["Conventions"].startswith("CF") and ds["lat"].attrs["units"] == "degrees_north"
+    assert ds["tas"].attrs["units"] == "K"
+    xr.testing.assert_allclose(ds["tas"], preds["tas_emulator"].isel(ensemble=0, drop=True), rtol=1e-5)
+
+
+def test_cli_reports_bad_data_as_one_clear_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = _run_cli(["--data.data_dir", str(empty), "--data.synthesize_if_missing", "false",
+                   "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "climateml: error:" in err and str(empty) in err and "historical" in err
+    assert "Traceback" not in err
+
+
+def test_cli_rejects_bad_config_values(cli_data, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        _run_cli(["--data.data_dir", str(cli_data), "--model.init_args.lr_scheduler", "sometimes"])
+    assert exc.value.code != 0
