@@ -53,7 +53,7 @@ class ClimateCLI(LightningCLI):
         for target, by_model in result.items():
             for name, m in by_model.items():
                 nrmse = f", NRMSE total {m['nrmse_total']:.3f}" if "nrmse_total" in m else ""
-                print(f"  {target} {name:>15}: RMSE {m['rmse']:.3f}{nrmse}")
+                print(f"  {target} {name:>15}: RMSE {m['rmse']:.4g}{nrmse}")
 
 
 def synth_main(argv: list[str]) -> int:
@@ -75,15 +75,29 @@ def synth_main(argv: list[str]) -> int:
     return 0
 
 
+def _data_error_in(err: BaseException | None) -> DataError | None:
+    """The DataError behind ``err``, also when jsonargparse re-raised it as another exception."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, DataError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv and argv[0] == "synth":
-            return synth_main(argv[1:])
+        if args and args[0] == "synth":
+            return synth_main(args[1:])
         ClimateCLI(subclass_mode_model=True, subclass_mode_data=True, args=argv,
                    save_config_kwargs={"overwrite": True})
-    except DataError as err:
-        print(f"climateml: error: {err}", file=sys.stderr)
+    except Exception as err:
+        data_err = _data_error_in(err)
+        if data_err is None:
+            raise
+        print(f"climateml: error: {data_err}", file=sys.stderr)
         return 2
     return 0
 

@@ -165,3 +165,16 @@ def test_cli_rejects_bad_config_values(cli_data, tmp_path):
     with pytest.raises(SystemExit) as exc:
         _run_cli(["--data.data_dir", str(cli_data), "--model.init_args.lr_scheduler", "sometimes"])
     assert exc.value.code != 0
+
+
+def test_test_subcommand_reloads_a_checkpoint_with_eof_inputs(cli_data, tmp_path, capsys):
+    common = ["--data.data_dir", str(cli_data), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+              "--data.inputs", "[CO2, CH4, SO2, BC]", "--data.map_reduction", "eof", "--data.n_eofs", "3",
+              "--trainer.enable_progress_bar", "false"]
+    assert _run_cli([*common, "--trainer.max_epochs", "2"]) == 0
+    ckpt = next((tmp_path / "runs" / "temperature" / "version_0" / "checkpoints").glob("best-*.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # loads without unpickling arbitrary objects
+    assert state["ClimateBenchDataModule"]["reducer"]["eofs"]["SO2"].shape[0] == 3
+    capsys.readouterr()
+    assert main(["test", "--config", CONFIG, *common, "--ckpt_path", str(ckpt)]) == 0
+    assert "test_rmse_tas" in capsys.readouterr().out

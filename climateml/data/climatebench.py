@@ -123,11 +123,14 @@ class MapReducer:
         return (total / area.sum())[:, None]
 
     def state_dict(self) -> dict:
-        return {"method": self.method, "n_eofs": self.n_eofs, "eofs": self.eofs, "means": self.means}
+        """Plain types and tensors only, so checkpoints load with torch.load(weights_only=True)."""
+        as_tensors = lambda d: {k: torch.as_tensor(v) for k, v in d.items()}  # noqa: E731
+        return {"method": self.method, "n_eofs": self.n_eofs, "eofs": as_tensors(self.eofs), "means": as_tensors(self.means)}
 
     def load_state_dict(self, state: dict) -> None:
         self.method, self.n_eofs = state["method"], state["n_eofs"]
-        self.eofs, self.means = dict(state["eofs"]), dict(state["means"])
+        self.eofs = {k: np.asarray(v) for k, v in state["eofs"].items()}
+        self.means = {k: np.asarray(v) for k, v in state["means"].items()}
 
 
 class ClimateBenchDataModule(L.LightningDataModule):
