@@ -57,13 +57,13 @@ def load_scenario(data_dir: str | Path, scenario: str, inputs: Sequence[str], ta
             if name not in SERIES_INPUTS + MAP_INPUTS:
                 raise DataError(f"unknown input {name!r}; choose from {SERIES_INPUTS + MAP_INPUTS}")
             dims = ("time",) if name in SERIES_INPUTS else ("time", "lat", "lon")
-            x_vars[name] = require_variable(x_ds, name, dims, in_path).load()
+            x_vars[name] = _load(require_variable(x_ds, name, dims, in_path), in_path)
             require_finite(x_vars[name], in_path)
         y_vars = {}
         for name in targets:
             has_member = name in y_ds.data_vars and "member" in y_ds[name].dims
             dims = ("member",) * has_member + ("time", "lat", "lon")
-            da = require_variable(y_ds, name, dims, out_path).load()
+            da = _load(require_variable(y_ds, name, dims, out_path), out_path)
             require_finite(da, out_path)
             y_vars[name] = da.mean("member", keep_attrs=True) if "member" in da.dims else da
     x, y = xr.Dataset(x_vars), xr.Dataset(y_vars)
@@ -76,6 +76,15 @@ def load_scenario(data_dir: str | Path, scenario: str, inputs: Sequence[str], ta
             raise DataError(f"{in_path}: {name} grid ({x.sizes['lat']} x {x.sizes['lon']}) differs from the "
                             f"target grid in {out_path} ({y.sizes['lat']} x {y.sizes['lon']})")
     return Scenario(scenario, x, y, (in_path, out_path))
+
+
+def _load(da: xr.DataArray, path: Path) -> xr.DataArray:
+    """Read a lazily opened variable; damaged chunks become a DataError naming file and variable."""
+    try:
+        return da.load()
+    except Exception as err:
+        raise DataError(f"{path}: variable {da.name!r} cannot be read, the file looks corrupt "
+                        f"({type(err).__name__}: {err})") from err
 
 
 def _same_grid(a: xr.DataArray | xr.Dataset, b: xr.DataArray | xr.Dataset) -> bool:
@@ -181,6 +190,9 @@ class ClimateBenchDataModule(L.LightningDataModule):
             raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if not self.inputs or not self.targets:
             raise DataError("inputs and target must name at least one variable each")
+        unknown = [v for v in self.inputs if v not in SERIES_INPUTS + MAP_INPUTS]
+        if unknown:
+            raise DataError(f"unknown input(s) {unknown}; choose from {SERIES_INPUTS + MAP_INPUTS}")
         self.target_reduction = target_reduction
         self.reducer = MapReducer(map_reduction, n_eofs)
         self.val_scenarios = list(val_scenarios)
@@ -275,20 +287,26 @@ class ClimateBenchDataModule(L.LightningDataModule):
             return
         self._load()
         train_names = [s for s in self.train_scenarios if s not in self.val_scenarios]
-        if self.reducer.method == "eof":
+        n_years = sum(self.scenarios[s].inputs.sizes["time"] for s in train_names)
+        if self.val_scenarios:
+            train_idx, val_idx = torch.arange(n_years), None
+        else:
+            order = torch.randperm(n_years, generator=torch.Generator().manual_seed(self.seed))
+            n_val = int(round(self.val_fraction * n_years))
+            val_idx, train_idx = order[:n_val], order[n_val:]
+        if self.reducer.method == "eof":  # fitted on the training years only, never on validation years
             for v in self.inputs:
                 if v in MAP_INPUTS:
-                    self.reducer.fit(v, xr.concat([self.scenarios[s].inputs[v] for s in train_names], "time"))
-        x = torch.cat([self.features(s) for s in train_names])
-        y = torch.cat([self.target_tensor(s) for s in train_names])
+                    maps = xr.concat([self.scenarios[s].inputs[v] for s in train_names], "time")
+                    self.reducer.fit(v, maps.isel(time=train_idx.numpy()))
+        x_all = torch.cat([self.features(s) for s in train_names])
+        y_all = torch.cat([self.target_tensor(s) for s in train_names])
+        x, y = x_all[train_idx], y_all[train_idx]
         if self.val_scenarios:
             x_val = torch.cat([self.features(s) for s in self.val_scenarios])
             y_val = torch.cat([self.target_tensor(s) for s in self.val_scenarios])
         else:
-            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
-            n_val = int(round(self.val_fraction * len(x)))
-            val, train = order[:n_val], order[n_val:]
-            x, y, x_val, y_val = x[train], y[train], x[val], y[val]
+            x_val, y_val = x_all[val_idx], y_all[val_idx]
         self.normalization = Standardization.fit(x, y, len(self.targets))
         self._splits = {"train": TensorDataset(x, y), "val": TensorDataset(x_val, y_val)}
         self._splits["test"] = TensorDataset(torch.cat([self.features(s) for s in self.test_scenarios]),

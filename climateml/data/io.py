@@ -49,8 +49,8 @@ def years_of(time: xr.DataArray) -> np.ndarray:
         return values.astype("datetime64[Y]").astype(int) + 1970
     if values.dtype == object:
         return np.array([v.year for v in values])
-    if np.issubdtype(values.dtype, np.floating):
-        return np.round(values).astype(int)
+    if np.issubdtype(values.dtype, np.floating):  # decimal years: 1850.5 is mid-1850
+        return np.floor(values + 1e-6).astype(int)
     return values.astype(int)
 
 
@@ -95,9 +95,15 @@ def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
     try:
         if path.suffix == ".zarr":
             ds.to_zarr(tmp, mode="w", consolidated=True)
+            old = tmp.parent / "previous"
             if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+                os.replace(path, old)  # a directory cannot be replaced in one step: move the old store aside first
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if old.exists():
+                    os.replace(old, path)
+                raise
         else:
             ds.to_netcdf(tmp)
             os.replace(tmp, path)

@@ -262,8 +262,9 @@ def simulate(scenario: str, grid: Grid, n_members: int, seed: int, table: dict |
     keep = e["year"] >= (LAST_HIST + 1 if scenario.startswith("ssp") else FIRST_YEAR)
     t_ghg, t_aer = two_layer_response(f_ghg)[keep], two_layer_response(f_aer)[keep]
     years = e["year"][keep]
-    so2 = _emission_maps(grid, years, e["so2"][keep], with_biomass=False).astype(np.float32)
-    bc = _emission_maps(grid, years, e["bc"][keep], with_biomass=True).astype(np.float32)
+    pattern_years = np.full_like(years, FIRST_YEAR) if scenario == "hist-GHG" else years  # aerosols frozen at 1850
+    so2 = _emission_maps(grid, pattern_years, e["so2"][keep], with_biomass=False).astype(np.float32)
+    bc = _emission_maps(grid, pattern_years, e["bc"][keep], with_biomass=True).astype(np.float32)
     so2_1850 = _emission_maps(grid, e["year"][:1], e["so2"][:1], with_biomass=False).astype(np.float32)
 
     area = cell_area(grid.lat, grid.lon)
