@@ -18,7 +18,7 @@ class RestoreBestWeights(L.Callback):
         ckpt = trainer.checkpoint_callback
         path = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
         if path and Path(path).exists():
-            state = torch.load(path, map_location=pl_module.device, weights_only=False)["state_dict"]
+            state = torch.load(path, map_location=pl_module.device, weights_only=True)["state_dict"]
             pl_module.load_state_dict(state)
 
 

@@ -365,10 +365,13 @@ class ClimateBenchDataModule(L.LightningDataModule):
         self._load()
         if self.reducer.method == "eof":
             self.setup()
+        was_training = model.training
         model.eval()
-        device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
-        x = self.features(scenario).to(device)
-        return self.to_xarray(model(x), scenario)
+        try:
+            device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+            return self.to_xarray(model(self.features(scenario).to(device)), scenario)
+        finally:
+            model.train(was_training)
 
     def state_dict(self) -> dict:
         return {"reducer": self.reducer.state_dict()}

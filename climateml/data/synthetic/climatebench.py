@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from climateml.data.io import DataError, write_dataset
 from climateml.metrics import cell_area
