@@ -87,6 +87,8 @@ def _figures(fig_dir: Path, scenario: str, target: str, truth: xr.DataArray, ens
     tag = f"{target}_{scenario}"
     mean = ensemble.mean("ensemble")
     plotting.save(plotting.plot_maps(truth, {"emulator": mean}, vmax=vmax, units=units), fig_dir / f"maps_{tag}.png")
+    if ensemble.sizes["ensemble"] > 1:
+        plotting.save(plotting.plot_ensemble_spread(ensemble, units=units), fig_dir / f"ensemble_spread_{tag}.png")
     preds = {"emulator": ensemble, "linear baseline": baseline}
     plotting.save(plotting.plot_global_mean(truth, preds, units=units), fig_dir / f"global_mean_{tag}.png")
     if truth.sizes["lat"] * truth.sizes["lon"] > 1:

@@ -40,6 +40,21 @@ def plot_maps(truth: xr.DataArray, predictions: Mapping[str, xr.DataArray], year
     return fig
 
 
+def plot_ensemble_spread(ensemble: xr.DataArray, years: Sequence[int] = (2030, 2050, 2100), units: str = "K") -> plt.Figure:
+    """Maps of the standard deviation across ensemble members (dimension ``ensemble``) for the given years."""
+    years = [y for y in dict.fromkeys(_nearest_year(ensemble, y) for y in years)]
+    spread = ensemble.std("ensemble")
+    vmax = float(spread.sel(time=years).max()) or 1.0
+    fig, axes = plt.subplots(1, len(years), figsize=(3.4 * len(years), 2.6), squeeze=False, constrained_layout=True)
+    for ax, year in zip(axes[0], years):
+        im = ax.pcolormesh(spread["lon"], spread["lat"], spread.sel(time=year), cmap="viridis", vmin=0, vmax=vmax,
+                           shading="auto")
+        ax.set_title(f"ensemble spread (std, {ensemble.sizes['ensemble']} members), {year}", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0].tolist(), orientation="horizontal", shrink=0.6, label=units)
+    return fig
+
+
 def plot_global_mean(truth: xr.DataArray, predictions: Mapping[str, xr.DataArray], units: str = "K") -> plt.Figure:
     """Global (cos-lat) mean over time with the spatial spread (±1 std over the grid) shaded.
 

@@ -131,6 +131,7 @@ def test_ensemble_and_predict_writes_cf_netcdf(cli_data, tmp_path):
     assert model["ensemble_size"] == 2 and model["ensemble_spread"] > 0
     ckpts = sorted(run.glob("member_*/checkpoints/best-*.ckpt"))
     assert len(ckpts) == 2
+    assert (run / "figures" / "ensemble_spread_tas_ssp245.png").stat().st_size > 10_000
     preds = xr.open_dataset(run / "test_predictions_ssp245.nc")
     assert preds.sizes["ensemble"] == 2
     assert not np.allclose(preds["tas_emulator"].isel(ensemble=0), preds["tas_emulator"].isel(ensemble=1))

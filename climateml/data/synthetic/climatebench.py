@@ -11,8 +11,10 @@ ClimateBench files are laid out (Watson-Parris et al. 2022, doi:10.1029/2021MS00
   coordinate the real files carry.
 
 The emissions are the RCMIP v5.1.0 global series of the SSP marker scenarios (``rcmip_emissions.csv``
-beside this file, taken from the package fair==1.6.4). The response is a small, physically shaped
-climate model, deliberately not linear in the inputs:
+beside this file, extracted from the package fair==1.6.4 by ``scripts/extract_rcmip_emissions.py``;
+RCMIP data CC-BY-4.0, fair Apache-2.0). We ship the 24 kB extract rather than depend on fair: we need
+four series out of its 7 MB of tables and none of its code, and fair 1.x is no longer maintained.
+The response is a small, physically shaped climate model, deliberately not linear in the inputs:
 
 Carbon cycle (impulse response of Joos et al. 2013), with E the CO2 emissions [GtCO2 yr-1]::
 
