@@ -15,16 +15,17 @@ SCHEDULERS = ("none", "plateau", "cosine", "step", "onecycle")
 
 
 class WeightedRMSE(torchmetrics.Metric):
-    """Area-weighted RMSE over all samples of an epoch: sqrt(sum_n sum_c w_c (p - y)^2 / N)."""
+    """Area-weighted RMSE over all samples of an epoch: sqrt(sum_n sum_c w_c e_nc^2 / N)."""
 
     def __init__(self):
         super().__init__()
         self.add_state("sq", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> None:
-        self.sq += ((pred - target) ** 2 * weights).sum().double()
-        self.n += pred.shape[0]
+    def update(self, squared_error: torch.Tensor, weights: torch.Tensor) -> None:
+        """``squared_error`` (samples, cells) in physical units squared; ``weights`` (cells,) summing to 1."""
+        self.sq += (squared_error @ weights).sum().double()
+        self.n += squared_error.shape[0]
 
     def compute(self) -> torch.Tensor:
         return torch.sqrt(self.sq / self.n)
@@ -93,14 +94,16 @@ class TemperatureEmulator(L.LightningModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
-        pred_n = self.net((x - self.x_mean) / self.x_std)
-        loss = nn.functional.mse_loss(pred_n, (y - self.y_mean) / self.y_std)
+        residual = self.net((x - self.x_mean) / self.x_std) - (y - self.y_mean) / self.y_std
+        loss = residual.pow(2).mean()
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
-        pred = (pred_n * self.y_std + self.y_mean).detach()
+        # one std per target variable, so the physical squared error is the standardised one times std**2
         n_t = len(self.hparams.target_names)
+        squared = residual.detach().pow(2).view(len(x), n_t, -1)
+        y_var = self.y_std.view(n_t, -1)[:, 0] ** 2
         for i, t in enumerate(self.hparams.target_names):
             metric = self.rmse[f"{stage}_{t}"]
-            metric.update(pred.view(len(x), n_t, -1)[:, i], y.view(len(x), n_t, -1)[:, i], self.cell_weights)
+            metric.update(squared[:, i] * y_var[i], self.cell_weights)
             self.log(f"{stage}_rmse_{t}", metric, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
 
