@@ -793,6 +793,8 @@ def test_same_size_but_shifted_grid(cb_copy):
     ({"target_reduction": "zonal_mean"}, "zonal_mean"),
     ({"inputs": []}, "at least one"),
     ({"target": []}, "at least one"),
+    ({"train_scenarios": []}, "at least one scenario"),
+    ({"test_scenarios": []}, "at least one scenario"),
 ])
 def test_bad_config_rejected_at_construction(small_climatebench, kwargs, pattern):
     with pytest.raises(DataError, match=pattern):

@@ -190,6 +190,8 @@ class ClimateBenchDataModule(L.LightningDataModule):
             raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if not self.inputs or not self.targets:
             raise DataError("inputs and target must name at least one variable each")
+        if not self.train_scenarios or not self.test_scenarios:
+            raise DataError("train_scenarios and test_scenarios must name at least one scenario each")
         unknown = [v for v in self.inputs if v not in SERIES_INPUTS + MAP_INPUTS]
         if unknown:
             raise DataError(f"unknown input(s) {unknown}; choose from {SERIES_INPUTS + MAP_INPUTS}")
