@@ -33,6 +33,8 @@ class ClimateCLI(LightningCLI):
         n_members = int(config.get("ensemble", 1))
         if n_members < 1:
             raise DataError(f"--ensemble must be at least 1, got {n_members}")
+        if n_members > 1 and ckpt_path:
+            raise DataError("--ckpt_path resumes one run; it cannot be combined with --ensemble > 1")
         seed = config.get("seed_everything")
         seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)

@@ -179,3 +179,10 @@ def test_test_subcommand_reloads_a_checkpoint_with_eof_inputs(cli_data, tmp_path
     capsys.readouterr()
     assert main(["test", "--config", CONFIG, *common, "--ckpt_path", str(ckpt)]) == 0
     assert "test_rmse_tas" in capsys.readouterr().out
+
+
+def test_ensemble_cannot_resume_from_one_checkpoint(cli_data, tmp_path, capsys):
+    rc = _run_cli(["--data.data_dir", str(cli_data), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+                   "--ensemble", "2", "--ckpt_path", str(tmp_path / "any.ckpt")])
+    assert rc == 2
+    assert "--ensemble" in capsys.readouterr().err
