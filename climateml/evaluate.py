@@ -53,9 +53,7 @@ def evaluate(models: Sequence[nn.Module], datamodule, run_dir: str | Path,
             model_scores = score(ensemble[target].mean("ensemble"), truth[target])
             model_scores["ensemble_size"] = len(models)
             if len(models) > 1:
-                spread = ensemble[target].std("ensemble")
-                model_scores["ensemble_spread"] = float(spread.weighted(xr.DataArray(
-                    metrics.lat_weights(truth["lat"]), dims="lat", coords={"lat": truth["lat"]})).mean())
+                model_scores["ensemble_spread"] = float(metrics.global_mean(ensemble[target].std("ensemble")).mean())
                 member_rmse = [metrics.rmse(ensemble[target].isel(ensemble=i), truth[target]) for i in range(len(models))]
                 model_scores["member_rmse_mean"] = float(np.mean(member_rmse))
                 model_scores["member_rmse_std"] = float(np.std(member_rmse))

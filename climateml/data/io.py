@@ -6,7 +6,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import xarray as xr
@@ -110,7 +109,3 @@ def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
     return path
-
-
-def concat_years(parts: Iterable[xr.Dataset]) -> xr.Dataset:
-    return xr.concat(list(parts), dim="time")
