@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args and args[0] == "synth":
             return synth_main(args[1:])
-        ClimateCLI(subclass_mode_model=True, subclass_mode_data=True, args=argv,
+        ClimateCLI(subclass_mode_model=True, subclass_mode_data=True, args=argv, auto_configure_optimizers=False,
                    save_config_kwargs={"overwrite": True})
     except Exception as err:
         data_err = _data_error_in(err)
