@@ -53,18 +53,15 @@ def load_scenario(data_dir: str | Path, scenario: str, inputs: Sequence[str], ta
     with open_dataset(in_path) as raw_in, open_dataset(out_path) as raw_out:
         x_ds, y_ds = standardize(raw_in), standardize(raw_out)
         x_vars = {}
+        _check_inputs(inputs)
         for name in inputs:
-            if name not in SERIES_INPUTS + MAP_INPUTS:
-                raise DataError(f"unknown input {name!r}; choose from {SERIES_INPUTS + MAP_INPUTS}")
             dims = ("time",) if name in SERIES_INPUTS else ("time", "lat", "lon")
             x_vars[name] = _load(require_variable(x_ds, name, dims, in_path), in_path)
-            require_finite(x_vars[name], in_path)
         y_vars = {}
         for name in targets:
             has_member = name in y_ds.data_vars and "member" in y_ds[name].dims
             dims = ("member",) * has_member + ("time", "lat", "lon")
             da = _load(require_variable(y_ds, name, dims, out_path), out_path)
-            require_finite(da, out_path)
             y_vars[name] = da.mean("member", keep_attrs=True) if "member" in da.dims else da
     x, y = xr.Dataset(x_vars), xr.Dataset(y_vars)
     if not np.array_equal(x["time"].values, y["time"].values):
@@ -78,13 +75,21 @@ def load_scenario(data_dir: str | Path, scenario: str, inputs: Sequence[str], ta
     return Scenario(scenario, x, y, (in_path, out_path))
 
 
+def _check_inputs(names: Sequence[str]) -> None:
+    unknown = [v for v in names if v not in SERIES_INPUTS + MAP_INPUTS]
+    if unknown:
+        raise DataError(f"unknown input(s) {unknown}; choose from {SERIES_INPUTS + MAP_INPUTS}")
+
+
 def _load(da: xr.DataArray, path: Path) -> xr.DataArray:
-    """Read a lazily opened variable; damaged chunks become a DataError naming file and variable."""
+    """Read a lazily opened variable and check it is finite; every problem is a DataError naming file and variable."""
     try:
-        return da.load()
+        da = da.load()
     except Exception as err:
         raise DataError(f"{path}: variable {da.name!r} cannot be read, the file looks corrupt "
                         f"({type(err).__name__}: {err})") from err
+    require_finite(da, path)
+    return da
 
 
 def _same_grid(a: xr.DataArray | xr.Dataset, b: xr.DataArray | xr.Dataset) -> bool:
@@ -108,11 +113,15 @@ class MapReducer:
     def width(self) -> int:
         return self.n_eofs if self.method == "eof" else 1
 
+    @staticmethod
+    def _weighted_flat(maps: xr.DataArray) -> np.ndarray:
+        """(time, cells) maps scaled by sqrt(cos lat), so EOFs maximise area-weighted variance."""
+        return (maps.values * np.sqrt(lat_weights(maps["lat"]))[:, None]).reshape(maps.shape[0], -1)
+
     def fit(self, name: str, maps: xr.DataArray) -> None:
         if self.method != "eof":
             return
-        w = np.sqrt(lat_weights(maps["lat"]))[:, None]
-        flat = (maps.values * w).reshape(maps.shape[0], -1)
+        flat = self._weighted_flat(maps)
         self.means[name] = flat.mean(axis=0)
         _, _, vt = np.linalg.svd(flat - self.means[name], full_matrices=False)
         if vt.shape[0] < self.n_eofs:
@@ -122,9 +131,7 @@ class MapReducer:
     def transform(self, name: str, maps: xr.DataArray) -> np.ndarray:
         """(time, width) features of the maps (time, lat, lon)."""
         if self.method == "eof":
-            w = np.sqrt(lat_weights(maps["lat"]))[:, None]
-            flat = (maps.values * w).reshape(maps.shape[0], -1)
-            return (flat - self.means[name]) @ self.eofs[name].T
+            return (self._weighted_flat(maps) - self.means[name]) @ self.eofs[name].T
         area = cell_area(maps["lat"], maps["lon"])
         total = (maps.values * area).sum(axis=(1, 2))
         if self.method == "global_sum":
@@ -192,9 +199,7 @@ class ClimateBenchDataModule(L.LightningDataModule):
             raise DataError("inputs and target must name at least one variable each")
         if not self.train_scenarios or not self.test_scenarios:
             raise DataError("train_scenarios and test_scenarios must name at least one scenario each")
-        unknown = [v for v in self.inputs if v not in SERIES_INPUTS + MAP_INPUTS]
-        if unknown:
-            raise DataError(f"unknown input(s) {unknown}; choose from {SERIES_INPUTS + MAP_INPUTS}")
+        _check_inputs(self.inputs)
         self.target_reduction = target_reduction
         self.reducer = MapReducer(map_reduction, n_eofs)
         self.val_scenarios = list(val_scenarios)

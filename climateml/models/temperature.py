@@ -23,7 +23,7 @@ class WeightedRMSE(torchmetrics.Metric):
         self.add_state("n", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, squared_error: torch.Tensor, weights: torch.Tensor) -> None:
-        """``squared_error`` (samples, cells) in physical units squared; ``weights`` (cells,) summing to 1."""
+        """Adds sum_c weights_c * squared_error_nc per sample n; with area weights summing to 1 this is the weighted MSE."""
         self.sq += (squared_error @ weights).sum().double()
         self.n += squared_error.shape[0]
 
@@ -97,13 +97,13 @@ class TemperatureEmulator(L.LightningModule):
         residual = self.net((x - self.x_mean) / self.x_std) - (y - self.y_mean) / self.y_std
         loss = residual.pow(2).mean()
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
-        # one std per target variable, so the physical squared error is the standardised one times std**2
         n_t = len(self.hparams.target_names)
         squared = residual.detach().pow(2).view(len(x), n_t, -1)
-        y_var = self.y_std.view(n_t, -1)[:, 0] ** 2
+        # sum_c w_c (r_c s_c)^2 = sum_c r_c^2 (w_c s_c^2): physical units via the weights, not another pass over the batch
+        weights = self.cell_weights * self.y_std.view(n_t, -1) ** 2
         for i, t in enumerate(self.hparams.target_names):
             metric = self.rmse[f"{stage}_{t}"]
-            metric.update(squared[:, i] * y_var[i], self.cell_weights)
+            metric.update(squared[:, i], weights[i])
             self.log(f"{stage}_rmse_{t}", metric, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
 
