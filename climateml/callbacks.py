@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from climateml.data.io import write_dataset
+from climateml.writers import write_cf
 
 
 class RestoreBestWeights(L.Callback):
@@ -23,10 +23,10 @@ class RestoreBestWeights(L.Callback):
 
 
 class NetCDFPredictionWriter(BasePredictionWriter):
-    """Writes one ``predictions_<scenario>.nc`` per predict scenario, with coordinates and CF attributes.
+    """Writes the predict split as ``predictions_<group>.nc`` (one file per scenario, period ...), on the
+    input's coordinates with CF attributes, through the DataModule's ``to_xarray(values, "predict")``.
 
-    The data module must offer ``split_predictions(tensor) -> {scenario: xarray.Dataset}``. Files go
-    to ``output_dir`` or, if that is empty, to ``<trainer.log_dir>/predictions``.
+    Files go to ``output_dir`` or, if that is empty, to ``<trainer.log_dir>/predictions``.
     """
 
     def __init__(self, output_dir: str = ""):
@@ -35,13 +35,9 @@ class NetCDFPredictionWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         out_dir = Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
-        values = torch.cat([p for p in predictions]) if isinstance(predictions[0], torch.Tensor) else \
-            torch.cat([p for group in predictions for p in group])
-        for scenario, ds in trainer.datamodule.split_predictions(values).items():
-            ds.attrs.update(Conventions="CF-1.8", title=f"{type(pl_module).__name__} predictions for {scenario}",
-                            source="climateml")
-            ds["time"].attrs.update(long_name="year", units="year")
-            ds["lat"].attrs.update(standard_name="latitude", units="degrees_north")
-            ds["lon"].attrs.update(standard_name="longitude", units="degrees_east")
-            path = write_dataset(ds, out_dir / f"predictions_{scenario}.nc")
+        flat = predictions if isinstance(predictions[0], torch.Tensor) else [p for group in predictions for p in group]
+        values = torch.cat([p.float() for p in flat])
+        for group, ds in trainer.datamodule.to_xarray(values, "predict").items():
+            path = write_cf(ds, out_dir / f"predictions_{group}.nc",
+                            title=f"{type(pl_module).__name__} predictions for {group}")
             print(f"wrote {path}")

@@ -1,9 +1,9 @@
 """The ``climateml`` command.
 
 ``climateml fit|validate|test|predict --config configs/<task>.yaml`` (LightningCLI), with
-``--ensemble N`` to train N members with seeds seed, seed+1, ...; ``fit`` ends by scoring the best
-weights on the test scenarios (metrics.json and figures in the run directory).
-``climateml synth climatebench --out DIR`` writes sample data in the ClimateBench layout.
+``--ensemble N`` to train N members with seeds seed, seed+1, ...; ``fit`` ends by running the task's
+evaluation (the YAML's ``evaluation:``) on the best weights: metrics.json, predictions and figures in
+the run directory. ``climateml synth <layout> --out DIR`` writes sample data in a real data set's layout.
 """
 
 from __future__ import annotations
@@ -16,25 +16,26 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from climateml.data.io import DataError
+from climateml.errors import ClimateMLError, ConfigError
+from climateml.evaluation.base import Evaluation
 
 
 class ClimateCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--ensemble", type=int, default=1,
                             help="fit: train this many members with seeds seed_everything + 0, 1, ...")
-        for src, dst in (("n_inputs", "n_inputs"), ("n_outputs", "n_outputs"), ("target_names", "target_names")):
-            parser.link_arguments(f"data.{src}", f"model.init_args.{dst}", apply_on="instantiate")
+        parser.add_subclass_arguments(Evaluation, "evaluation", required=False,
+                                      help="how fit scores the trained model against the task's baselines")
+        # the one data -> model link: sizes, names and training statistics travel in the DataModule's spec
+        parser.link_arguments("data.spec", "model.init_args.spec", apply_on="instantiate")
 
     def fit(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
-        from climateml.evaluate import evaluate
-
         config = self.config[self.subcommand]
         n_members = int(config.get("ensemble", 1))
         if n_members < 1:
-            raise DataError(f"--ensemble must be at least 1, got {n_members}")
+            raise ConfigError(f"--ensemble must be at least 1, got {n_members}")
         if n_members > 1 and ckpt_path:
-            raise DataError("--ckpt_path resumes one run; it cannot be combined with --ensemble > 1")
+            raise ConfigError("--ckpt_path resumes one run; it cannot be combined with --ensemble > 1")
         seed = config.get("seed_everything")
         seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
@@ -49,21 +50,23 @@ class ClimateCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule)
             members.append(self.model)
             if self.trainer.logger is not None:
-                histories[f"member {i}" if n_members > 1 else "emulator"] = Path(self.trainer.logger.log_dir) / "metrics.csv"
-        result = evaluate(members, self.datamodule, run_dir, histories)
+                histories[f"member {i}" if n_members > 1 else "model"] = Path(self.trainer.logger.log_dir) / "metrics.csv"
+        evaluation = self.config_init[self.subcommand].get("evaluation")
         print(f"\nrun directory: {run_dir}")
-        for target, by_model in result.items():
-            for name, m in by_model.items():
-                nrmse = f", NRMSE total {m['nrmse_total']:.3f}" if "nrmse_total" in m else ""
-                print(f"  {target} {name:>15}: RMSE {m['rmse']:.4g}{nrmse}")
+        if evaluation is None:
+            print("  no `evaluation:` in the config: metrics.json and figures were not written")
+            return
+        device = self.trainer.strategy.root_device.type
+        result = evaluation.run(members, self.datamodule, run_dir, histories, accelerator="gpu" if device == "cuda" else "cpu")
+        print("\n".join(evaluation.summary(result)))
 
 
-def synth_main(argv: list[str]) -> int:
+def _synth_climatebench(argv: list[str]) -> int:
     from climateml.data.synthetic import Grid, generate_climatebench
     from climateml.data.synthetic.climatebench import SCENARIOS
 
-    parser = argparse.ArgumentParser(prog="climateml synth", description="Write sample data in a real data set's layout.")
-    parser.add_argument("layout", choices=["climatebench"])
+    parser = argparse.ArgumentParser(prog="climateml synth climatebench",
+                                     description="Write sample data in the ClimateBench layout.")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=["netcdf", "zarr"], default="netcdf")
@@ -77,11 +80,23 @@ def synth_main(argv: list[str]) -> int:
     return 0
 
 
-def _data_error_in(err: BaseException | None) -> DataError | None:
-    """The DataError behind ``err``, also when jsonargparse re-raised it as another exception."""
+SYNTH_LAYOUTS = {"climatebench": _synth_climatebench}
+
+
+def synth_main(argv: list[str]) -> int:
+    """``climateml synth <layout> ...``: dispatch to the layout's own argument parser."""
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SYNTH_LAYOUTS:
+        print(f"usage: climateml synth {{{','.join(SYNTH_LAYOUTS)}}} --out DIR [options]; "
+              f"`climateml synth <layout> --help` lists a layout's options", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return SYNTH_LAYOUTS[argv[0]](argv[1:])
+
+
+def _user_error_in(err: BaseException | None) -> ClimateMLError | None:
+    """The ClimateMLError behind ``err``, also when jsonargparse re-raised it as another exception."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, DataError):
+        if isinstance(err, ClimateMLError):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
@@ -95,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             return synth_main(args[1:])
         ClimateCLI(subclass_mode_model=True, subclass_mode_data=True, args=argv, auto_configure_optimizers=False,
                    save_config_kwargs={"overwrite": True})
-    except Exception as err:
-        data_err = _data_error_in(err)
-        if data_err is None:
+    except BaseException as err:  # jsonargparse exits with SystemExit after printing; ours are one clear line
+        user_err = _user_error_in(err)
+        if user_err is None:
             raise
-        print(f"climateml: error: {data_err}", file=sys.stderr)
+        print(f"climateml: error: {user_err}", file=sys.stderr)
         return 2
     return 0
 

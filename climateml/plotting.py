@@ -12,9 +12,6 @@ import xarray as xr
 
 from climateml.metrics import global_mean, global_std
 
-NEW_YORK = (40.71, -74.01)  # lat, lon (degrees north, east)
-
-
 def _nearest_year(da: xr.DataArray, year: int) -> int:
     return int(da["time"].values[np.abs(da["time"].values - year).argmin()])
 
@@ -40,16 +37,16 @@ def plot_maps(truth: xr.DataArray, predictions: Mapping[str, xr.DataArray], year
     return fig
 
 
-def plot_ensemble_spread(ensemble: xr.DataArray, years: Sequence[int] = (2030, 2050, 2100), units: str = "K") -> plt.Figure:
-    """Maps of the standard deviation across ensemble members (dimension ``ensemble``) for the given years."""
-    years = [y for y in dict.fromkeys(_nearest_year(ensemble, y) for y in years)]
-    spread = ensemble.std("ensemble")
+def plot_ensemble_spread(members: xr.DataArray, years: Sequence[int] = (2030, 2050, 2100), units: str = "K") -> plt.Figure:
+    """Maps of the standard deviation across ensemble members (dimension ``member``) for the given years."""
+    years = [y for y in dict.fromkeys(_nearest_year(members, y) for y in years)]
+    spread = members.std("member")
     vmax = float(spread.sel(time=years).max()) or 1.0
     fig, axes = plt.subplots(1, len(years), figsize=(3.4 * len(years), 2.6), squeeze=False, constrained_layout=True)
     for ax, year in zip(axes[0], years):
         im = ax.pcolormesh(spread["lon"], spread["lat"], spread.sel(time=year), cmap="viridis", vmin=0, vmax=vmax,
                            shading="auto")
-        ax.set_title(f"ensemble spread (std, {ensemble.sizes['ensemble']} members), {year}", fontsize=8)
+        ax.set_title(f"ensemble spread (std, {members.sizes['member']} members), {year}", fontsize=8)
         ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(im, ax=axes[0].tolist(), orientation="horizontal", shrink=0.6, label=units)
     return fig
@@ -58,42 +55,42 @@ def plot_ensemble_spread(ensemble: xr.DataArray, years: Sequence[int] = (2030, 2
 def plot_global_mean(truth: xr.DataArray, predictions: Mapping[str, xr.DataArray], units: str = "K") -> plt.Figure:
     """Global (cos-lat) mean over time with the spatial spread (±1 std over the grid) shaded.
 
-    A prediction with an ``ensemble`` dimension is drawn as its ensemble mean, with the ensemble's
+    A prediction with a ``member`` dimension is drawn as its ensemble mean, with the ensemble's
     min-max range of the global mean shaded as well.
     """
     fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
     series = {"truth": truth, **predictions}
     for i, (name, da) in enumerate(series.items()):
         colour = f"C{i}"
-        mean_da = da.mean("ensemble") if "ensemble" in da.dims else da
+        mean_da = da.mean("member") if "member" in da.dims else da
         g, s = global_mean(mean_da), global_std(mean_da)
         t = da["time"].values
         ax.plot(t, g, color=colour, label=name, lw=2 if name == "truth" else 1.5)
         ax.fill_between(t, g - s, g + s, color=colour, alpha=0.12)
-        if "ensemble" in da.dims and da.sizes["ensemble"] > 1:
+        if "member" in da.dims and da.sizes["member"] > 1:
             members = global_mean(da)
-            ax.fill_between(t, members.min("ensemble"), members.max("ensemble"), color=colour, alpha=0.35,
-                            label=f"{name}: ensemble range ({da.sizes['ensemble']} members)")
+            ax.fill_between(t, members.min("member"), members.max("member"), color=colour, alpha=0.35,
+                            label=f"{name}: ensemble range ({da.sizes['member']} members)")
     ax.set_xlabel("year"), ax.set_ylabel(f"global mean ({units})")
     ax.set_title("Global mean (cos-latitude weighted); shading: ±1 std over the grid")
     ax.legend(fontsize=8)
     return fig
 
 
-def plot_point_series(truth: xr.DataArray, predictions: Mapping[str, xr.DataArray], lat: float = NEW_YORK[0],
-                      lon: float = NEW_YORK[1], place: str = "New York", units: str = "K") -> plt.Figure:
+def plot_point_series(truth: xr.DataArray, predictions: Mapping[str, xr.DataArray], lat: float, lon: float,
+                      place: str = "", units: str = "K") -> plt.Figure:
     """The series at the grid cell nearest (lat, lon); lon may be given in -180..180 or 0..360."""
     if float(truth["lon"].max()) > 180 and lon < 0:
         lon += 360.0
     fig, ax = plt.subplots(figsize=(8, 3.5), constrained_layout=True)
     for i, (name, da) in enumerate({"truth": truth, **predictions}.items()):
         point = da.sel(lat=lat, lon=lon, method="nearest")
-        if "ensemble" in point.dims:
-            ax.fill_between(point["time"], point.min("ensemble"), point.max("ensemble"), color=f"C{i}", alpha=0.3)
-            point = point.mean("ensemble")
+        if "member" in point.dims:
+            ax.fill_between(point["time"], point.min("member"), point.max("member"), color=f"C{i}", alpha=0.3)
+            point = point.mean("member")
         ax.plot(point["time"], point, color=f"C{i}", label=name)
     cell = truth.sel(lat=lat, lon=lon, method="nearest")
-    ax.set_title(f"{place} (cell at {float(cell.lat):.1f}N, {float(cell.lon):.1f}E)")
+    ax.set_title(f"{place + ' ' if place else ''}(cell at {float(cell.lat):.1f}N, {float(cell.lon):.1f}E)")
     ax.set_xlabel("year"), ax.set_ylabel(units), ax.legend(fontsize=8)
     return fig
 

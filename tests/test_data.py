@@ -24,8 +24,15 @@ import xarray as xr
 import climateml.data.synthetic as synthetic
 from climateml import metrics
 from climateml.data import ClimateBenchDataModule, DataError
+from climateml.errors import ConfigError
 from climateml.data.climatebench import available_scenarios, load_scenario
 from climateml.data.io import write_dataset
+
+
+def split_tensors(dm, split: str) -> tuple:
+    """(x, y) of a split through the public dataset (x only for predict)."""
+    t = dm.dataset(split).tensors
+    return (t["x"], t["y"]) if "y" in t else (t["x"],)
 from climateml.data.synthetic import Grid, generate_climatebench
 
 NLAT, NLON = 8, 12
@@ -239,7 +246,7 @@ def test_zarr_gives_same_tensors_as_netcdf(small_climatebench, tmp_path):
               inputs=["CO2", "CH4", "SO2", "BC"], target=["tas", "pr"])
     z, n = module(tmp_path / "z", **kw), module(small_climatebench, **kw)
     for split in ("train", "val", "test"):
-        for tz, tn in zip(z._splits[split].tensors, n._splits[split].tensors):
+        for tz, tn in zip(split_tensors(z, split), split_tensors(n, split)):
             assert torch.equal(tz, tn), split
     assert torch.equal(z.normalization.y_mean, n.normalization.y_mean)
 
@@ -293,7 +300,7 @@ def test_time_quirks_load_with_integer_years(small_climatebench, tmp_path, quirk
     dm = module(tmp_path / "q", train_scenarios=["historical"], test_scenarios=["ssp245"], inputs=["CO2", "SO2"])
     ref = module(small_climatebench, train_scenarios=["historical"], test_scenarios=["ssp245"], inputs=["CO2", "SO2"])
     for split in ("train", "val", "test"):
-        for a, b in zip(dm._splits[split].tensors, ref._splits[split].tensors):
+        for a, b in zip(split_tensors(dm, split), split_tensors(ref, split)):
             torch.testing.assert_close(a, b)
     np.testing.assert_array_equal(dm.target_dataset("historical")["time"].values, np.arange(1850, 2015))
 
@@ -305,7 +312,7 @@ def test_latitude_longitude_names_in_outputs(small_climatebench, tmp_path):
     ds = dm.target_dataset("ssp245")
     assert ds["tas"].dims == ("time", "lat", "lon") and "latitude" not in ds.coords
     np.testing.assert_array_equal(ds["lat"].values, np.linspace(-90, 90, NLAT))
-    torch.testing.assert_close(dm.train_tensors()[1], ref.train_tensors()[1])
+    torch.testing.assert_close(split_tensors(dm, "train")[1], split_tensors(ref, "train")[1])
 
 
 def test_fractional_mid_year_float_time(small_climatebench, tmp_path):
@@ -350,18 +357,18 @@ def default_dm(small_climatebench):
 def test_default_split_sizes(default_dm, small_climatebench):
     total = sum(n_years(small_climatebench, s) for s in DEFAULT_TRAIN)
     assert total == 165 * 3 + 86 * 3 == 753
-    n_train, n_val = len(default_dm._splits["train"]), len(default_dm._splits["val"])
+    n_train, n_val = len(default_dm.dataset("train")), len(default_dm.dataset("val"))
     assert n_train + n_val == total
     assert n_val == round(0.2 * total)
-    assert len(default_dm._splits["test"]) == n_years(small_climatebench, "ssp245")
-    assert len(default_dm._splits["predict"]) == n_years(small_climatebench, "ssp245")
-    assert default_dm.n_inputs == 2 and default_dm.n_outputs == NCELL and default_dm.n_cells == NCELL
-    x, y = default_dm.train_tensors()
+    assert len(default_dm.dataset("test")) == n_years(small_climatebench, "ssp245")
+    assert len(default_dm.dataset("predict")) == n_years(small_climatebench, "ssp245")
+    assert default_dm.spec.input_shape[0] == 2 and default_dm.spec.output_shape[0] == NCELL and (default_dm.spec.output_shape[0] // len(default_dm.spec.outputs)) == NCELL
+    x, y = split_tensors(default_dm, "train")
     assert x.shape == (n_train, 2) and y.shape == (n_train, NCELL)
     assert x.dtype == y.dtype == torch.float32
     # train and val partition the pooled samples: every target row appears exactly once
     pooled = torch.cat([default_dm.target_tensor(s) for s in DEFAULT_TRAIN]).numpy()
-    split = torch.cat([y, default_dm._splits["val"].tensors[1]]).numpy()
+    split = torch.cat([y, split_tensors(default_dm, "val")[1]]).numpy()
     rows = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731  (rows in lexicographic order)
     np.testing.assert_array_equal(rows(pooled), rows(split))
     assert len(np.unique(split, axis=0)) == total
@@ -371,14 +378,14 @@ def test_dataloaders_batches(default_dm):
     default_dm.batch_size = 50
     try:
         batches = list(default_dm.train_dataloader())
-        assert len(batches) == math.ceil(len(default_dm._splits["train"]) / 50)
-        assert sum(len(b[0]) for b in batches) == len(default_dm._splits["train"])
-        assert batches[0][0].shape == (50, 2) and batches[0][1].shape == (50, NCELL)
-        (pred,) = next(iter(default_dm.predict_dataloader()))
-        assert pred.shape[1] == 2
+        assert len(batches) == math.ceil(len(default_dm.dataset("train")) / 50)
+        assert sum(len(b["x"]) for b in batches) == len(default_dm.dataset("train"))
+        assert batches[0]["x"].shape == (50, 2) and batches[0]["y"].shape == (50, NCELL)
+        pred = next(iter(default_dm.predict_dataloader()))
+        assert list(pred) == ["x"] and pred["x"].shape[1] == 2
         # the test loader is not shuffled: its first batch is the first ssp245 years in order
-        xb, yb = next(iter(default_dm.test_dataloader()))
-        torch.testing.assert_close(yb, default_dm.target_tensor("ssp245")[:50])
+        first = next(iter(default_dm.test_dataloader()))
+        torch.testing.assert_close(first["y"], default_dm.target_tensor("ssp245")[:50])
     finally:
         default_dm.batch_size = 64
 
@@ -387,25 +394,25 @@ def test_dataloaders_batches(default_dm):
 def test_val_fraction_sizes(small_climatebench, fraction):
     dm = module(small_climatebench, val_fraction=fraction)
     n_val = int(math.floor(fraction * 753 + 0.5))
-    assert len(dm._splits["val"]) == n_val
-    assert len(dm._splits["train"]) == 753 - n_val
+    assert len(dm.dataset("val")) == n_val
+    assert len(dm.dataset("train")) == 753 - n_val
 
 
 def test_val_fraction_split_depends_on_seed(small_climatebench):
     a, b, c = (module(small_climatebench, seed=s) for s in (0, 0, 1))
-    assert torch.equal(a.train_tensors()[1], b.train_tensors()[1])
-    assert not torch.equal(a.train_tensors()[1], c.train_tensors()[1])
+    assert torch.equal(split_tensors(a, "train")[1], split_tensors(b, "train")[1])
+    assert not torch.equal(split_tensors(a, "train")[1], split_tensors(c, "train")[1])
 
 
 def test_val_scenarios_hold_out_whole_scenarios(small_climatebench):
     dm = module(small_climatebench, val_scenarios=["ssp370"])
     expected_train = sum(n_years(small_climatebench, s) for s in DEFAULT_TRAIN if s != "ssp370")
-    assert len(dm._splits["train"]) == expected_train == 165 * 3 + 86 * 2
-    x_val, y_val = dm._splits["val"].tensors
+    assert len(dm.dataset("train")) == expected_train == 165 * 3 + 86 * 2
+    x_val, y_val = split_tensors(dm, "val")
     assert len(x_val) == 86
     torch.testing.assert_close(y_val, torch.as_tensor(member_mean(small_climatebench, "ssp370").values.reshape(86, -1)))
     # none of the ssp370 years leaks into training
-    y_train = dm.train_tensors()[1]
+    y_train = split_tensors(dm, "train")[1]
     assert not any(torch.equal(y_train[i], y_val[j]) for i in range(len(y_train)) for j in (0, 40, 85))
 
 
@@ -418,7 +425,7 @@ def _hand_stats(x: torch.Tensor, y: torch.Tensor, n_targets: int):
 
 def test_normalization_fitted_on_train_split_only(small_climatebench):
     dm = module(small_climatebench, inputs=["CO2", "CH4", "SO2"], target=["tas", "pr"])
-    x, y = dm.train_tensors()
+    x, y = split_tensors(dm, "train")
     x_mean, x_std, y_mean, y_std = _hand_stats(x, y, 2)
     norm = dm.normalization
     for got, want in ((norm.x_mean, x_mean), (norm.x_std, x_std), (norm.y_mean, y_mean), (norm.y_std, y_std)):
@@ -426,7 +433,7 @@ def test_normalization_fitted_on_train_split_only(small_climatebench):
     assert norm.y_mean.shape == (2 * NCELL,)
     assert len(set(norm.y_mean[:NCELL].tolist())) == 1 and norm.y_mean[0] != norm.y_mean[NCELL]
     # and not on train + val
-    xv, yv = dm._splits["val"].tensors
+    xv, yv = split_tensors(dm, "val")
     x_all_mean, _, y_all_mean, _ = _hand_stats(torch.cat([x, xv]), torch.cat([y, yv]), 2)
     assert not np.allclose(norm.x_mean.double().numpy(), x_all_mean, rtol=1e-6)
     assert not np.allclose(norm.y_mean.double().numpy(), y_all_mean, rtol=1e-6)
@@ -434,12 +441,12 @@ def test_normalization_fitted_on_train_split_only(small_climatebench):
 
 def test_normalization_excludes_val_scenarios(small_climatebench):
     dm = module(small_climatebench, val_scenarios=["ssp585"])
-    x, y = dm.train_tensors()
+    x, y = split_tensors(dm, "train")
     x_mean, x_std, y_mean, y_std = _hand_stats(x, y, 1)
     np.testing.assert_allclose(dm.normalization.x_mean.double().numpy(), x_mean, rtol=1e-5)
     np.testing.assert_allclose(dm.normalization.y_std.double().numpy(), y_std, rtol=1e-4)
     # including the very warm ssp585 would raise the tas mean clearly
-    xv, yv = dm._splits["val"].tensors
+    xv, yv = split_tensors(dm, "val")
     _, _, y_all_mean, _ = _hand_stats(torch.cat([x, xv]), torch.cat([y, yv]), 1)
     assert y_all_mean[0] > y_mean[0] + 0.1
 
@@ -457,21 +464,21 @@ SUBSETS = [list(c) for r in range(1, 5) for c in itertools.combinations(("CO2", 
 def test_input_subsets_global_sum_match_csv(small_climatebench, rcmip, inputs):
     dm = module(small_climatebench, train_scenarios=["historical", "hist-GHG"], test_scenarios=["ssp126"],
                 inputs=inputs, map_reduction="global_sum")
-    assert dm.n_inputs == len(inputs)
+    assert dm.spec.input_shape[0] == len(inputs)
     for s in ("historical", "hist-GHG", "ssp126"):
         feats = dm.features(s).double().numpy()
         assert feats.shape == (n_years(small_climatebench, s), len(inputs))
         expected = expected_inputs(rcmip, s)
         for i, v in enumerate(inputs):
             np.testing.assert_allclose(feats[:, i], expected[v], rtol=1e-3, atol=1e-6, err_msg=f"{s} {v}")
-    x, _ = dm.train_tensors()
+    x, _ = split_tensors(dm, "train")
     assert x.shape[1] == len(inputs)
 
 
 def test_map_reduction_global_mean(small_climatebench, rcmip):
     dm = module(small_climatebench, train_scenarios=["historical"], test_scenarios=["ssp370"],
                 inputs=["SO2", "BC", "CO2"], map_reduction="global_mean")
-    assert dm.n_inputs == 3
+    assert dm.spec.input_shape[0] == 3
     for s in ("historical", "ssp370"):
         feats = dm.features(s).double().numpy()
         e = expected_inputs(rcmip, s)
@@ -485,8 +492,8 @@ def test_map_reduction_global_mean(small_climatebench, rcmip):
 def test_map_reduction_eof(small_climatebench, n_eofs):
     dm = module(small_climatebench, inputs=["CO2", "CH4", "SO2", "BC"], map_reduction="eof", n_eofs=n_eofs,
                 val_scenarios=["ssp370"])
-    assert dm.n_inputs == 2 + 2 * n_eofs
-    x, _ = dm.train_tensors()
+    assert dm.spec.input_shape[0] == 2 + 2 * n_eofs
+    x, _ = split_tensors(dm, "train")
     assert x.shape[1] == 2 + 2 * n_eofs
     eof = x[:, 2:].double().numpy()
     # EOF features of the training years are centred (relative to their spread) ...
@@ -510,25 +517,24 @@ def test_map_reduction_eof(small_climatebench, n_eofs):
     other = ClimateBenchDataModule(str(small_climatebench), inputs=["CO2", "CH4", "SO2", "BC"], map_reduction="eof",
                                    n_eofs=n_eofs, val_scenarios=["ssp370"])
     other.load_state_dict(dm.state_dict())
-    other._load()
     torch.testing.assert_close(other.features("ssp245"), dm.features("ssp245"))
 
 
 def test_eof_fitted_on_training_years_only_with_val_fraction(small_climatebench):
     dm = module(small_climatebench, inputs=["CO2", "CH4", "SO2", "BC"], map_reduction="eof", n_eofs=2)
-    eof = dm.train_tensors()[0][:, 2:].double().numpy()
+    eof = split_tensors(dm, "train")[0][:, 2:].double().numpy()
     assert (np.abs(eof.mean(0)) < 1e-4 * eof.std(0)).all()
 
 
 def test_target_list(small_climatebench):
     dm = module(small_climatebench, train_scenarios=["historical"], test_scenarios=["ssp245"], target=["tas", "pr"])
-    assert dm.n_outputs == 2 * NCELL and dm.target_names == ["tas", "pr"]
+    assert dm.spec.output_shape[0] == 2 * NCELL and dm.spec.outputs == ["tas", "pr"]
     y = dm.target_tensor("ssp245").double().numpy()
     np.testing.assert_allclose(y[:, :NCELL], member_mean(small_climatebench, "ssp245", "tas").values.reshape(86, -1),
                                rtol=1e-5)
     np.testing.assert_allclose(y[:, NCELL:], member_mean(small_climatebench, "ssp245", "pr").values.reshape(86, -1),
                                rtol=1e-5, atol=1e-12)
-    ds = dm.to_xarray(dm.target_tensor("ssp245"), "ssp245")
+    ds = dm.to_xarray(dm.target_tensor("ssp245"), "test")["ssp245"]
     assert set(ds.data_vars) == {"tas", "pr"}
     np.testing.assert_allclose(ds["pr"].values, dm.target_dataset("ssp245")["pr"].values, rtol=1e-6)
 
@@ -536,18 +542,18 @@ def test_target_list(small_climatebench):
 def test_target_reduction_global_mean(small_climatebench):
     dm = module(small_climatebench, train_scenarios=["historical"], test_scenarios=["ssp585"],
                 target_reduction="global_mean")
-    assert dm.n_outputs == 1 and dm.n_cells == 1
+    assert dm.spec.output_shape[0] == 1 and (dm.spec.output_shape[0] // len(dm.spec.outputs)) == 1
     assert dm.area_weights.tolist() == [1.0]
     tas = member_mean(small_climatebench, "ssp585")
     want = cos_lat_mean(tas.values.astype(float), tas["lat"].values)
     np.testing.assert_allclose(dm.target_tensor("ssp585")[:, 0].double().numpy(), want, rtol=1e-5, atol=1e-6)
     # the unweighted mean is different, so the weighting is really applied
     assert not np.allclose(tas.values.mean(axis=(1, 2)), want, rtol=1e-3)
-    y = dm.train_tensors()[1]
+    y = split_tensors(dm, "train")[1]
     assert y.shape[1] == 1
     dm2 = module(small_climatebench, train_scenarios=["historical"], test_scenarios=["ssp585"],
                  target=["tas", "pr"], target_reduction="global_mean")
-    assert dm2.n_outputs == 2
+    assert dm2.spec.output_shape[0] == 2
 
 
 def test_area_weights_map(default_dm, small_climatebench):
@@ -561,7 +567,7 @@ def test_area_weights_map(default_dm, small_climatebench):
 
 def test_to_xarray_round_trip(default_dm):
     ref = default_dm.target_dataset("ssp245")
-    out = default_dm.to_xarray(default_dm.target_tensor("ssp245"), "ssp245")
+    out = default_dm.to_xarray(default_dm.target_tensor("ssp245"), "test")["ssp245"]
     for c in ("time", "lat", "lon"):
         np.testing.assert_array_equal(out[c].values, ref[c].values)
         assert out[c].dtype == ref[c].dtype
@@ -570,11 +576,11 @@ def test_to_xarray_round_trip(default_dm):
     assert out["tas"].attrs.get("units") == "K"
     assert out.attrs["scenario"] == "ssp245"
     # numpy input too, and a wrong shape is refused
-    out_np = default_dm.to_xarray(default_dm.target_tensor("ssp245").numpy(), "ssp245")
+    out_np = default_dm.to_xarray(default_dm.target_tensor("ssp245").numpy(), "test")["ssp245"]
     np.testing.assert_array_equal(out_np["tas"].values, out["tas"].values)
-    with pytest.raises(DataError, match="ssp245"):
-        default_dm.to_xarray(torch.zeros(85, NCELL), "ssp245")
-    parts = default_dm.split_predictions(default_dm.target_tensor("ssp245"))
+    with pytest.raises(DataError, match="85 predictions do not fit the 86 years"):
+        default_dm.to_xarray(torch.zeros(85, NCELL), "test")
+    parts = default_dm.to_xarray(default_dm.target_tensor("ssp245"), "predict")
     assert list(parts) == ["ssp245"] and parts["ssp245"].sizes["time"] == 86
 
 
@@ -582,22 +588,23 @@ def test_one_by_one_grid_end_to_end(tmp_path, rcmip):
     generate_climatebench(tmp_path, scenarios=["historical", "ssp126", "ssp245"], grid=Grid(1, 1), progress=False)
     dm = ClimateBenchDataModule(str(tmp_path), train_scenarios=["historical", "ssp126"], test_scenarios=["ssp245"],
                                 inputs=["CO2", "CH4", "SO2", "BC"], batch_size=32)
-    assert dm.n_outputs == 1 and dm.n_cells == 1 and dm.n_inputs == 4
+    assert dm.spec.output_shape[0] == 1 and (dm.spec.output_shape[0] // len(dm.spec.outputs)) == 1 and dm.spec.input_shape[0] == 4
     assert dm.area_weights.tolist() == [1.0]
     dm.setup("fit")
     n = 0
-    for xb, yb in dm.train_dataloader():
+    for batch in dm.train_dataloader():
+        xb, yb = batch["x"], batch["y"]
         assert xb.shape[1] == 4 and yb.shape[1] == 1
         assert torch.isfinite(xb).all() and torch.isfinite(yb).all()
         n += len(xb)
-    assert n == len(dm._splits["train"]) == 251 - round(0.2 * 251)
-    assert sum(len(b[0]) for b in dm.val_dataloader()) == round(0.2 * 251)
-    assert sum(len(b[0]) for b in dm.test_dataloader()) == 86
-    assert sum(len(b[0]) for b in dm.predict_dataloader()) == 86
+    assert n == len(dm.dataset("train")) == 251 - round(0.2 * 251)
+    assert sum(len(b["x"]) for b in dm.val_dataloader()) == round(0.2 * 251)
+    assert sum(len(b["x"]) for b in dm.test_dataloader()) == 86
+    assert sum(len(b["x"]) for b in dm.predict_dataloader()) == 86
     # the single cell covers the whole sphere, so its SO2 flux integrates to the CSV total
     np.testing.assert_allclose(dm.features("ssp245")[:, 2].double().numpy(), expected_inputs(rcmip, "ssp245")["SO2"],
                                rtol=1e-3)
-    out = dm.to_xarray(dm.target_tensor("ssp245"), "ssp245")
+    out = dm.to_xarray(dm.target_tensor("ssp245"), "test")["ssp245"]
     assert out["tas"].shape == (86, 1, 1)
     tas = member_mean(tmp_path, "ssp245")
     np.testing.assert_allclose(out["tas"].values, tas.values, rtol=1e-6)
@@ -623,7 +630,7 @@ def test_synthesize_if_missing(monkeypatch, tmp_path):
     assert available_scenarios(target) == sorted(ALL_SCENARIOS)
     for s in ALL_SCENARIOS:
         assert (target / f"inputs_{s}.nc").is_file() and (target / f"outputs_{s}.nc").is_file()
-    assert len(dm._splits["train"]) + len(dm._splits["val"]) == 753
+    assert len(dm.dataset("train")) + len(dm.dataset("val")) == 753
     # a second module on the now populated folder does not synthesise again
     module(target, synthesize_if_missing=True)
     assert len(calls) == 1
@@ -766,7 +773,7 @@ def test_mismatched_grids_between_scenarios(cb_copy, tmp_path):
     with pytest.raises(DataError) as err:
         module(cb_copy)
     msg = str(err.value)
-    assert str(cb_copy / "outputs_ssp245.nc") in msg and "6 x 12" in msg and "8 x 12" in msg
+    assert str(cb_copy / "outputs_ssp245.nc") in msg and "lat has 6 points vs 8" in msg
 
 
 def test_mismatched_grid_inputs_vs_outputs(cb_copy, tmp_path):
@@ -797,12 +804,12 @@ def test_same_size_but_shifted_grid(cb_copy):
     ({"test_scenarios": []}, "at least one scenario"),
 ])
 def test_bad_config_rejected_at_construction(small_climatebench, kwargs, pattern):
-    with pytest.raises(DataError, match=pattern):
+    with pytest.raises(ConfigError, match=pattern):
         ClimateBenchDataModule(str(small_climatebench), **kwargs)
 
 
 def test_unknown_input(small_climatebench):
-    with pytest.raises(DataError, match="'N2O'"):
+    with pytest.raises(ConfigError, match="'N2O'"):
         module(small_climatebench, inputs=["CO2", "N2O"])
 
 
@@ -925,6 +932,33 @@ def test_rmse_mae_bias_by_hand():
     assert metrics.rmse(truth, truth) == 0.0
     gm = metrics.global_mean(pred)
     np.testing.assert_allclose(gm.values, [4 / 3, 4 / 3])
+
+
+def test_metrics_dim_and_weights_like_xskillscore():
+    truth = _field([[0, 0], [0, 0]])
+    pred = _field([[1, 2], [3, 2]])  # time 0: errors 1 (equator), 2 (60N); time 1: 3, 2
+    per_time = metrics.rmse(pred, truth, dim=("lat", "lon"))
+    assert per_time.dims == ("time",)
+    np.testing.assert_allclose(per_time.values, [math.sqrt((1 + 0.5 * 4) / 1.5), math.sqrt((9 + 0.5 * 4) / 1.5)])
+    per_cell = metrics.mae(pred, truth, dim="time")
+    assert per_cell.dims == ("lat", "lon")
+    np.testing.assert_allclose(per_cell.values[:, 0], [2.0, 2.0])
+    # weights=None: equal weights; explicit weights: used as given
+    assert float(metrics.rmse(pred, truth, weights=None)) == pytest.approx(math.sqrt((1 + 4 + 9 + 4) / 4))
+    w = xr.DataArray([0.0, 1.0], dims="lat", coords={"lat": truth["lat"]})
+    assert float(metrics.bias(pred, truth, weights=w)) == pytest.approx(2.0)
+    # NaN is skipped, not propagated
+    assert float(metrics.mae(pred.where(pred != 3), truth, weights=None)) == pytest.approx((1 + 2 + 2) / 3)
+
+
+def test_metrics_on_projected_xy_grid():
+    """A radar-like (time, y, x) field: no lat, so area weights are equal weights."""
+    truth = xr.DataArray(np.zeros((2, 3, 4)), dims=("time", "y", "x"),
+                         coords={"time": [0, 1], "y": [2.0, 1.0, 0.0], "x": [0.0, 1.0, 2.0, 3.0]})
+    pred = truth + np.arange(24).reshape(2, 3, 4)
+    assert float(metrics.rmse(pred, truth)) == pytest.approx(math.sqrt(np.mean(np.arange(24) ** 2)))
+    np.testing.assert_allclose(metrics.global_mean(pred).values, [5.5, 17.5])
+    np.testing.assert_allclose(metrics.mae(pred, truth, dim=("time", "x")).values, [7.5, 11.5, 15.5])
 
 
 def test_r2_by_hand():

@@ -14,6 +14,7 @@ import xarray as xr
 from climateml.cli import main
 from climateml.data import ClimateBenchDataModule
 from climateml.data.synthetic import Grid, generate_climatebench
+from climateml.evaluation import predict
 from climateml.metrics import rmse
 from climateml.models import LinearRegression, TemperatureEmulator
 from climateml.models.temperature import WeightedRMSE
@@ -28,12 +29,12 @@ def cli_data(tmp_path_factory) -> Path:
     return out
 
 
-def _fit(data_dir, max_epochs=3, seed=0, **model_kw):
+def _fit(data_dir, max_epochs=3, seed=0, callbacks=None, **model_kw):
     L.seed_everything(seed, workers=True)
     dm = ClimateBenchDataModule(str(data_dir), seed=seed)
-    model = TemperatureEmulator(dm.n_inputs, dm.n_outputs, dm.target_names, **model_kw)
+    model = TemperatureEmulator(dm.spec, **model_kw)
     trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, deterministic=True)
+                        enable_model_summary=False, deterministic=True, callbacks=callbacks)
     trainer.fit(model, dm)
     return model, dm, trainer
 
@@ -64,7 +65,7 @@ def test_linear_regression_recovers_a_linear_map():
 
 def test_normalization_reaches_buffers_and_forward_is_in_physical_units(cli_data):
     model, dm, _ = _fit(cli_data, max_epochs=1)
-    x, y = dm.train_tensors()
+    x, y = dm.train_dataset.tensors["x"], dm.train_dataset.tensors["y"]
     assert torch.allclose(model.x_mean, x.mean(0))
     assert torch.allclose(model.y_mean[0], y.mean(), rtol=1e-4)
     assert model.cell_weights.sum().item() == pytest.approx(1.0, rel=1e-5)
@@ -79,17 +80,52 @@ def test_training_reduces_error_and_is_reproducible(cli_data):
     b, _, _ = _fit(cli_data, max_epochs=15)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
-    truth = dm.target_dataset("ssp245")["tas"]
-    assert rmse(dm.predict_xarray(a, "ssp245")["tas"], truth) < 0.5 * rmse(dm.predict_xarray(untrained, "ssp245")["tas"], truth)
-    assert trainer.callback_metrics["val_rmse_tas"].item() > 0
+    truth = dm.truth("test")["ssp245"]["tas"]
+    assert rmse(predict(a, dm)["ssp245"]["tas"], truth) < 0.5 * rmse(predict(untrained, dm)["ssp245"]["tas"], truth)
+
+
+def test_logged_val_rmse_is_the_area_weighted_rmse_over_the_whole_split(cli_data):
+    """The epoch's val_rmse_tas equals sqrt(mean over samples of the cos-lat weighted squared error), in K."""
+    model, dm, trainer = _fit(cli_data, max_epochs=2)
+    trainer.validate(model, dm, verbose=False)
+    x, y = dm.val_dataset.tensors["x"], dm.val_dataset.tensors["y"]
+    with torch.no_grad():
+        err2 = (model(x) - y).double() ** 2
+    w = torch.as_tensor(np.cos(np.deg2rad(dm.truth("test")["ssp245"]["lat"].values)))[:, None].expand(12, 18)
+    w = (w / w.sum()).reshape(-1)
+    expected = torch.sqrt((err2 @ w).mean()).item()
+    assert trainer.callback_metrics["val_rmse_tas"].item() == pytest.approx(expected, rel=1e-4)
+
+
+class _LRHistory(L.Callback):
+    """The learning rate used at every optimiser step, with the epoch it belongs to."""
+
+    def __init__(self):
+        self.lrs: list[tuple[int, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append((trainer.current_epoch, trainer.optimizers[0].param_groups[0]["lr"]))
 
 
 @pytest.mark.parametrize("schedule", ["plateau", "cosine", "step", "onecycle"])
-def test_lr_schedules_change_the_learning_rate(cli_data, schedule):
+def test_lr_schedules_follow_their_schedule(cli_data, schedule):
     options = {"plateau": {"patience": 0, "factor": 0.5, "threshold": 10.0}, "step": {"step_size": 1}}.get(schedule, {})
-    model, _, trainer = _fit(cli_data, max_epochs=3, lr_scheduler=schedule, lr_scheduler_options=options)
-    lr_now = trainer.optimizers[0].param_groups[0]["lr"]
-    assert lr_now != pytest.approx(1e-3), f"{schedule} left the learning rate unchanged"
+    history = _LRHistory()
+    _fit(cli_data, max_epochs=3, lr_scheduler=schedule, lr_scheduler_options=options, callbacks=[history])
+    per_epoch = {e: sorted({lr for ep, lr in history.lrs if ep == e}) for e in range(3)}
+    if schedule == "onecycle":  # stepped every optimiser step: warms up to max_lr = 10 lr, then anneals
+        lrs = [lr for _, lr in history.lrs]
+        assert len(set(lrs)) == len(lrs), "one-cycle must change the learning rate at every step"
+        assert lrs[0] == pytest.approx(1e-2 / 25) and max(lrs) == pytest.approx(1e-2, rel=0.05)
+        assert lrs[-1] < lrs[len(lrs) // 2]
+        return
+    assert all(len(v) == 1 for v in per_epoch.values()), "epoch schedules keep one rate per epoch"
+    rates = [per_epoch[e][0] for e in range(3)]
+    assert rates[0] == pytest.approx(1e-3)
+    if schedule in ("plateau", "step"):  # halved after every epoch (threshold 10 counts no epoch as an improvement)
+        assert rates == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    else:  # cosine over max_epochs = 3
+        assert rates == pytest.approx([1e-3 * (1 + np.cos(np.pi * e / 3)) / 2 for e in range(3)])
 
 
 def test_checkpoint_reload_predicts_in_physical_units(cli_data, tmp_path):
@@ -97,7 +133,7 @@ def test_checkpoint_reload_predicts_in_physical_units(cli_data, tmp_path):
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     reloaded = TemperatureEmulator.load_from_checkpoint(path)
-    a, b = dm.predict_xarray(model, "ssp245"), dm.predict_xarray(reloaded, "ssp245")
+    a, b = predict(model, dm)["ssp245"], predict(reloaded, dm)["ssp245"]
     xr.testing.assert_allclose(a, b)
     assert float(abs(b["tas"]).max()) > 0.5 and b["tas"].attrs["units"] == "K"
 
@@ -118,7 +154,11 @@ def test_fit_writes_metrics_figures_and_beats_linear_baseline(tmp_path):
         assert (run / "figures" / f"{name}.png").stat().st_size > 10_000, name
     assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
     preds = xr.open_dataset(run / "test_predictions_ssp245.nc")
-    assert preds["tas_emulator"].dims == ("ensemble", "time", "lat", "lon") and preds.sizes["time"] == 86
+    assert preds["tas"].dims == ("model", "time", "lat", "lon") and preds.sizes["time"] == 86
+    assert list(preds["model"].values) == ["model", "linear_baseline"]
+    assert preds["lat"].attrs["units"] == "degrees_north" and preds["tas"].attrs["units"] == "K"
+    truth = xr.open_dataset(data / "outputs_ssp245.nc")["tas"].mean("member")
+    assert float(rmse(preds["tas"].sel(model="model"), truth)) == pytest.approx(m["tas"]["model"]["rmse"], rel=1e-4)
 
 
 def test_ensemble_and_predict_writes_cf_netcdf(cli_data, tmp_path):
@@ -133,8 +173,9 @@ def test_ensemble_and_predict_writes_cf_netcdf(cli_data, tmp_path):
     assert len(ckpts) == 2
     assert (run / "figures" / "ensemble_spread_tas_ssp245.png").stat().st_size > 10_000
     preds = xr.open_dataset(run / "test_predictions_ssp245.nc")
-    assert preds.sizes["ensemble"] == 2
-    assert not np.allclose(preds["tas_emulator"].isel(ensemble=0), preds["tas_emulator"].isel(ensemble=1))
+    assert preds.sizes["member"] == 2
+    assert not np.allclose(preds["tas_members"].isel(member=0), preds["tas_members"].isel(member=1))
+    xr.testing.assert_allclose(preds["tas"].sel(model="model", drop=True), preds["tas_members"].mean("member"), rtol=1e-5)
 
     out = tmp_path / "pred"
     rc = main(["predict", "--config", CONFIG, *common, "--ckpt_path", str(ckpts[0]),
@@ -148,7 +189,7 @@ def test_ensemble_and_predict_writes_cf_netcdf(cli_data, tmp_path):
     np.testing.assert_array_equal(ds["time"], truth["time"])
     assert ds.attrs["Conventions"].startswith("CF") and ds["lat"].attrs["units"] == "degrees_north"
     assert ds["tas"].attrs["units"] == "K"
-    xr.testing.assert_allclose(ds["tas"], preds["tas_emulator"].isel(ensemble=0, drop=True), rtol=1e-5)
+    xr.testing.assert_allclose(ds["tas"], preds["tas_members"].isel(member=0, drop=True), rtol=1e-5)
 
 
 def test_cli_reports_bad_data_as_one_clear_error(tmp_path, capsys):

@@ -7,20 +7,21 @@ same layout as ``.zarr``. Targets are the ensemble mean over ``member``.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 import xarray as xr
-from torch.utils.data import DataLoader, TensorDataset
 
-from climateml.data.io import DataError, find_file, open_dataset, require_finite, require_variable, standardize
+from climateml.data.adapter import FieldLayout
+from climateml.data.base import ClimateDataModule, DataSpec, TensorDictDataset
+from climateml.data.io import (DataError, find_file, grid_difference, open_dataset, require_finite, require_variable,
+                               standardize)
 from climateml.data.normalize import Standardization
-from climateml.metrics import cell_area, lat_weights
+from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
+from climateml.grid import cell_area, flat_area_weights, lat_weights
 
 SERIES_INPUTS = ("CO2", "CH4")
 MAP_INPUTS = ("SO2", "BC")
@@ -69,16 +70,16 @@ def load_scenario(data_dir: str | Path, scenario: str, inputs: Sequence[str], ta
         raise DataError(f"time axes differ: {in_path} has {len(xt)} years ({xt[0]}-{xt[-1]}), "
                         f"{out_path} has {len(yt)} years ({yt[0]}-{yt[-1]})")
     for name in x_vars:
-        if name in MAP_INPUTS and not _same_grid(x[name], y):
-            raise DataError(f"{in_path}: {name} grid ({x.sizes['lat']} x {x.sizes['lon']}) differs from the "
-                            f"target grid in {out_path} ({y.sizes['lat']} x {y.sizes['lon']})")
+        diff = grid_difference(x[name], y) if name in MAP_INPUTS else None
+        if diff:
+            raise DataError(f"{in_path}: variable {name!r} is on another grid than the targets in {out_path}: {diff}")
     return Scenario(scenario, x, y, (in_path, out_path))
 
 
 def _check_inputs(names: Sequence[str]) -> None:
     unknown = [v for v in names if v not in SERIES_INPUTS + MAP_INPUTS]
     if unknown:
-        raise DataError(f"unknown input(s) {unknown}; choose from {SERIES_INPUTS + MAP_INPUTS}")
+        raise ConfigError(f"data.inputs: unknown input(s) {unknown}; choose from {list(SERIES_INPUTS + MAP_INPUTS)}")
 
 
 def _load(da: xr.DataArray, path: Path) -> xr.DataArray:
@@ -92,10 +93,6 @@ def _load(da: xr.DataArray, path: Path) -> xr.DataArray:
     return da
 
 
-def _same_grid(a: xr.DataArray | xr.Dataset, b: xr.DataArray | xr.Dataset) -> bool:
-    return all(a.sizes[d] == b.sizes[d] and np.allclose(a[d].values, b[d].values) for d in ("lat", "lon"))
-
-
 class MapReducer:
     """Turns SO2/BC emission maps into a few numbers per year, fitted on training years only.
 
@@ -104,8 +101,8 @@ class MapReducer:
     """
 
     def __init__(self, method: Literal["global_sum", "global_mean", "eof"] = "global_sum", n_eofs: int = 5):
-        if method not in ("global_sum", "global_mean", "eof"):
-            raise DataError(f"map_reduction must be 'global_sum', 'global_mean' or 'eof', got {method!r}")
+        check_choice("data.map_reduction", method, ("global_sum", "global_mean", "eof"))
+        check_positive("data.n_eofs", n_eofs)
         self.method, self.n_eofs = method, n_eofs
         self.eofs: dict[str, np.ndarray] = {}
         self.means: dict[str, np.ndarray] = {}
@@ -149,8 +146,12 @@ class MapReducer:
         self.means = {k: np.asarray(v) for k, v in state["means"].items()}
 
 
-class ClimateBenchDataModule(L.LightningDataModule):
+class ClimateBenchDataModule(ClimateDataModule):
     """Emissions -> climate maps, in the ClimateBench layout.
+
+    Samples are dicts ``{"x": inputs (n_inputs,), "y": targets (n_targets * lat * lon,)}`` in physical
+    units; the statistics the model standardises with (x_mean, x_std, y_mean, y_std) are fitted on the
+    training split only, with the cos-lat ``cell_weights`` of the grid (summing to 1).
 
     Args:
         data_dir: folder with inputs_<scenario>.nc / outputs_<scenario>.nc (or .zarr).
@@ -165,6 +166,7 @@ class ClimateBenchDataModule(L.LightningDataModule):
         predict_scenarios: scenarios the predict step runs on (default: the test scenarios).
         synthesize_if_missing: write sample data with ``climateml synth climatebench`` into data_dir
             when it has no ClimateBench files.
+        batch_size, num_workers, pin_memory: see :class:`ClimateDataModule`.
     """
 
     def __init__(
@@ -182,65 +184,64 @@ class ClimateBenchDataModule(L.LightningDataModule):
         predict_scenarios: list[str] = [],
         batch_size: int = 64,
         num_workers: int = 0,
+        pin_memory: bool = False,
         seed: int = 0,
         synthesize_if_missing: bool = False,
     ):
-        super().__init__()
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         self.data_dir = Path(data_dir)
         self.train_scenarios = list(train_scenarios)
         self.test_scenarios = list(test_scenarios)
         self.inputs = list(inputs)
         self.targets = [target] if isinstance(target, str) else list(target)
-        if target_reduction not in ("map", "global_mean"):
-            raise DataError(f"target_reduction must be 'map' or 'global_mean', got {target_reduction!r}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_choice("data.target_reduction", target_reduction, ("map", "global_mean"))
+        check_fraction("data.val_fraction", val_fraction)
         if not self.inputs or not self.targets:
-            raise DataError("inputs and target must name at least one variable each")
+            raise ConfigError("data.inputs and data.target must name at least one variable each")
         if not self.train_scenarios or not self.test_scenarios:
-            raise DataError("train_scenarios and test_scenarios must name at least one scenario each")
+            raise ConfigError("data.train_scenarios and data.test_scenarios must name at least one scenario each")
         _check_inputs(self.inputs)
         self.target_reduction = target_reduction
         self.reducer = MapReducer(map_reduction, n_eofs)
         self.val_scenarios = list(val_scenarios)
         self.val_fraction = val_fraction
         self.predict_scenarios = list(predict_scenarios) or self.test_scenarios
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.seed = seed
         self.synthesize_if_missing = synthesize_if_missing
         self.scenarios: dict[str, Scenario] = {}
         self.normalization: Standardization | None = None
-        self._splits: dict[str, TensorDataset] = {}
 
-    # ---- sizes the model is built from (LightningCLI links these to the model's arguments) ----
+    # ---- the data -> model spec (LightningCLI links it to the model once) ----
     @property
-    def n_inputs(self) -> int:
-        return sum(1 if v in SERIES_INPUTS else self.reducer.width() for v in self.inputs)
+    def feature_names(self) -> list[str]:
+        """One name per input column: CO2, CH4, SO2 (or SO2_eof1 ... with EOF reduction)."""
+        names = []
+        for v in self.inputs:
+            width = 1 if v in SERIES_INPUTS else self.reducer.width()
+            names += [v] if width == 1 else [f"{v}_eof{i + 1}" for i in range(width)]
+        return names
 
     @property
-    def n_outputs(self) -> int:
+    def layout(self) -> FieldLayout:
+        """How target maps are flattened into the output tensor (targets one after another, each lat-major)."""
         self._load()
-        return len(self.targets) * self.n_cells
+        ref = self.target_dataset(self.train_scenarios[0])
+        return FieldLayout.from_dataset(ref, self.targets, sample_dim="time")
 
     @property
-    def n_cells(self) -> int:
-        self._load()
-        grid = next(iter(self.scenarios.values())).targets
-        return 1 if self.target_reduction == "global_mean" else grid.sizes["lat"] * grid.sizes["lon"]
-
-    @property
-    def target_names(self) -> list[str]:
-        return list(self.targets)
+    def spec(self) -> DataSpec:
+        self.setup()
+        layout = self.layout
+        stats = {k: getattr(self.normalization, k) for k in ("x_mean", "x_std", "y_mean", "y_std")}
+        stats["cell_weights"] = self.area_weights
+        return DataSpec(self.feature_names, list(self.targets), (len(self.feature_names),), (layout.n_values,), stats,
+                        {"field_dims": list(layout.field_dims)})
 
     @property
     def area_weights(self) -> torch.Tensor:
         """cos(lat) weight of every grid cell, summing to 1 (one weight if targets are global means)."""
-        self._load()
-        if self.target_reduction == "global_mean":
-            return torch.ones(1)
-        grid = next(iter(self.scenarios.values())).targets
-        w = np.broadcast_to(lat_weights(grid["lat"])[:, None], (grid.sizes["lat"], grid.sizes["lon"]))
-        w = w if w.sum() > 0 else np.ones_like(w)
-        return torch.as_tensor(w.ravel() / w.sum(), dtype=torch.float32)
+        ref = self.target_dataset(self.train_scenarios[0])
+        return torch.as_tensor(flat_area_weights(ref["lat"].values, ref.sizes["lon"]), dtype=torch.float32)
 
     # ---- loading ----
     def prepare_data(self) -> None:
@@ -264,21 +265,21 @@ class ClimateBenchDataModule(L.LightningDataModule):
                 self.scenarios[s] = load_scenario(self.data_dir, s, self.inputs, self.targets)
         first = self.scenarios[self.train_scenarios[0]]
         for s in self.scenarios.values():
-            if not _same_grid(s.targets, first.targets):
-                raise DataError(f"{s.files[1]}: grid {s.targets.sizes['lat']} x {s.targets.sizes['lon']} differs "
-                                f"from {first.files[1]} ({first.targets.sizes['lat']} x {first.targets.sizes['lon']})")
+            diff = grid_difference(s.targets, first.targets)
+            if diff:
+                raise DataError(f"{s.files[1]}: grid differs from {first.files[1]}: {diff}")
 
     def features(self, scenario: str) -> torch.Tensor:
-        """Input tensor (years, n_inputs) of a loaded scenario, in physical units (maps reduced)."""
+        """Input tensor (years, n_inputs) of a scenario, in physical units (maps reduced)."""
+        self._load()
         x = self.scenarios[scenario].inputs
         cols = [x[v].values[:, None] if v in SERIES_INPUTS else self.reducer.transform(v, x[v]) for v in self.inputs]
         return torch.as_tensor(np.concatenate(cols, axis=1), dtype=torch.float32)
 
     def target_tensor(self, scenario: str) -> torch.Tensor:
-        """Target tensor (years, n_outputs) of a loaded scenario: variables one after another, each lat-major."""
+        """Target tensor (years, n_outputs) of a scenario: variables one after another, each lat-major."""
         y = self.target_dataset(scenario)
-        return torch.as_tensor(np.concatenate([y[v].values.reshape(y.sizes["time"], -1) for v in self.targets], axis=1),
-                               dtype=torch.float32)
+        return self.layout.to_tensor(y).reshape(y.sizes["time"], -1)
 
     def target_dataset(self, scenario: str) -> xr.Dataset:
         """The member-mean targets of a scenario as xarray (global means if target_reduction is global_mean)."""
@@ -289,9 +290,7 @@ class ClimateBenchDataModule(L.LightningDataModule):
             y = y.weighted(w).mean(("lat", "lon"), keep_attrs=True).expand_dims(lat=[0.0], lon=[0.0], axis=(1, 2))
         return y
 
-    def setup(self, stage: str | None = None) -> None:
-        if self._splits:
-            return
+    def build(self) -> None:
         self._load()
         train_names = [s for s in self.train_scenarios if s not in self.val_scenarios]
         n_years = sum(self.scenarios[s].inputs.sizes["time"] for s in train_names)
@@ -301,6 +300,9 @@ class ClimateBenchDataModule(L.LightningDataModule):
             order = torch.randperm(n_years, generator=torch.Generator().manual_seed(self.seed))
             n_val = int(round(self.val_fraction * n_years))
             val_idx, train_idx = order[:n_val], order[n_val:]
+            if len(train_idx) == 0:
+                raise ConfigError(f"data.val_fraction={self.val_fraction} of {n_years} training years leaves none "
+                                  "for training")
         if self.reducer.method == "eof":  # fitted on the training years only, never on validation years
             for v in self.inputs:
                 if v in MAP_INPUTS:
@@ -315,73 +317,43 @@ class ClimateBenchDataModule(L.LightningDataModule):
         else:
             x_val, y_val = x_all[val_idx], y_all[val_idx]
         self.normalization = Standardization.fit(x, y, len(self.targets))
-        self._splits = {"train": TensorDataset(x, y), "val": TensorDataset(x_val, y_val)}
-        self._splits["test"] = TensorDataset(torch.cat([self.features(s) for s in self.test_scenarios]),
-                                             torch.cat([self.target_tensor(s) for s in self.test_scenarios]))
-        self._splits["predict"] = TensorDataset(torch.cat([self.features(s) for s in self.predict_scenarios]))
-
-    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) of the training split, physical units, for baselines fitted on exactly the same data."""
-        self.setup()
-        return self._splits["train"].tensors
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        self.setup()
-        return DataLoader(self._splits[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+        self.statistics = {k: getattr(self.normalization, k) for k in ("x_mean", "x_std", "y_mean", "y_std")}
+        self.train_dataset = TensorDictDataset(x=x, y=y)
+        self.val_dataset = TensorDictDataset(x=x_val, y=y_val)
+        self.test_dataset = TensorDictDataset(x=torch.cat([self.features(s) for s in self.test_scenarios]),
+                                              y=torch.cat([self.target_tensor(s) for s in self.test_scenarios]))
+        self.predict_dataset = TensorDictDataset(x=torch.cat([self.features(s) for s in self.predict_scenarios]))
 
     # ---- back to xarray ----
-    def to_xarray(self, values: torch.Tensor | np.ndarray, scenario: str) -> xr.Dataset:
-        """Model outputs (years, n_outputs) of ``scenario`` as a Dataset with the targets' coordinates."""
-        ref = self.target_dataset(scenario)
-        values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float32)
-        shape = (ref.sizes["time"], len(self.targets), ref.sizes["lat"], ref.sizes["lon"])
-        if values.shape[0] != shape[0] or values.size != np.prod(shape):
-            raise DataError(f"predictions of shape {values.shape} do not fit {scenario!r} "
-                            f"({shape[0]} years x {len(self.targets)} targets x {shape[2]} x {shape[3]} cells)")
-        values = values.reshape(shape)
-        out = xr.Dataset({v: (("time", "lat", "lon"), values[:, i], dict(ref[v].attrs)) for i, v in enumerate(self.targets)},
-                         coords={"time": ref["time"], "lat": ref["lat"], "lon": ref["lon"]})
-        out.attrs["scenario"] = scenario
-        return out
+    def groups(self, split: str) -> list[str]:
+        """The scenarios of the test or predict split, in the order their samples come."""
+        if split == "test":
+            return list(self.test_scenarios)
+        if split == "predict":
+            return list(self.predict_scenarios)
+        raise ValueError(f"split must be 'test' or 'predict' (train and val years are shuffled), got {split!r}")
 
-    def split_predictions(self, values: torch.Tensor) -> dict[str, xr.Dataset]:
-        """Concatenated predict-step outputs, cut back into one Dataset per predict scenario."""
-        out, start = {}, 0
-        for s in self.predict_scenarios:
-            n = self.scenarios[s].inputs.sizes["time"]
-            out[s] = self.to_xarray(values[start:start + n], s)
+    def to_xarray(self, values: torch.Tensor | np.ndarray, split: str) -> dict[str, xr.Dataset]:
+        """Model outputs for the ``split``'s samples, cut into one Dataset per scenario on the targets' coordinates."""
+        out, start, layout = {}, 0, self.layout
+        n_total = sum(self.target_dataset(s).sizes["time"] for s in self.groups(split))
+        if n_total != len(values):
+            raise DataError(f"{len(values)} predictions do not fit the {n_total} years of {split} scenarios "
+                            f"{self.groups(split)}")
+        for s in self.groups(split):
+            ref = self.target_dataset(s)
+            n = ref.sizes["time"]
+            out[s] = layout.to_xarray(values[start:start + n], ref["time"].values)
+            out[s].attrs["scenario"] = s
             start += n
         return out
 
-    @torch.no_grad()
-    def predict_xarray(self, model: torch.nn.Module, scenario: str) -> xr.Dataset:
-        """Run ``model`` (physical inputs -> physical outputs) on a scenario and return xarray."""
-        self._load()
-        if self.reducer.method == "eof":
-            self.setup()
-        was_training = model.training
-        model.eval()
-        try:
-            device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
-            return self.to_xarray(model(self.features(scenario).to(device)), scenario)
-        finally:
-            model.train(was_training)
+    def truth(self, split: str) -> dict[str, xr.Dataset]:
+        return {s: self.target_dataset(s) for s in self.groups(split)}
 
     def state_dict(self) -> dict:
-        return {"reducer": self.reducer.state_dict()}
+        return {**super().state_dict(), "reducer": self.reducer.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
         self.reducer.load_state_dict(state_dict["reducer"])

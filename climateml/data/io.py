@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from climateml.errors import DataError  # noqa: F401  (re-exported: climateml.data.io.DataError)
+from climateml.writers import write_dataset  # noqa: F401  (re-exported for the readers and generators)
+
 SUFFIXES = (".nc", ".zarr")
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, the variable and what was expected."""
 
 
 def open_dataset(path: str | Path) -> xr.Dataset:
@@ -22,13 +18,16 @@ def open_dataset(path: str | Path) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); regenerate or download it again")
     try:
         if path.suffix == ".zarr" or path.is_dir():
             return xr.open_zarr(path, consolidated=None)
         return xr.open_dataset(path)
     except Exception as err:  # netCDF4, HDF5 and zarr raise many different types for a damaged file
+        reason = (str(err).strip().splitlines() or [""])[0][:120]
         raise DataError(f"{path}: cannot be read as NetCDF or Zarr, the file looks corrupt or truncated "
-                        f"({type(err).__name__}: {err}); regenerate or download it again") from err
+                        f"({type(err).__name__}: {reason}); regenerate or download it again") from err
 
 
 def standardize(ds: xr.Dataset) -> xr.Dataset:
@@ -38,7 +37,33 @@ def standardize(ds: xr.Dataset) -> xr.Dataset:
         ds = ds.drop_vars("quantile")
     if "time" in ds.coords:
         ds = ds.assign_coords(time=years_of(ds["time"]))
+    return to_standard_grid(ds)
+
+
+def to_standard_grid(ds: xr.Dataset) -> xr.Dataset:
+    """Longitudes on 0..360 and latitudes ascending, whatever convention the file uses (-180..180, N->S)."""
+    if "lon" in ds.dims and float(ds["lon"].min()) < 0:
+        ds = ds.assign_coords(lon=(ds["lon"] % 360.0).assign_attrs(ds["lon"].attrs)).sortby("lon")
+    if "lat" in ds.dims and ds.sizes["lat"] > 1 and float(ds["lat"][0]) > float(ds["lat"][-1]):
+        ds = ds.sortby("lat")
     return ds
+
+
+def grid_difference(a: xr.DataArray | xr.Dataset, b: xr.DataArray | xr.Dataset, dims=("lat", "lon"),
+                    atol: float = 1e-4) -> str | None:
+    """None if ``a`` and ``b`` share the grid ``dims``, else a short phrase saying which coordinate differs and how."""
+    for d in dims:
+        if d not in a.dims or d not in b.dims:
+            missing = "first" if d not in a.dims else "second"
+            return f"{d} is missing in the {missing}"
+        va, vb = np.asarray(a[d].values, float), np.asarray(b[d].values, float)
+        if len(va) != len(vb):
+            return f"{d} has {len(va)} points vs {len(vb)}"
+        if not np.allclose(va, vb, atol=atol):
+            i = int(np.argmax(np.abs(va - vb) > atol))
+            return (f"{d} values differ: {d}[{i}] = {va[i]:g} vs {vb[i]:g} "
+                    f"(ranges {va.min():g}..{va.max():g} vs {vb.min():g}..{vb.max():g})")
+    return None
 
 
 def years_of(time: xr.DataArray) -> np.ndarray:
@@ -84,28 +109,3 @@ def find_file(data_dir: str | Path, stem: str) -> Path:
         raise DataError(f"{data_dir}: data directory does not exist (looking for {stem}.nc or {stem}.zarr)")
     present = sorted(p.name for p in data_dir.iterdir() if p.suffix in SUFFIXES)
     raise DataError(f"{data_dir}: no {stem}.nc or {stem}.zarr; found {present or 'no NetCDF/Zarr files'}")
-
-
-def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write NetCDF (.nc) or Zarr (.zarr) atomically: a failed write leaves any existing file untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
-    try:
-        if path.suffix == ".zarr":
-            ds.to_zarr(tmp, mode="w", consolidated=True)
-            old = tmp.parent / "previous"
-            if path.exists():
-                os.replace(path, old)  # a directory cannot be replaced in one step: move the old store aside first
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                if old.exists():
-                    os.replace(old, path)
-                raise
-        else:
-            ds.to_netcdf(tmp)
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
-    return path

@@ -1,4 +1,4 @@
-"""Plain nn.Module building blocks."""
+"""Plain nn.Module building blocks shared by tasks (the U-Net lives in blocks_unet)."""
 
 from __future__ import annotations
 

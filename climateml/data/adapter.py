@@ -1,0 +1,86 @@
+"""xarray <-> tensor, keeping coordinates: the one adapter used by DataModules, writers, evaluation and attribution.
+
+A :class:`FieldLayout` remembers how a Dataset's variables were stacked into a tensor — which variables
+(the channel axis), which field dims and their coordinates — so model outputs come back as xarray on the
+input's coordinates without anyone reshaping a (time, lat, lon) array by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from climateml.errors import DataError
+
+
+@dataclass
+class FieldLayout:
+    """How ``variables`` on ``field_dims`` map to a tensor (samples, variables, *field_shape).
+
+    Args:
+        variables: the channel axis, in order (e.g. ["tas"] or ["TMQ", "U850"]).
+        field_dims: the dims after the sample dim, e.g. ("lat", "lon") or ("lead_time", "y", "x"); may be empty.
+        coords: 1-d coordinate values of each field dim (and any extra coords to carry).
+        attrs: attributes per variable (units, long_name), restored on the way back.
+        sample_dim: the name of the sample dim ("time" for yearly maps, "sample" for windows).
+    """
+
+    variables: list[str]
+    field_dims: tuple[str, ...]
+    coords: dict[Hashable, xr.DataArray] = field(default_factory=dict)
+    attrs: dict[str, dict] = field(default_factory=dict)
+    sample_dim: str = "time"
+
+    @classmethod
+    def from_dataset(cls, ds: xr.Dataset, variables: Sequence[str], sample_dim: str = "time") -> "FieldLayout":
+        """The layout of ``variables`` in ``ds`` (all with the same dims, sample dim first)."""
+        first = ds[variables[0]]
+        field_dims = tuple(d for d in first.dims if d != sample_dim)
+        for v in variables:
+            if tuple(d for d in ds[v].dims if d != sample_dim) != field_dims:
+                raise DataError(f"variable {v!r} has dims {ds[v].dims}, expected ({sample_dim}, {', '.join(field_dims)})")
+        coords = {d: ds[d].copy() for d in field_dims if d in ds.coords}
+        return cls(list(variables), field_dims, coords, {v: dict(ds[v].attrs) for v in variables}, sample_dim)
+
+    @property
+    def field_shape(self) -> tuple[int, ...]:
+        return tuple(len(self.coords[d]) for d in self.field_dims)
+
+    @property
+    def n_values(self) -> int:
+        """Numbers per sample: variables x field cells."""
+        return len(self.variables) * int(np.prod(self.field_shape, dtype=int))
+
+    def to_tensor(self, ds: xr.Dataset, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(samples, variables, *field_shape) from ``ds`` (dims put in this layout's order)."""
+        arrays = [np.asarray(ds[v].transpose(self.sample_dim, *self.field_dims).values) for v in self.variables]
+        return torch.as_tensor(np.stack(arrays, axis=1), dtype=dtype)
+
+    def to_xarray(self, values: torch.Tensor | np.ndarray, sample_coord: xr.DataArray | np.ndarray | Sequence,
+                  extra_dims: Mapping[str, Sequence] | None = None) -> xr.Dataset:
+        """A Dataset from values shaped (samples, [extra dims...], variables, *field_shape), flat or not.
+
+        ``extra_dims`` (e.g. {"member": [0, 1, 2]}) come before the variable axis in ``values`` and
+        after the sample dim in the result.
+        """
+        if isinstance(values, torch.Tensor):
+            values = values.detach().float().cpu().numpy()
+        values = np.asarray(values)
+        extra = dict(extra_dims or {})
+        n = len(sample_coord)
+        shape = (n, *[len(v) for v in extra.values()], len(self.variables), *self.field_shape)
+        if values.size != int(np.prod(shape)) or values.shape[0] != n:
+            raise DataError(f"values of shape {tuple(values.shape)} do not fit {n} samples x "
+                            f"{len(self.variables)} variables {self.variables} x field {self.field_shape} "
+                            f"{self.field_dims}" + (f" x {tuple(extra)}" if extra else ""))
+        values = values.reshape(shape)
+        dims = (self.sample_dim, *extra, *self.field_dims)
+        coords = {self.sample_dim: sample_coord, **{k: list(v) for k, v in extra.items()}, **self.coords}
+        axis = 1 + len(extra)
+        out = xr.Dataset({v: (dims, np.take(values, i, axis=axis), dict(self.attrs.get(v, {})))
+                          for i, v in enumerate(self.variables)}, coords=coords)
+        return out

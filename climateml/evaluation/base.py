@@ -1,0 +1,142 @@
+"""The generic evaluator: predict through ``Trainer.predict``, score the model and the task's baselines with
+the same code, and write ``metrics.json``, prediction NetCDF and figures into a run directory.
+
+A task subclasses :class:`Evaluation` and fills in the hooks — :meth:`~Evaluation.baselines`,
+:meth:`~Evaluation.score_variable` (or :meth:`~Evaluation.score`), :meth:`~Evaluation.figures` — and is
+chosen in the task's YAML under ``evaluation:``. ``metrics.json`` always has one shape:
+``{variable: {"model": {...}, "<baseline>": {...}}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import xarray as xr
+
+from climateml import plotting
+from climateml.writers import write_cf, write_text
+
+
+def predict(model: torch.nn.Module, datamodule, split: str = "test", accelerator: str = "auto",
+            precision=None) -> dict[str, xr.Dataset]:
+    """Run ``model`` over a split through ``Trainer.predict`` and return xarray on the data's coordinates.
+
+    One Dataset per group of the split (e.g. per scenario), from ``datamodule.to_xarray``. A private
+    Trainer (one device, no logger, no callbacks) is used, so a run's prediction writers do not fire.
+    """
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[])
+    outputs = trainer.predict(model, dataloaders=datamodule.dataloader(split), return_predictions=True)
+    return datamodule.to_xarray(torch.cat([o.float() for o in outputs]), split)
+
+
+def _members(datasets: Sequence[dict[str, xr.Dataset]]) -> dict[str, xr.Dataset]:
+    """Per group, the members' predictions stacked on a ``member`` dim."""
+    return {g: xr.concat([d[g] for d in datasets], dim="member").assign_coords(member=np.arange(len(datasets)))
+            for g in datasets[0]}
+
+
+class Evaluation:
+    """Scores a trained model (or ensemble) against the task's baselines on one split.
+
+    Args:
+        split: the DataModule split scored ("test").
+        summary_keys: scores printed after ``climateml fit``.
+        comparison_keys: scores drawn in the model-vs-baselines bar figure.
+        write_predictions: write ``<split>_predictions_<group>.nc`` (model and baselines, CF metadata).
+        make_figures: draw the task's figures under ``figures/``.
+    """
+
+    def __init__(self, split: str = "test", summary_keys: list[str] = ["rmse"], comparison_keys: list[str] = ["rmse"],
+                 write_predictions: bool = True, make_figures: bool = True):
+        self.split = split
+        self.summary_keys = list(summary_keys)
+        self.comparison_keys = list(comparison_keys)
+        self.write_predictions = write_predictions
+        self.make_figures = make_figures
+
+    # ---- hooks a task fills in ----
+    def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
+        """{baseline name: {group: predictions}} on the split, in the same form as the model's."""
+        return {}
+
+    def combine_members(self, members: xr.Dataset) -> xr.Dataset:
+        """The ensemble's prediction from its members (dim ``member``): the mean."""
+        return members.mean("member", keep_attrs=True)
+
+    def score_variable(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, float]:
+        """Scores of one variable in one group."""
+        raise NotImplementedError
+
+    def score(self, pred: xr.Dataset, truth: xr.Dataset) -> dict[str, dict[str, float]]:
+        """{variable: scores} for one group; by default :meth:`score_variable` for every variable of ``truth``."""
+        return {v: self.score_variable(pred[v], truth[v], v) for v in truth.data_vars}
+
+    def member_scores(self, members: xr.Dataset, truth: xr.Dataset) -> dict[str, dict[str, float]]:
+        """Extra model scores that need the members (spread, member RMSE); none by default."""
+        return {}
+
+    def aggregate(self, per_group: list[dict[str, float]]) -> dict[str, float]:
+        """One set of scores from the groups' (e.g. scenarios'): the mean of each score present in all of them."""
+        keys = [k for k in per_group[0] if all(k in d for d in per_group)]
+        return {k: float(np.mean([d[k] for d in per_group])) for k in keys}
+
+    def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
+                members: xr.Dataset) -> None:
+        """The task's figures of one group; ``predictions`` holds "model" and each baseline."""
+
+    # ---- the run ----
+    def run(self, models: Sequence[torch.nn.Module], datamodule, run_dir: str | Path,
+            histories: Mapping[str, str | Path] | None = None, accelerator: str = "auto") -> dict:
+        """Score ``models`` (an ensemble of one or more) and the baselines; write metrics.json, predictions, figures."""
+        run_dir = Path(run_dir)
+        datamodule.setup("test")
+        members = _members([predict(m, datamodule, self.split, accelerator) for m in models])
+        baselines = self.baselines(datamodule)
+        truth = datamodule.truth(self.split)
+        per_group: dict[str, dict[str, list]] = {}
+        for group, member_ds in members.items():
+            preds = {"model": self.combine_members(member_ds), **{b: p[group] for b, p in baselines.items()}}
+            for name, pred in preds.items():
+                for variable, scores in self.score(pred, truth[group]).items():
+                    if name == "model":
+                        scores = {**scores, **self.member_scores(member_ds, truth[group]).get(variable, {}),
+                                  "ensemble_size": len(models)}
+                    per_group.setdefault(variable, {}).setdefault(name, []).append(scores)
+            if self.write_predictions:
+                self._write(run_dir / f"{self.split}_predictions_{group}.nc", group, preds, member_ds)
+            if self.make_figures:
+                self.figures(run_dir / "figures", group, truth[group], preds, member_ds)
+        result = {v: {name: self.aggregate(s) for name, s in by.items()} for v, by in per_group.items()}
+        write_text(json.dumps(result, indent=2, allow_nan=True), run_dir / "metrics.json")
+        if self.make_figures:
+            plotting.save(plotting.plot_metric_comparison(result, self.comparison_keys), run_dir / "figures" / "metrics.png")
+            existing = {k: v for k, v in (histories or {}).items() if Path(v).exists()}
+            if existing:
+                plotting.save(plotting.plot_learning_curves(existing), run_dir / "figures" / "learning_curves.png")
+        return result
+
+    def _write(self, path: Path, group: str, preds: dict[str, xr.Dataset], members: xr.Dataset) -> None:
+        """One file per group: every variable on a ``model`` dim (the model, then each baseline), plus the
+        members as ``<variable>_members`` when there is more than one."""
+        names = list(preds)
+        out = xr.concat([preds[n] for n in names], dim="model", coords="minimal", compat="override")
+        out = out.assign_coords(model=names)
+        if members.sizes["member"] > 1:
+            out = out.merge(members.rename({v: f"{v}_members" for v in members.data_vars}), compat="override")
+        write_cf(out, path, title=f"{self.split} predictions of the model and its baselines, {group}", group=group)
+
+    def summary(self, result: dict) -> list[str]:
+        """Lines printed after ``climateml fit``: the summary scores of the model and each baseline."""
+        lines = []
+        for variable, by_model in result.items():
+            for name, m in by_model.items():
+                shown = ", ".join(f"{k} {m[k]:.4g}" for k in self.summary_keys if k in m)
+                lines.append(f"  {variable} {name:>18}: {shown}")
+        return lines

@@ -1,0 +1,98 @@
+"""Scores, baselines and figures of the temperature lab (ClimateBench): what the generic evaluator calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from climateml import metrics, plotting
+from climateml.errors import ConfigError
+from climateml.evaluation.base import Evaluation
+from climateml.models.baselines import LinearRegression
+
+BASELINES = ("linear",)
+BASELINE_KEYS = {"linear": "linear_baseline"}
+
+
+class TemperatureEvaluation(Evaluation):
+    """ClimateBench scoring: area-weighted RMSE, MAE, bias and R² over all test years, and NRMSE over
+    ``nrmse_years``; scores are averaged over the test scenarios.
+
+    Args:
+        baselines: fitted on the same training inputs and scored by the same code: "linear" (pattern
+            scaling by least squares; metrics key ``linear_baseline``).
+        nrmse_years: first and last year (inclusive) of ClimateBench's NRMSE (the end of the century).
+        map_years: years of the predicted-vs-true maps (the nearest year present is used).
+        map_range: colour range of the maps, ± this value in the target's units; 0 takes the 99th
+            percentile of |truth|.
+        point: a place whose series is drawn: {"name": ..., "lat": degrees north, "lon": degrees east}.
+    """
+
+    def __init__(self, baselines: list[str] = ["linear"], nrmse_years: tuple[int, int] = (2080, 2100),
+                 map_years: list[int] = [2030, 2050, 2100], map_range: float = 6.0,
+                 point: dict = {"name": "New York", "lat": 40.71, "lon": -74.01},
+                 summary_keys: list[str] = ["rmse", "nrmse_total"],
+                 comparison_keys: list[str] = ["nrmse_spatial", "nrmse_global", "nrmse_total"], **options):
+        super().__init__(summary_keys=summary_keys, comparison_keys=comparison_keys, **options)
+        unknown = [b for b in baselines if b not in BASELINES]
+        if unknown:
+            raise ConfigError(f"evaluation.baselines: unknown {unknown}; choose from {list(BASELINES)}")
+        if len(nrmse_years) != 2 or nrmse_years[0] > nrmse_years[1]:
+            raise ConfigError(f"evaluation.nrmse_years must be [first, last] with first <= last, got {list(nrmse_years)}")
+        missing = {"name", "lat", "lon"} - set(point)
+        if missing:
+            raise ConfigError(f"evaluation.point needs name, lat and lon; missing {sorted(missing)}")
+        self.baseline_names = list(baselines)
+        self.nrmse_years = tuple(nrmse_years)
+        self.map_years, self.map_range, self.point = list(map_years), float(map_range), dict(point)
+
+    def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
+        train = datamodule.dataset("train").tensors
+        x_test = datamodule.dataset(self.split).tensors["x"]
+        out = {}
+        for name in self.baseline_names:
+            model = LinearRegression.fit(train["x"], train["y"])
+            out[BASELINE_KEYS[name]] = datamodule.to_xarray(model(x_test), self.split)
+        return out
+
+    def score_variable(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, float]:
+        """Area-weighted RMSE, MAE, bias, R² over every test year and cell; ClimateBench NRMSE over nrmse_years."""
+        out = {"rmse": float(metrics.rmse(pred, truth)), "mae": float(metrics.mae(pred, truth)),
+               "bias": float(metrics.bias(pred, truth)), "r2": float(metrics.r2(pred, truth))}
+        years = truth["time"].values
+        late = years[(years >= self.nrmse_years[0]) & (years <= self.nrmse_years[1])]
+        if len(late):
+            out.update(metrics.nrmse(pred.sel(time=late), truth.sel(time=late)))
+        return out
+
+    def member_scores(self, members: xr.Dataset, truth: xr.Dataset) -> dict[str, dict[str, float]]:
+        """Ensemble spread (area-weighted mean std across members) and the members' own RMSE, mean and std."""
+        if members.sizes["member"] < 2:
+            return {}
+        out = {}
+        for v in truth.data_vars:
+            member_rmse = [float(metrics.rmse(members[v].isel(member=i), truth[v])) for i in range(members.sizes["member"])]
+            out[v] = {"ensemble_spread": float(metrics.global_mean(members[v].std("member")).mean()),
+                      "member_rmse_mean": float(np.mean(member_rmse)), "member_rmse_std": float(np.std(member_rmse))}
+        return out
+
+    def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
+                members: xr.Dataset) -> None:
+        for v in truth.data_vars:
+            units = truth[v].attrs.get("units", "")
+            vmax = self.map_range or float(np.nanpercentile(np.abs(truth[v].values), 99)) or 1.0
+            tag = f"{v}_{group}"
+            plotting.save(plotting.plot_maps(truth[v], {"model": predictions["model"][v]}, years=self.map_years,
+                                             vmax=vmax, units=units), fig_dir / f"maps_{tag}.png")
+            if members.sizes["member"] > 1:
+                plotting.save(plotting.plot_ensemble_spread(members[v], years=self.map_years, units=units),
+                              fig_dir / f"ensemble_spread_{tag}.png")
+            series = {"model": members[v], **{b: p[v] for b, p in predictions.items() if b != "model"}}
+            plotting.save(plotting.plot_global_mean(truth[v], series, units=units), fig_dir / f"global_mean_{tag}.png")
+            if truth.sizes["lat"] * truth.sizes["lon"] > 1:
+                place = self.point["name"]
+                plotting.save(plotting.plot_point_series(truth[v], series, lat=self.point["lat"], lon=self.point["lon"],
+                                                         place=place, units=units),
+                              fig_dir / f"point_{place.lower().replace(' ', '_')}_{tag}.png")

@@ -1,0 +1,112 @@
+"""ClimateTask: what every task's LightningModule shares — spec, statistics as buffers, one optimiser setup.
+
+A task subclasses :class:`ClimateTask` and fills in :meth:`configure_models`, :meth:`configure_losses`,
+:meth:`configure_metrics` and :meth:`shared_step`; training, validation and test steps, prediction and
+``configure_optimizers`` (optimiser, learning rate and schedule from the config) are written once here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from climateml.data.base import DataSpec
+from climateml.errors import ConfigError, check_choice, check_positive
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+              "rmsprop": torch.optim.RMSprop}
+SCHEDULERS = ("none", "plateau", "cosine", "step", "onecycle")
+
+
+class ClimateTask(L.LightningModule):
+    """Base LightningModule of every task.
+
+    Args:
+        spec: the data->model spec (linked from the DataModule by the CLI; a dict when reloaded from a
+            checkpoint). Its statistics become buffers, so a checkpoint predicts on its own.
+        optimizer: "adam", "adamw", "sgd" or "rmsprop".
+        lr: learning rate (> 0).
+        weight_decay: L2 penalty (>= 0).
+        lr_scheduler: "none", "plateau" (ReduceLROnPlateau on ``monitor``), "cosine", "step" or "onecycle"
+            (stepped every optimiser step); ``lr_scheduler_options`` go to the torch scheduler.
+        monitor: the logged quantity a plateau schedule watches, and its ``monitor_mode``.
+    """
+
+    def __init__(
+        self,
+        spec: Any = None,
+        optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_scheduler: Literal["none", "plateau", "cosine", "step", "onecycle"] = "none",
+        lr_scheduler_options: dict | None = None,
+        monitor: str = "val_loss",
+        monitor_mode: Literal["min", "max"] = "min",
+    ):
+        super().__init__()
+        check_choice("model.optimizer", optimizer, OPTIMIZERS)
+        check_positive("model.lr", lr)
+        check_positive("model.weight_decay", weight_decay, allow_zero=True)
+        check_choice("model.lr_scheduler", lr_scheduler, SCHEDULERS)
+        check_choice("model.monitor_mode", monitor_mode, ("min", "max"))
+        self.spec = DataSpec.coerce(spec)
+        if self.spec is None:
+            raise ConfigError(f"{type(self).__name__} needs a data spec: run it through `climateml` with a data "
+                              "module, or pass spec=datamodule.spec")
+        # called here, while the subclass's __init__ is still on the stack, so its arguments are saved too
+        self.save_hyperparameters(ignore=["spec"])
+        self.hparams["spec"] = self.spec.describe()  # plain types; the statistics' values live in the state dict
+        for name, value in self.spec.statistics.items():
+            self.register_buffer(name, value.detach().clone().float())
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # ---- what a task fills in ----
+    def configure_models(self) -> None:
+        """Build the networks (``self.net`` ...) from ``self.spec`` and the hyperparameters."""
+
+    def configure_losses(self) -> None:
+        """Build the loss (``self.criterion``)."""
+
+    def configure_metrics(self) -> None:
+        """Build torchmetrics that accumulate over a whole epoch (never a mean of batch means)."""
+
+    def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        """Loss of one batch; logs ``{stage}_loss`` and updates the stage's metrics."""
+        raise NotImplementedError
+
+    # ---- shared ----
+    def training_step(self, batch, batch_idx):
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.shared_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        return self(batch["x"])
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = OPTIMIZERS[hp.optimizer](self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        kw = dict(hp.lr_scheduler_options or {})
+        if hp.lr_scheduler == "none":
+            return opt
+        if hp.lr_scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=hp.monitor_mode,
+                                                               **{"factor": 0.5, "patience": 5, **kw})
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": hp.monitor}}
+        if hp.lr_scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, **{"T_max": self.trainer.max_epochs, **kw})
+        elif hp.lr_scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, **{"step_size": 10, "gamma": 0.5, **kw})
+        else:
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, **{"max_lr": hp.lr * 10, "total_steps": int(self.trainer.estimated_stepping_batches), **kw})
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
