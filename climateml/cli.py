@@ -80,7 +80,25 @@ def _synth_climatebench(argv: list[str]) -> int:
     return 0
 
 
-SYNTH_LAYOUTS = {"climatebench": _synth_climatebench}
+def _synth_climatenet(argv: list[str]) -> int:
+    from climateml.data.synthetic import generate_climatenet
+
+    parser = argparse.ArgumentParser(prog="climateml synth climatenet",
+                                     description="Write sample data in the ClimateNet layout (data-YYYY-MM-DD-01-1_N.nc).")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--n", type=int, default=20, help="number of dates (snapshots)")
+    parser.add_argument("--nlat", type=int, default=96)
+    parser.add_argument("--nlon", type=int, default=144)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--double-labelled", type=int, default=3, help="dates with a second expert labelling")
+    args = parser.parse_args(argv)
+    paths = generate_climatenet(args.out, n_dates=args.n, nlat=args.nlat, nlon=args.nlon, seed=args.seed,
+                                n_double_labelled=min(args.double_labelled, args.n))
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+SYNTH_LAYOUTS = {"climatebench": _synth_climatebench, "climatenet": _synth_climatenet}
 
 
 def synth_main(argv: list[str]) -> int:

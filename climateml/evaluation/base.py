@@ -89,13 +89,15 @@ class Evaluation:
 
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
                 members: xr.Dataset) -> None:
-        """The task's figures of one group; ``predictions`` holds "model" and each baseline."""
+        """The task's figures of one group; ``predictions`` holds "model" and each baseline; the DataModule
+        being evaluated is ``self.datamodule``."""
 
     # ---- the run ----
     def run(self, models: Sequence[torch.nn.Module], datamodule, run_dir: str | Path,
             histories: Mapping[str, str | Path] | None = None, accelerator: str = "auto") -> dict:
         """Score ``models`` (an ensemble of one or more) and the baselines; write metrics.json, predictions, figures."""
         run_dir = Path(run_dir)
+        self.datamodule = datamodule  # for hooks that need the inputs (e.g. fields under a mask figure)
         datamodule.setup("test")
         members = _members([predict(m, datamodule, self.split, accelerator) for m in models])
         baselines = self.baselines(datamodule)
@@ -126,8 +128,12 @@ class Evaluation:
         """One file per group: every variable on a ``model`` dim (the model, then each baseline), plus the
         members as ``<variable>_members`` when there is more than one."""
         names = list(preds)
-        out = xr.concat([preds[n] for n in names], dim="model", coords="minimal", compat="override")
+        shared = [v for v in preds["model"].data_vars if all(v in p.data_vars for p in preds.values())]
+        out = xr.concat([preds[n][shared] for n in names], dim="model", coords="minimal", compat="override")
         out = out.assign_coords(model=names)
+        only_model = [v for v in preds["model"].data_vars if v not in shared]  # e.g. class probabilities
+        if only_model:
+            out = out.merge(preds["model"][only_model].rename({v: f"{v}_model" for v in only_model}))
         if members.sizes["member"] > 1:
             out = out.merge(members.rename({v: f"{v}_members" for v in members.data_vars}), compat="override")
         write_cf(out, path, title=f"{self.split} predictions of the model and its baselines, {group}", group=group)

@@ -1,0 +1,90 @@
+"""SegmentationModel: a U-Net that labels every grid cell background, tropical cyclone or atmospheric river."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from climateml.errors import check_fraction, check_positive
+from climateml.metrics.segmentation import scores_from_confusion
+from climateml.models.base import ClimateTask
+from climateml.models.blocks_unet import UNet
+from climateml.models.losses import build_segmentation_loss
+
+
+class SegmentationModel(ClimateTask):
+    """U-Net segmentation of weather features; inputs in physical units, standardised with training statistics.
+
+    Logs ``{stage}_loss`` and, from a confusion matrix accumulated over the whole epoch (not a mean of
+    batch scores), ``{stage}_iou_<class>`` and ``{stage}_mean_iou``. Early stopping and checkpoints watch
+    ``val_mean_iou`` (set ``monitor``/``monitor_mode`` for the plateau schedule accordingly).
+
+    Args:
+        depth, width, norm, dropout, upsampling: the U-Net (see :class:`~climateml.models.blocks_unet.UNet`);
+            any input size works, longitude wraps around (``circular_lon``).
+        loss: a loss name or {name: weight} summed: cross_entropy (class-weighted), dice, jaccard, focal.
+        loss_options: extra arguments per loss, e.g. {focal: {gamma: 2.0}}.
+        use_class_weights: weight the losses by the training masks' class weights from the data spec.
+    """
+
+    def __init__(self, spec=None, depth: int = 3, width: int = 16, norm: Literal["batch", "group", "instance", "none"] = "batch",
+                 dropout: float = 0.0, upsampling: Literal["transpose", "bilinear"] = "bilinear",
+                 circular_lon: bool = True, loss: str | dict = {"cross_entropy": 1.0, "jaccard": 1.0},
+                 loss_options: dict = {}, use_class_weights: bool = True, **task_options):
+        check_positive("model.depth", depth, allow_zero=True)
+        check_positive("model.width", width)
+        check_fraction("model.dropout", dropout)
+        task_options.setdefault("monitor", "val_mean_iou")
+        task_options.setdefault("monitor_mode", "max")
+        self._arch = dict(depth=depth, width=width, norm=norm, dropout=dropout, upsampling=upsampling,
+                          circular_lon=circular_lon)
+        self._loss = (loss, loss_options, use_class_weights)
+        super().__init__(spec, **task_options)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.spec.outputs)
+
+    def configure_models(self) -> None:
+        self.net = UNet(self.spec.input_shape[0], len(self.spec.outputs), **self._arch)
+
+    def configure_losses(self) -> None:
+        loss, options, use_weights = self._loss
+        weights = self.class_weights if use_weights and hasattr(self, "class_weights") else None
+        self.criterion = build_segmentation_loss(loss, class_weights=weights, options=options)
+
+    def configure_metrics(self) -> None:
+        k = len(self.spec.outputs)
+        self.confusion = nn.ModuleDict({f"{s}_confusion": MulticlassConfusionMatrix(k) for s in ("train", "val", "test")})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fields (batch, channel, lat, lon) in physical units -> class logits (batch, class, lat, lon)."""
+        return self.net((x - self.x_mean[:, None, None]) / self.x_std[:, None, None])
+
+    def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self(batch["x"])
+        loss = self.criterion(logits.float(), batch["y"])
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(logits))
+        self.confusion[f"{stage}_confusion"].update(logits.argmax(1), batch["y"])
+        return loss
+
+    def _log_scores(self, stage: str) -> None:
+        cm = self.confusion[f"{stage}_confusion"].compute()
+        self.confusion[f"{stage}_confusion"].reset()
+        scores = scores_from_confusion(cm.cpu().numpy(), self.class_names)
+        for name in ["mean_iou", *[f"iou_{c}" for c in self.class_names]]:
+            value = scores[name]
+            self.log(f"{stage}_{name}", 0.0 if value != value else value, prog_bar=name == "mean_iou" and stage == "val",
+                     sync_dist=False)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_scores("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
