@@ -98,7 +98,26 @@ def _synth_climatenet(argv: list[str]) -> int:
     return 0
 
 
-SYNTH_LAYOUTS = {"climatebench": _synth_climatebench, "climatenet": _synth_climatenet}
+def _synth_nowcasting(argv: list[str]) -> int:
+    from climateml.data.synthetic.radar import generate_radar
+
+    parser = argparse.ArgumentParser(prog="climateml synth nowcasting",
+                                     description="Write sample radar frames, one CF NetCDF file per frame.")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--n-frames", type=int, default=288, help="frames at the time step (some are left missing)")
+    parser.add_argument("--ny", type=int, default=64)
+    parser.add_argument("--nx", type=int, default=64)
+    parser.add_argument("--timestep-minutes", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    paths = generate_radar(args.out, n_frames=args.n_frames, ny=args.ny, nx=args.nx,
+                           timestep_minutes=args.timestep_minutes, seed=args.seed)
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+SYNTH_LAYOUTS = {"climatebench": _synth_climatebench, "climatenet": _synth_climatenet,
+                 "nowcasting": _synth_nowcasting}
 
 
 def synth_main(argv: list[str]) -> int:

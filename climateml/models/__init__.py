@@ -1,6 +1,20 @@
-"""Plain nn.Module building blocks and one LightningModule per task."""
+"""Plain nn.Module building blocks, baselines, and one LightningModule per task."""
 
 from climateml.models.baselines import LinearRegression
+from climateml.models.sklearn_baselines import EOFRegressionBaseline
 from climateml.models.temperature import TemperatureEmulator
 
-__all__ = ["LinearRegression", "TemperatureEmulator"]
+__all__ = ["EOFRegressionBaseline", "LinearRegression", "TemperatureEmulator", "NowcastModel", "SegmentationModel"]
+
+
+def __getattr__(name: str):
+    # the task modules import their blocks lazily, so `import climateml.models` stays light
+    if name == "SegmentationModel":
+        from climateml.models.segmentation import SegmentationModel
+
+        return SegmentationModel
+    if name == "NowcastModel":
+        from climateml.models.nowcasting import NowcastModel
+
+        return NowcastModel
+    raise AttributeError(f"module 'climateml.models' has no attribute {name!r}")
