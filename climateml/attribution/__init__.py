@@ -1,0 +1,20 @@
+"""Attribution maps on the input's coordinates, and Clever-Hans diagnostics.
+
+``attribute(model, x, method, target=None, baseline=None, **options)`` wraps Captum for any
+``torch.nn.Module`` and returns xarray on ``x``'s dims and coordinates (:mod:`.core`); targets reduce map
+outputs to one number per sample (:mod:`.targets`); :mod:`.diagnostics` holds relevance mass / rank
+accuracy, cue ablation, permutation importance and backwards optimisation; :mod:`.spray` spectral
+relevance analysis; :mod:`.plots` figures; :mod:`.callbacks` the Lightning callback; :mod:`.confounded` the
+Clever-Hans demonstration data and run; :mod:`.fidelity` the Mamalakis et al. (2022) benchmark.
+"""
+
+from climateml.attribution.core import METHOD_OPTIONS, METHODS, as_dataarray, attribute, predict  # noqa: F401
+from climateml.attribution.diagnostics import (  # noqa: F401
+    ablate, accuracy_skill, climatology, cue_ablation, neg_rmse_skill, optimise_input, permutation_importance,
+    r2_skill, relevance_in_regions, relevance_mass_accuracy, relevance_rank_accuracy,
+)
+from climateml.attribution.regions import region_mask  # noqa: F401
+from climateml.attribution.spray import SprayResult, spray  # noqa: F401
+from climateml.attribution.targets import (  # noqa: F401
+    OutputIndex, RegionMean, Target, as_target, class_score, global_mean, nowcast_rain, region_mean,
+)

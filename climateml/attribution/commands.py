@@ -1,0 +1,239 @@
+"""What the ``climateml`` command runs for attribution; ``climateml.cli`` parses the task config and calls these.
+
+- ``climateml attribute --config <task>.yaml --ckpt_path ... --method ... [--target ...]``:
+  :func:`attribute_task` on a model and DataModule the CLI built from the config (:func:`attribute_main`
+  takes a ``build(config, overrides) -> (model, datamodule)`` callable, so this package never imports the CLI);
+- ``climateml synth confounded --out DIR``: :func:`synth_confounded_main`;
+- ``climateml demo clever-hans --out DIR``: :func:`demo_clever_hans_main`.
+
+DataModule hooks used when present (each has a fallback): ``inputs_xarray(split)`` (the split's inputs as
+xarray with their coordinates, sample dim first), ``output_grid()`` (an xarray object with the output
+map's lat/lon or y/x coordinates) and ``layout`` (a :class:`~climateml.data.adapter.FieldLayout` of the outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from climateml.attribution.core import METHOD_OPTIONS, METHODS, attribute
+from climateml.attribution.targets import OutputIndex, RegionMean, as_target
+from climateml.errors import ConfigError
+
+
+# ---------------------------------------------------------------------------------------------------
+# inputs and output grid of a task's DataModule
+# ---------------------------------------------------------------------------------------------------
+
+def inputs_from_datamodule(datamodule, split: str, n_samples: int | None = None,
+                           model: torch.nn.Module | None = None) -> xr.DataArray | xr.Dataset:
+    """The first ``n_samples`` inputs of ``split``: ``datamodule.inputs_xarray(split)`` when it has the hook,
+    else the split's ``x`` tensors as a DataArray with dims ``sample, dim_1, ...`` (and the model spec's input
+    names on ``dim_1`` when they fit)."""
+    if hasattr(datamodule, "inputs_xarray"):
+        x = datamodule.inputs_xarray(split)
+        first = x.dims[0] if isinstance(x, xr.DataArray) else next(iter(x[next(iter(x.data_vars))].dims))
+        return x if n_samples is None else x.isel({first: slice(0, n_samples)})
+    ds = datamodule.dataset(split) if hasattr(datamodule, "dataset") else getattr(datamodule, f"{split}_dataset")
+    idx = list(range(len(ds) if n_samples is None else min(n_samples, len(ds))))
+    batch = ds.__getitems__(idx) if hasattr(ds, "__getitems__") else torch.utils.data.default_collate([ds[i] for i in idx])
+    values = (batch["x"] if isinstance(batch, Mapping) else batch[0]).detach().float().cpu().numpy()
+    dims = ("sample", *[f"dim_{i}" for i in range(1, values.ndim)])
+    coords: dict[str, Any] = {"sample": np.arange(len(values))}
+    spec = getattr(model, "spec", None) or getattr(datamodule, "spec", None)
+    names = list(getattr(spec, "inputs", []) or [])
+    if values.ndim > 1 and len(names) == values.shape[1]:
+        coords["dim_1"] = names
+    return xr.DataArray(values, dims=dims, coords=coords, name="input")
+
+
+def output_grid(datamodule) -> tuple[xr.Dataset | None, list[str] | None]:
+    """(grid, names) of the model's output maps: ``datamodule.output_grid()``, else the coordinates of its
+    ``layout`` (a FieldLayout) and the layout's variables; (None, None) if neither."""
+    if hasattr(datamodule, "output_grid"):
+        return datamodule.output_grid(), None
+    layout = getattr(datamodule, "layout", None)
+    coords = getattr(layout, "coords", None)
+    if coords:
+        return xr.Dataset(coords={k: v for k, v in coords.items()}), list(getattr(layout, "variables", []) or []) or None
+    return None, None
+
+
+def _resolve_target(target: Any, grid, names) -> Any:
+    """The target with the task's output grid and output names filled in where it did not give them."""
+    t = as_target(target)
+    if isinstance(t, RegionMean):
+        t.grid = t.grid if t.grid is not None else grid
+        t.names = t.names if t.names is not None else names
+    elif isinstance(t, OutputIndex) and t.names is None:
+        t.names = names
+    return t
+
+
+def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any = None, split: str = "test",
+                   n_samples: int | None = 16, out_dir: str | Path = "attribution", baseline: Any = None,
+                   n_figures: int = 3, **options) -> Path:
+    """Attribution maps of a task's model on ``n_samples`` samples of ``split``: NetCDF and figures.
+
+    Writes ``<out_dir>/attribution_<method>_<split>.nc`` (the maps and the inputs, CF, atomic) and
+    ``<out_dir>/figures/attribution_<method>_<split>_<k>.png`` for the first ``n_figures`` samples; returns
+    the NetCDF path. ``target`` may be a config mapping (``{kind: region_mean, index: tas, lat: [30, 60]}``);
+    region targets get the DataModule's output grid and names unless they give their own.
+    """
+    from climateml.attribution import plots
+    from climateml.writers import write_cf
+
+    datamodule.setup("test")
+    x = inputs_from_datamodule(datamodule, split, n_samples, model)
+    grid, names = output_grid(datamodule)
+    names = names or list(getattr(getattr(model, "spec", None), "outputs", []) or []) or None
+    t = _resolve_target(target, grid, names)
+    a = attribute(model, x, method, target=t, baseline=baseline, **options)
+    if isinstance(a, xr.DataArray):
+        ds = a.to_dataset()
+        ds["input"] = x
+    else:
+        ds = a.rename({v: f"attribution_{v}" for v in a.data_vars}).merge(x)
+    ds.attrs = {**a.attrs, "split": split}
+    out_dir = Path(out_dir)
+    path = write_cf(ds, out_dir / f"attribution_{method}_{split}.nc",
+                    title=f"{method} attribution of {type(model).__name__} on {split} samples")
+    n = a.sizes[next(iter(a.dims))] if isinstance(a, xr.DataArray) else x.sizes[next(iter(x.dims))]
+    for k in range(min(n_figures, n)):
+        plots.save(plots.plot_attribution(a, x, sample=k), out_dir / "figures" / f"attribution_{method}_{split}_{k}.png")
+    return path
+
+
+def attribute_parser(prog: str = "climateml attribute") -> argparse.ArgumentParser:
+    """The options of ``climateml attribute`` (any other ``--section.key value`` overrides the config)."""
+    p = argparse.ArgumentParser(prog=prog, description="Attribution maps of a trained task model on its data: "
+                                "NetCDF on the data's coordinates and figures.")
+    p.add_argument("--config", required=True, help="the task's YAML (as for climateml fit)")
+    p.add_argument("--ckpt_path", default=None, help="checkpoint with the trained weights (and data statistics)")
+    p.add_argument("--method", default="integrated_gradients", choices=list(METHODS))
+    p.add_argument("--target", default=None,
+                   help="what to explain: an output index, or a YAML mapping such as "
+                        "'{kind: region_mean, index: tas, lat: [30, 60], lon: [-10, 40]}' (kinds: index, region_mean, "
+                        "global_mean, class_score, nowcast_rain)")
+    p.add_argument("--baseline", default=None, help="zeros | climatology | a number (default: the method's)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n_samples", type=int, default=16)
+    p.add_argument("--out", default=None, help="output folder (default: attribution/ beside the checkpoint, or ./attribution)")
+    p.add_argument("--options", default="{}", help="method options as a YAML mapping, e.g. '{n_steps: 64}'")
+    p.add_argument("--n_figures", type=int, default=3)
+    return p
+
+
+def _yaml(text: str | None) -> Any:
+    import yaml
+
+    return None if text is None else yaml.safe_load(text)
+
+
+def load_checkpoint(model: torch.nn.Module, datamodule, path: str | Path) -> None:
+    """Load a Lightning checkpoint's weights into ``model`` and its saved DataModule state (statistics) into
+    ``datamodule``, on the CPU."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["state_dict"])
+    state = ckpt.get(type(datamodule).__qualname__)
+    if state is not None and hasattr(datamodule, "load_state_dict"):
+        datamodule.load_state_dict(state)
+
+
+def attribute_main(argv: Sequence[str], build: Callable[[str, list[str]], tuple[torch.nn.Module, Any]]) -> int:
+    """``climateml attribute``: ``build(config, overrides)`` returns the config's (model, datamodule)."""
+    args, overrides = attribute_parser().parse_known_args(list(argv))
+    model, datamodule = build(args.config, overrides)
+    if args.ckpt_path:
+        load_checkpoint(model, datamodule, args.ckpt_path)
+    baseline = args.baseline
+    if baseline is not None and baseline not in ("zeros", "climatology"):
+        try:
+            baseline = float(baseline)
+        except ValueError:
+            raise ConfigError(f"--baseline must be zeros, climatology or a number, got {baseline!r}") from None
+    options = _yaml(args.options) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"--options must be a YAML mapping, got {args.options!r}")
+    out = args.out or (Path(args.ckpt_path).parent.parent / "attribution" if args.ckpt_path else "attribution")
+    path = attribute_task(model, datamodule, args.method, _yaml(args.target), args.split, args.n_samples, out, baseline,
+                          args.n_figures, **options)
+    print(f"wrote {path} and figures in {Path(path).parent / 'figures'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# the confounded data set and the Clever-Hans demonstration
+# ---------------------------------------------------------------------------------------------------
+
+def synth_confounded_main(argv: Sequence[str]) -> int:
+    """``climateml synth confounded --out DIR``: the confounded data set and its clean twin as NetCDF."""
+    from climateml.attribution.confounded import write_confounded
+
+    p = argparse.ArgumentParser(prog="climateml synth confounded",
+                                description="Write a data set with a Clever-Hans cue (station density tracking the "
+                                            "label in train/val only) and its clean twin: DIR/<twin>/<split>.nc.")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=3000)
+    p.add_argument("--n-val", type=int, default=400)
+    p.add_argument("--n-test", type=int, default=400)
+    p.add_argument("--nlat", type=int, default=16)
+    p.add_argument("--nlon", type=int, default=24)
+    p.add_argument("--label-noise", type=float, default=0.6)
+    p.add_argument("--cue-strength", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(list(argv))
+    paths = write_confounded(a.out, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, nlat=a.nlat, nlon=a.nlon,
+                             label_noise=a.label_noise, cue_strength=a.cue_strength, seed=a.seed)
+    print(f"wrote {len(paths)} files to {a.out}")
+    return 0
+
+
+def demo_clever_hans_main(argv: Sequence[str]) -> int:
+    """``climateml demo clever-hans --out DIR``: train on both twins, diagnose, write clever_hans.json and figures."""
+    from climateml.attribution.confounded import read_confounded, run_clever_hans
+
+    p = argparse.ArgumentParser(prog="climateml demo clever-hans",
+                                description="Train a small CNN on a confounded data set and on its clean twin, and "
+                                            "tell them apart with attribution diagnostics: DIR/clever_hans.json, "
+                                            "attribution NetCDF and figures.")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", default=None, help="read the twins written by `climateml synth confounded` from here "
+                                                "(default: generate them)")
+    p.add_argument("--n-train", type=int, default=3000)
+    p.add_argument("--n-val", type=int, default=400)
+    p.add_argument("--n-test", type=int, default=400)
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--method", default="integrated_gradients", choices=[m for m in METHODS if m in METHOD_OPTIONS])
+    p.add_argument("--n-attribution", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-figures", action="store_true")
+    a = p.parse_args(list(argv))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    data = read_confounded(a.data) if a.data else None
+    res = run_clever_hans(a.out, data=data, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, epochs=a.epochs,
+                          method=a.method, n_attribution=a.n_attribution, seed=a.seed, make_figures=not a.no_figures)
+    for twin, r in res.items():
+        print(f"{twin:>10}: relevance_mass_cue {r['relevance_mass_cue']:.3f}, skill {r['skill']:.3f} "
+              f"(cue ablated {r['skill_cue_ablated']:.3f}, test {r['skill_test']:.3f}), "
+              f"spray_n_clusters {r['spray_n_clusters']}")
+    c, k = res["confounded"], res["clean"]
+    ratio = c["relevance_mass_cue"] / max(k["relevance_mass_cue"], 1e-12)
+    print(f"relevance on the cue: confounded / clean = {ratio:.1f}x; wrote {Path(a.out) / 'clever_hans.json'}")
+    return 0
+
+
+if __name__ == "__main__":  # python -m climateml.attribution.commands demo|synth ...
+    cmds = {"demo": demo_clever_hans_main, "synth": synth_confounded_main}
+    if len(sys.argv) < 2 or sys.argv[1] not in cmds:
+        print("usage: python -m climateml.attribution.commands {demo,synth} --out DIR [options]", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(cmds[sys.argv[1]](sys.argv[2:]))
