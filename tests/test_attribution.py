@@ -235,6 +235,22 @@ def test_lrp_of_a_region_target_conserves_relevance_like_input_x_gradient():
                                rtol=1e-3, atol=1e-6)
 
 
+def test_lrp_over_several_chunks_and_seeded_gradient_shap_and_one_sample_baseline():
+    """LRP keeps its rules from chunk to chunk; gradient SHAP is reproducible for a seed; a one-sample baseline
+    (e.g. a climatology field with a sample dim of 1) is broadcast over every sample."""
+    torch.manual_seed(0)
+    cnn, x = FieldCNN(), field_input(n=12)
+    chunked = attribute(cnn, x, "lrp", internal_batch_size=4)
+    np.testing.assert_allclose(chunked.values, attribute(cnn, x, "lrp", internal_batch_size=64).values,
+                               rtol=1e-4, atol=1e-6)
+    a = attribute(cnn, x, "gradient_shap", seed=3)
+    np.testing.assert_array_equal(a.values, attribute(cnn, x, "gradient_shap", seed=3).values)
+    assert not np.array_equal(a.values, attribute(cnn, x, "gradient_shap", seed=4).values)
+    one = x.mean("sample").expand_dims(sample=[0])
+    np.testing.assert_allclose(attribute(cnn, x, "integrated_gradients", baseline=one).values,
+                               attribute(cnn, x, "integrated_gradients", baseline=x.mean("sample")).values, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # batching
 # ----------------------------------------------------------------------------------------------------------

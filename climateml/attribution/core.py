@@ -282,8 +282,8 @@ def _baseline_array(baseline: Any, layout: InputLayout, method: str, max_baselin
             if set(b.dims) != set(x.dims):
                 raise DataError(f"baseline dims {tuple(b.dims)} do not match the input's {tuple(x.dims)}")
             b = b.transpose(*x.dims)
-            if method != "gradient_shap" and b.shape[0] != n:
-                raise DataError(f"baseline has {b.shape[0]} samples, the input {n} (give one per sample or none)")
+            if method != "gradient_shap" and b.shape[0] not in (1, n):
+                raise DataError(f"baseline has {b.shape[0]} samples, the input {n} (give one, one per sample, or none)")
             desc = "given baseline per sample" if method != "gradient_shap" else f"{b.shape[0]} given baseline samples"
         else:
             if set(b.dims) != set(field_dims):
@@ -630,9 +630,14 @@ def attribute(model: nn.Module, x: xr.DataArray | xr.Dataset, method: str, targe
             # DeepLift announces its temporary hooks on every call; they are removed after it
             warnings.filterwarnings("ignore", message=r"\s*Setting forward, backward hooks", category=UserWarning)
             torch.manual_seed(seed)
+            numpy_state = np.random.get_state()  # Captum's gradient SHAP draws its points with np.random
+            stack.callback(np.random.set_state, numpy_state)
+            np.random.seed(seed)
             try:
                 for lo in range(0, n, chunk):  # chunks of samples, never one sample at a time
                     hi = min(n, lo + chunk)
+                    if method == "lrp" and lo > 0:  # Captum removes every layer's rule after each call
+                        _lrp_rules_check(model, order, opts["rules"], bound.reducer)
                     xc = torch.as_tensor(values[lo:hi], device=dev, dtype=dtype).requires_grad_()
                     extra = tuple(torch.as_tensor(e[lo:hi], device=dev, dtype=dtype) for e in bound.extra)
                     a = _run_chunk(method, fwd, xc, extra, base, opts, ibs, lo, hi, scale, cam_layer, values.shape)

@@ -1,4 +1,4 @@
-"""Attribution fidelity against a known ground truth (Mamalakis, Barnes & Ebert-Uphoff 2022, "Neural network
+"""Attribution fidelity against a known ground truth (Mamalakis, Ebert-Uphoff & Barnes 2022, "Neural network
 attribution methods for problems in geoscience: a novel synthetic benchmark dataset", Environ. Data Sci. 1).
 
 Inputs are spatially correlated random fields x (sample, lat, lon); the target is an additive function
@@ -102,7 +102,7 @@ def make_fidelity_data(n_samples: int, shape: tuple[int, int] = (16, 24), length
          "breakpoints": (("cell", "breakpoint"), breakpoints), "slopes": (("cell", "piece"), slopes)},
         coords=coords,
         attrs={"length_scale_cells": length_scale, "n_pieces": n_pieces, "seed": seed,
-               "reference": "Mamalakis, Barnes & Ebert-Uphoff 2022"})
+               "reference": "Mamalakis, Ebert-Uphoff & Barnes 2022"})
 
 
 def train_regressor(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 10, batch_size: int = 256,
