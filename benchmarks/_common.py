@@ -29,6 +29,17 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="existing ClimateBench-layout sample data to reuse (default: generate the full "
                              "96x144 sample data into a temporary directory, ~10-20 s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's, one per core); on a machine other jobs "
+                             "keep busy, 1 avoids oversubscribed thread barriers that swamp the measurement")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply --threads (both sides of every comparison run in this process with the same setting)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

@@ -2,8 +2,8 @@
 
 Runs the job as a subprocess from the repository root, with the data and the run directory in a
 temporary directory (``--data.data_dir TMP/climatebench --trainer.logger.init_args.save_dir TMP/runs``;
-everything else as in configs/temperature.yaml: 50 epochs, validation every epoch, checkpointing,
-progress bar, test, metrics, figures, predictions), timed twice:
+everything else as in configs/temperature.yaml: training until early stopping, validation every 10
+steps, checkpointing, progress bar, test, the three baselines, metrics, figures, predictions), timed twice:
 
 * **cold**: TMP/climatebench does not exist, so the data module writes the sample data first
   (``synthesize_if_missing: true``): what a new user's first run costs;
@@ -12,9 +12,9 @@ progress bar, test, metrics, figures, predictions), timed twice:
 Baseline: ``python -c "import climateml.cli"`` (interpreter start plus importing the CLI with torch,
 Lightning, xarray...), timed in the same run, interleaved with the jobs (before, between, after),
 fastest taken. Printed: absolute seconds, the ratio job / import, whether the job stayed under the
-60 s aim on this machine, and a rough phase breakdown taken from when known lines first appear in
-the job's output (start-up and config parsing, data generation and loading, fit, test, evaluation
-with figures).
+60 s aim on this machine, the epochs and optimiser steps early stopping allowed, and a rough phase
+breakdown taken from when known lines first appear in the job's output (start-up and config parsing,
+data generation and loading, fit and test, evaluation with the baselines and figures).
 
 The command is ``python -c "import sys; from climateml.cli import main; sys.exit(main())" fit ...``,
 which is what the ``climateml`` console script runs, with PYTHONPATH set to this checkout so that the
@@ -44,9 +44,8 @@ ENTRY = "import sys; from climateml.cli import main; sys.exit(main())"
 MARKERS = [
     ("start-up: interpreter, imports, config parsing", "Seed set to"),
     ("data: generate if missing, read files; build model", "GPU available"),
-    ("fit: training with validation and checkpoints", "`Trainer.fit` stopped"),
-    ("test", "Test metric"),
-    ("evaluate: metrics, linear baseline, figures, files", "run directory:"),
+    ("fit until early stopping (validation, checkpoints), test", "Test metric"),
+    ("evaluate: metrics, 3 baselines, figures, files", "run directory:"),
 ]
 
 
@@ -106,13 +105,14 @@ def phases(elapsed: float, seen: dict[str, float]) -> list[tuple[str, float | No
     return result
 
 
-def epochs_trained(save_dir: Path) -> int | None:
+def epochs_trained(save_dir: Path) -> tuple[int, int] | None:
+    """(epochs, optimiser steps) of the last run."""
     files = sorted(save_dir.glob("temperature/version_*/metrics.csv"))
     if not files:
         return None
     with open(files[-1]) as f:
-        epochs = {row["epoch"] for row in csv.DictReader(f) if row.get("train_loss") not in (None, "")}
-    return len(epochs)
+        rows = [row for row in csv.DictReader(f) if row.get("train_loss") not in (None, "")]
+    return len({row["epoch"] for row in rows}), max(int(row["step"]) for row in rows) + 1 if rows else 0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = min(imports)
     print(f"baseline python -c 'import climateml.cli': {base:.2f} s (fastest of {len(imports)}: "
           + ", ".join(f"{t:.2f}" for t in imports) + ")")
-    print(f"epochs trained per run: {n_epochs}")
+    print(f"trained per run (until early stopping): {n_epochs[0] if n_epochs else '?'} epochs, "
+          f"{n_epochs[1] if n_epochs else '?'} optimiser steps")
     for label, secs, seen in (("cold (no data, generation included)", cold, cold_seen),
                               ("warm (data present)", warm, warm_seen)):
         met = "MET" if secs < AIM_S else "MISSED"

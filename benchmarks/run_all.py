@@ -4,7 +4,7 @@ Generates the sample data once (or takes ``--data-dir``) and passes it to bench_
 bench_training_epoch.py; bench_main_job.py always makes its own (its cold run must start without
 data). The full output is also written to benchmarks/results/run_all-<time>.txt (ignored by git).
 
-Run: ``python benchmarks/run_all.py [--quick] [--data-dir DIR] [--skip main_job ...]``
+Run: ``python benchmarks/run_all.py [--quick] [--data-dir DIR] [--threads N] [--skip main_job ...]``
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=list(BENCHMARKS), help="benchmarks to leave out")
     _common.add_data_dir_argument(parser)
     args = parser.parse_args(argv)
+    common_args = ["--threads", str(args.threads)] if args.threads else []
 
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cmd = [sys.executable, str(HERE / script)]
             if takes_data:
-                cmd += ["--data-dir", str(data_dir)]
+                cmd += ["--data-dir", str(data_dir)] + common_args
             if args.quick:
                 cmd += quick_args
             emit(f"\n$ {' '.join(Path(c).name if c == sys.executable else c for c in cmd)}")

@@ -1,4 +1,9 @@
-"""Figures students and researchers look at: maps, series, learning curves, metric comparisons."""
+"""Figures students and researchers look at: maps, series, learning curves, metric comparisons.
+
+Every map goes through :func:`plot_field` (any (lat, lon) field) and :func:`map_axes`: longitude and
+latitude axes in degrees and coastlines drawn offline (:mod:`climateml.geography`), so a later task's maps
+look like this lab's.
+"""
 
 from __future__ import annotations
 
@@ -12,28 +17,94 @@ import xarray as xr
 
 from climateml.metrics import global_mean, global_std
 
+
 def _nearest_year(da: xr.DataArray, year: int) -> int:
     return int(da["time"].values[np.abs(da["time"].values - year).argmin()])
 
 
+def _edges(centres: np.ndarray, single_span: float, clip: tuple[float, float] | None = None) -> np.ndarray:
+    """Cell edges half-way between centres; a single cell spans ``single_span`` degrees around its centre."""
+    c = np.asarray(centres, dtype=float)
+    if len(c) == 1:
+        edges = np.array([c[0] - single_span / 2, c[0] + single_span / 2])
+    else:
+        mid = (c[1:] + c[:-1]) / 2
+        edges = np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+    return np.clip(edges, *clip) if clip else edges
+
+
+def map_axes(ax: plt.Axes, lat, lon, coastlines: bool = True, max_ticks: int = 7) -> plt.Axes:
+    """Make ``ax`` a map of the grid (lat, lon) [degrees]: extent of the grid's cells, ticks labelled
+    60°E / 30°S, an equal-degree aspect near the centre, and coastlines (drawn offline from the
+    package's land mask, see :func:`climateml.geography.add_coastlines`).
+
+    A single-cell axis (a 1 x 1 grid) spans the whole sphere along it, as the cell does.
+    """
+    from climateml import geography
+
+    lat, lon = np.atleast_1d(np.asarray(lat, float)), np.atleast_1d(np.asarray(lon, float))
+    # format_map_axes takes cell centres; two centres whose cells together span a lone cell's extent
+    lat_c = lat if len(lat) > 1 else np.array([-45.0, 45.0])
+    lon_c = lon if len(lon) > 1 else lon[0] + np.array([-90.0, 90.0])
+    geography.format_map_axes(ax, lon_c, lat_c, max_ticks=max_ticks)
+    if coastlines:
+        geography.add_coastlines(ax, lon_range=ax.get_xlim())
+    ax.set_xlabel(""), ax.set_ylabel("")
+    return ax
+
+
+def plot_field(ax: plt.Axes, field: xr.DataArray, cmap: str = "RdBu_r", vmin: float | None = None,
+               vmax: float | None = None, title: str | None = None, coastlines: bool = True, **kwargs):
+    """Draw a (lat, lon) field on ``ax`` as a map (cells as drawn by pcolormesh, degree axes, coastlines).
+
+    The field may be on 0..360 or -180..180 longitudes, with latitudes ascending or descending; it is
+    drawn as it is stored. Returns the QuadMesh (for a colorbar).
+    """
+    extra = [d for d in field.dims if d not in ("lat", "lon")]
+    if extra or "lat" not in field.dims or "lon" not in field.dims:
+        raise ValueError(f"plot_field needs a (lat, lon) field, got dims {tuple(field.dims)}")
+    field = field.transpose("lat", "lon").sortby("lat").sortby("lon")
+    lat, lon = field["lat"].values, field["lon"].values
+    mesh = ax.pcolormesh(_edges(lon, 360.0), _edges(lat, 180.0, (-90.0, 90.0)), np.asarray(field.values),
+                         cmap=cmap, vmin=vmin, vmax=vmax, shading="flat", **kwargs)
+    map_axes(ax, lat, lon, coastlines=coastlines)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return mesh
+
+
+def _map_grid(nrow: int, ncol: int, lat, lon, panel_width: float = 3.3, extra_height: float = 0.75):
+    """A figure of nrow x ncol map panels sized to the maps' aspect, so constrained layout leaves no gaps."""
+    lat, lon = np.atleast_1d(lat), np.atleast_1d(lon)
+    lat_span = np.ptp(_edges(lat, 180.0, (-90.0, 90.0)))
+    lon_span = np.ptp(_edges(lon, 360.0))
+    mid = np.deg2rad(np.mean(_edges(lat, 180.0, (-90.0, 90.0))[[0, -1]]))
+    aspect = min(lat_span / lon_span / max(np.cos(mid), 1e-6), 2.0 * lat_span / lon_span) if lon_span else 0.5
+    panel_height = panel_width * aspect + 0.3  # map, title and tick labels
+    return plt.subplots(nrow, ncol, figsize=(panel_width * ncol + 0.3, panel_height * nrow + extra_height),
+                        squeeze=False, constrained_layout=True)
+
+
 def plot_maps(truth: xr.DataArray, predictions: Mapping[str, xr.DataArray], years: Sequence[int] = (2030, 2050, 2100),
               vmax: float = 6.0, cmap: str = "RdBu_r", units: str = "K") -> plt.Figure:
-    """Rows: years; columns: truth, each prediction, and each prediction minus truth (diverging colours)."""
+    """Rows: years; columns: truth, each prediction, and each prediction minus truth (diverging colours).
+
+    Every panel is a map with longitude/latitude axes in degrees and coastlines; fields share the
+    colour range ±``vmax``, differences ±``vmax``/3.
+    """
     years = [y for y in dict.fromkeys(_nearest_year(truth, y) for y in years)]
     ncol = 1 + 2 * len(predictions)
-    fig, axes = plt.subplots(len(years), ncol, figsize=(3.2 * ncol, 2.0 * len(years) + 0.6), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = _map_grid(len(years), ncol, truth["lat"].values, truth["lon"].values)
     for r, year in enumerate(years):
         panels = [("truth", truth.sel(time=year), vmax)]
         panels += [(name, p.sel(time=year), vmax) for name, p in predictions.items()]
         panels += [(f"{name} - truth", p.sel(time=year) - truth.sel(time=year), vmax / 3) for name, p in predictions.items()]
         for c, (title, field, lim) in enumerate(panels):
             ax = axes[r, c]
-            im = ax.pcolormesh(field["lon"], field["lat"], field, cmap=cmap, vmin=-lim, vmax=lim, shading="auto")
-            ax.set_title(f"{title}, {year}", fontsize=9)
-            ax.set_xticks([]), ax.set_yticks([])
+            mesh = plot_field(ax, field, cmap=cmap, vmin=-lim, vmax=lim, title=f"{title}, {year}")
             if r == len(years) - 1:
-                fig.colorbar(im, ax=ax, orientation="horizontal", shrink=0.8, label=units)
+                fig.colorbar(mesh, ax=axes[:, c].tolist(), orientation="horizontal", shrink=0.8, aspect=30,
+                             label=f"{'difference' if c > len(predictions) else truth.name or 'field'} ({units})")
     return fig
 
 
@@ -42,55 +113,72 @@ def plot_ensemble_spread(members: xr.DataArray, years: Sequence[int] = (2030, 20
     years = [y for y in dict.fromkeys(_nearest_year(members, y) for y in years)]
     spread = members.std("member")
     vmax = float(spread.sel(time=years).max()) or 1.0
-    fig, axes = plt.subplots(1, len(years), figsize=(3.4 * len(years), 2.6), squeeze=False, constrained_layout=True)
+    fig, axes = _map_grid(1, len(years), members["lat"].values, members["lon"].values, extra_height=0.8)
     for ax, year in zip(axes[0], years):
-        im = ax.pcolormesh(spread["lon"], spread["lat"], spread.sel(time=year), cmap="viridis", vmin=0, vmax=vmax,
-                           shading="auto")
-        ax.set_title(f"ensemble spread (std, {members.sizes['member']} members), {year}", fontsize=8)
-        ax.set_xticks([]), ax.set_yticks([])
-    fig.colorbar(im, ax=axes[0].tolist(), orientation="horizontal", shrink=0.6, label=units)
+        mesh = plot_field(ax, spread.sel(time=year), cmap="viridis", vmin=0, vmax=vmax,
+                          title=f"ensemble spread, {year}")
+    fig.colorbar(mesh, ax=axes[0].tolist(), orientation="horizontal", shrink=0.6, aspect=30,
+                 label=f"standard deviation across {members.sizes['member']} members ({units})")
     return fig
 
 
-def plot_global_mean(truth: xr.DataArray, predictions: Mapping[str, xr.DataArray], units: str = "K") -> plt.Figure:
-    """Global (cos-lat) mean over time with the spatial spread (±1 std over the grid) shaded.
+def plot_global_mean(truth: xr.DataArray, predictions: Mapping[str, xr.DataArray], units: str = "K",
+                     spread_of: Sequence[str] | None = None) -> plt.Figure:
+    """Global (cos-lat) mean over time, with the spatial spread (±1 std over the grid) shaded.
 
-    A prediction with a ``member`` dimension is drawn as its ensemble mean, with the ensemble's
-    min-max range of the global mean shaded as well.
+    The spread is shaded for the truth and for the names in ``spread_of`` (default: the first
+    prediction, i.e. the model); other predictions (baselines) are drawn as lines only, so many
+    series stay readable. A prediction with a ``member`` dimension is drawn as its ensemble mean, with
+    the ensemble's min-max range of the global mean shaded as well.
     """
     fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
     series = {"truth": truth, **predictions}
+    shaded = {"truth", *(list(predictions)[:1] if spread_of is None else spread_of)}
     for i, (name, da) in enumerate(series.items()):
         colour = f"C{i}"
         mean_da = da.mean("member") if "member" in da.dims else da
-        g, s = global_mean(mean_da), global_std(mean_da)
+        g = global_mean(mean_da)
         t = da["time"].values
-        ax.plot(t, g, color=colour, label=name, lw=2 if name == "truth" else 1.5)
-        ax.fill_between(t, g - s, g + s, color=colour, alpha=0.12)
+        main = name in shaded
+        ax.plot(t, g, color=colour, label=name, lw=2 if name == "truth" else (1.6 if main else 1.2),
+                ls="-" if main else "--", zorder=3 if main else 2)
+        if main:
+            s = global_std(mean_da)
+            ax.fill_between(t, g - s, g + s, color=colour, alpha=0.12, lw=0)
         if "member" in da.dims and da.sizes["member"] > 1:
             members = global_mean(da)
             ax.fill_between(t, members.min("member"), members.max("member"), color=colour, alpha=0.35,
                             label=f"{name}: ensemble range ({da.sizes['member']} members)")
     ax.set_xlabel("year"), ax.set_ylabel(f"global mean ({units})")
-    ax.set_title("Global mean (cos-latitude weighted); shading: ±1 std over the grid")
+    ax.set_title(f"Global mean (cos-latitude weighted); shading: ±1 std over the grid ({', '.join(s for s in series if s in shaded)})",
+                 fontsize=9)
     ax.legend(fontsize=8)
     return fig
 
 
 def plot_point_series(truth: xr.DataArray, predictions: Mapping[str, xr.DataArray], lat: float, lon: float,
                       place: str = "", units: str = "K") -> plt.Figure:
-    """The series at the grid cell nearest (lat, lon); lon may be given in -180..180 or 0..360."""
+    """The series at the grid cell nearest (lat, lon); lon may be given in -180..180 or 0..360.
+
+    The first prediction (the model) is drawn solid, the others (baselines) dashed.
+    """
+    from climateml.geography import lat_label, lon_label
+
     if float(truth["lon"].max()) > 180 and lon < 0:
         lon += 360.0
+    elif float(truth["lon"].min()) < 0 and lon > 180:
+        lon -= 360.0
     fig, ax = plt.subplots(figsize=(8, 3.5), constrained_layout=True)
     for i, (name, da) in enumerate({"truth": truth, **predictions}.items()):
         point = da.sel(lat=lat, lon=lon, method="nearest")
         if "member" in point.dims:
             ax.fill_between(point["time"], point.min("member"), point.max("member"), color=f"C{i}", alpha=0.3)
             point = point.mean("member")
-        ax.plot(point["time"], point, color=f"C{i}", label=name)
+        ax.plot(point["time"], point, color=f"C{i}", label=name, ls="--" if i > 1 else "-",
+                lw=1.2 if i > 1 else 1.6)
     cell = truth.sel(lat=lat, lon=lon, method="nearest")
-    ax.set_title(f"{place + ' ' if place else ''}(cell at {float(cell.lat):.1f}N, {float(cell.lon):.1f}E)")
+    where = f"grid cell at {lat_label(float(cell.lat), 1)}, {lon_label(float(cell.lon), 1)}"
+    ax.set_title(f"{place} ({where})" if place else where)
     ax.set_xlabel("year"), ax.set_ylabel(units), ax.legend(fontsize=8)
     return fig
 
@@ -104,6 +192,10 @@ def plot_learning_curves(histories: Mapping[str, str | Path | pd.DataFrame]) -> 
             if key in df:
                 d = df.dropna(subset=[key]).groupby("epoch")[key].last()
                 ax.plot(d.index, d.values, style, color=f"C{i}", label=f"{name} {key.split('_')[0]}")
+        if "val_loss" in df and df["val_loss"].notna().any():  # the weights early stopping restores
+            best = df.loc[df["val_loss"].idxmin()]
+            ax.plot(best["epoch"], best["val_loss"], "o", color=f"C{i}", mfc="none", ms=8,
+                    label=f"{name} best (kept), step {int(best['step'])}" if "step" in df else f"{name} best (kept)")
     ax.set_yscale("log"), ax.set_xlabel("epoch"), ax.set_ylabel("MSE (standardised)")
     ax.set_title("Learning curves"), ax.legend(fontsize=8)
     return fig
@@ -111,7 +203,7 @@ def plot_learning_curves(histories: Mapping[str, str | Path | pd.DataFrame]) -> 
 
 def plot_metric_comparison(metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
                            keys: Sequence[str] = ("nrmse_spatial", "nrmse_global", "nrmse_total")) -> plt.Figure:
-    """Bars of each metric for the model and the linear baseline, one panel per target."""
+    """Bars of each metric for the model and each baseline (all the names in ``metrics``), one panel per target."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False, constrained_layout=True)
     for ax, (target, by_model) in zip(axes[0], metrics.items()):
         present = [k for k in keys if all(k in m for m in by_model.values())] or ["rmse"]

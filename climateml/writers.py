@@ -1,15 +1,20 @@
 """The one place that writes NetCDF / Zarr: CF metadata on known coordinates, and atomic writes.
 
-A write goes to a temporary file beside the target and is renamed over it only when complete, so a
-failed or killed write never leaves a truncated file where a good one was.
+A write goes to a temporary file beside the target, is flushed to disk, and is renamed over it only when
+complete (:func:`atomic_path`), so a failed or killed write never leaves a truncated file where a good one
+was. The same helper writes metrics.json (:func:`write_text`) and checkpoints
+(:class:`climateml.callbacks.AtomicCheckpointIO`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import xarray as xr
@@ -53,17 +58,77 @@ def cf_dataset(ds: xr.Dataset, title: str = "", source: str = "climateml", **att
     return ds
 
 
-def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write NetCDF (.nc) or Zarr (.zarr) atomically: a failed write leaves any existing file untouched."""
+def _temp_prefix(path: Path) -> str:
+    """Prefix of the temporary folders of writes to ``path``: hidden, naming the host and process that wrote."""
+    return f".{path.name}.{socket.gethostname().split('.')[0]}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Delete what killed writes to ``path`` left beside it (temporary folders of dead processes of this host)."""
+    path = Path(path)
+    host = socket.gethostname().split(".")[0]
+    if not path.parent.is_dir():
+        return
+    for entry in path.parent.glob(f".{path.name}.{host}.*"):
+        pid = entry.name[len(f".{path.name}.{host}."):].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if (entry / "previous").exists() and not path.exists():  # killed between the two renames of a folder
+                os.replace(entry / "previous", path)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or every file of a folder) to disk, so a rename publishes complete data."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for f in files:
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if path.is_dir():
+        _fsync_dir(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path to write instead of ``path``; it replaces ``path`` only when the with-block completes.
+
+    The temporary lies in a hidden folder beside ``path`` (same filesystem, so the rename is atomic) and is
+    flushed to disk first. If the block raises, or the process is killed, ``path`` keeps its old content;
+    what a killed write left is removed by the next write to ``path``. Works for files and for folders
+    (a Zarr store: the old folder is moved aside, then the new one moved in).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    remove_stale_temporaries(path)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+    tmp = tmp_dir / path.name
     try:
-        if path.suffix == ".zarr":
-            ds.to_zarr(tmp, mode="w", consolidated=True)
-            old = tmp.parent / "previous"
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"{tmp}: nothing was written")
+        _fsync(tmp)
+        if tmp.is_dir():
+            old = tmp_dir / "previous"
             if path.exists():
-                os.replace(path, old)  # a directory cannot be replaced in one step: move the old store aside first
+                os.replace(path, old)  # a directory cannot be replaced in one step: move the old one aside first
             try:
                 os.replace(tmp, path)
             except BaseException:
@@ -71,25 +136,28 @@ def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
                     os.replace(old, path)
                 raise
         else:
-            ds.to_netcdf(tmp)
             os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself reaches the disk
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write NetCDF (.nc) or Zarr (.zarr) atomically: a failed or killed write leaves any existing file untouched."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".zarr":
+            ds.to_zarr(tmp, mode="w", consolidated=True)
+        else:
+            ds.to_netcdf(tmp)
     return path
 
 
 def write_text(text: str, path: str | Path) -> Path:
     """Write a text file (e.g. metrics.json) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path
 
 

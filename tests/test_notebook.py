@@ -107,8 +107,9 @@ def test_lab_notebook_runs_on_small_sample_data(tmp_path, monkeypatch):
     with xr.open_dataset(data / "outputs_ssp245.nc") as raw:
         assert dict(raw["tas"].sizes) == {"member": 3, "time": 86, "lat": NLAT, "lon": NLON}
 
-    # the scores table: both models, every score, finite numbers
-    scores = _table(_tagged_text(nb, "metrics"), ["emulator [64, 64]", "linear baseline"])
+    # the scores table: the emulator and ClimateBench's three baselines, every score, finite numbers
+    scores = _table(_tagged_text(nb, "metrics"), ["emulator [64, 64]", "linear baseline", "random forest",
+                                                  "gaussian process"])
     assert list(scores) == ["rmse", "mae", "bias", "r2", "nrmse_spatial", "nrmse_global", "nrmse_total"]
     assert np.isfinite(scores.to_numpy()).all() and (scores["rmse"] > 0).all()
     assert (scores["mae"] <= scores["rmse"]).all()

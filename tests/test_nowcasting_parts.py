@@ -11,7 +11,7 @@ import torch
 import xarray as xr
 
 from climateml.data.io import DataError
-from climateml.data.radar import RainTransform, open_radar, time_step, window_starts
+from climateml.data.radar import RadarReader, RainTransform, open_radar, time_step, window_starts
 from climateml.data.synthetic.radar import generate_radar
 from climateml.metrics.categorical import contingency, csi, far, fss, fss_components, fss_scales_km, pod
 from climateml.models.extrapolation import advect, estimate_motion, optical_flow_nowcast, persistence
@@ -82,6 +82,25 @@ def test_open_radar_converts_accumulation_lazily(archive):
     by_list = open_radar(paths[:12], "precipitation_amount", check_nan=False)
     assert by_glob.sizes["time"] == by_list.sizes["time"] == 12
     np.testing.assert_array_equal(by_glob.values, by_list.values)
+
+
+def test_reader_reads_frames_parts_and_caches_within_budget(archive):
+    out, paths = archive
+    direct = RadarReader(out, "precipitation_amount", cache_mb=0, max_open_files=4)
+    assert len(direct) == 58 and direct.shape == (58, 64, 64) and direct.path(20) == paths[20]
+    frame = xr.open_dataset(paths[20])["precipitation_amount"].values * 12.0
+    np.testing.assert_allclose(direct.read(20), frame, rtol=1e-6)
+    np.testing.assert_allclose(direct.read(20, slice(10, 30), slice(5, 9)), frame[10:30, 5:9], rtol=1e-6)
+    for k in range(10):
+        direct.read(k)
+    assert len(direct._handles) == 4  # least recently used files closed
+    budget = 64 * 64 * 4 * 5 / 2**20  # five frames
+    cached = RadarReader(out, "precipitation_amount", cache_mb=budget)
+    np.testing.assert_array_equal(cached.read_frames(range(12)), direct.read_frames(range(12)))
+    assert len(cached._cache) == 5 and cached._cached_bytes <= budget * 2**20
+    part = cached.read(11, slice(30, 33), slice(30, 33))
+    part[:] = -1.0  # a copy: the cache is not changed through it
+    np.testing.assert_array_equal(cached.read(11)[30:33, 30:33], direct.read(11)[30:33, 30:33])
 
 
 def _single_file(tmp_path, values, attrs, name="rain", times=None, suffix=".nc", **extra):

@@ -15,8 +15,9 @@ from climateml.data.synthetic.climatenet import VARIABLES, generate_climatenet
 from climateml.metrics.segmentation import confusion_matrix, scores_from_confusion
 from climateml.models.blocks_unet import UNet
 from climateml.models.heuristic_detection import HeuristicDetector, relative_vorticity
-from climateml.models.losses import (build_segmentation_loss, class_weights_from_counts, cross_entropy_loss,
-                                     focal_loss, soft_dice_loss, soft_jaccard_loss)
+from climateml.data.climatenet import class_weights_from_counts
+from climateml.models.losses import (build_segmentation_loss, cross_entropy_loss, focal_loss, soft_dice_loss,
+                                     soft_jaccard_loss)
 
 torch.set_num_threads(1)
 NAME = re.compile(r"^data-(\d{4}-\d{2}-\d{2})-01-1_(\d+)\.nc$")

@@ -4,19 +4,32 @@ A task's DataModule subclasses :class:`ClimateDataModule` and fills in :meth:`~C
 (read, split, fit statistics on training data only, set the four public datasets) and the xarray hooks;
 batch size, workers, pinned memory and the loaders live here once. Samples are dicts of tensors
 (``{"x": ..., "y": ...}``), so a task can add keys (masks, weights) without changing the loop.
+
+The loaders are built for scale once, here, for every task:
+
+- :class:`ClimateSampler`: the order of an epoch depends only on (seed, epoch), so a restarted run sees
+  the same batches; under DDP each rank takes its own shard and no sample is seen twice in an epoch.
+- :class:`ResumableDataLoader` (training): a run resumed from a mid-epoch checkpoint continues with the
+  next batch of that epoch instead of starting the epoch again.
+- DataLoader worker processes are safe for lazily opened NetCDF / Zarr: dask's thread pools are not
+  carried over a fork, each worker reads with dask's synchronous scheduler, and a dataset may define
+  ``worker_init()`` to open its own file handles in each worker.
 """
 
 from __future__ import annotations
 
+import os
+import weakref
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from functools import partial
+from typing import Any, Iterator, Mapping
 
 import lightning as L
 import torch
 import xarray as xr
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from climateml.errors import check_positive
+from climateml.errors import ConfigError, check_choice, check_positive
 
 
 @dataclass
@@ -89,6 +102,152 @@ def batched_collate(batch):
     return torch.utils.data.default_collate(batch)
 
 
+# ---- sampling: order from (seed, epoch), shards per rank, resumable ----
+
+def distributed_world() -> tuple[int, int]:
+    """(world size, global rank) of the running torch.distributed process group; (1, 0) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def global_seed() -> int:
+    """The run's seed (``seed_everything``, which sets PL_GLOBAL_SEED); 0 if none was set."""
+    try:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+    except ValueError:
+        return 0
+
+
+class ClimateSampler(DistributedSampler):
+    """Indices of one rank for one epoch: a permutation that depends only on (seed, epoch), cut into shards.
+
+    Training (``even=True``): every rank gets the same number of samples, so DDP ranks step in lockstep;
+    the last ``len % num_replicas`` samples of the epoch's permutation are left out (others each epoch),
+    never padded by repeating samples, so no sample is seen twice in an epoch across ranks.
+    Evaluation (``even=False``): rank r takes samples r, r + W, ... of the (unshuffled) order; shards differ
+    by at most one sample and every sample is scored exactly once. With fewer samples than ranks every
+    rank takes them all (epoch means are unchanged when every rank sees the same samples).
+
+    A subclass of DistributedSampler, so Lightning keeps it instead of injecting its own; it calls
+    :meth:`set_epoch` every epoch. ``skip`` samples of the shard are left out once, at the next iteration
+    (set by :class:`ResumableDataLoader` when a run resumes mid-epoch).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = False,
+                 seed: int = 0, even: bool = False):
+        n = len(dataset)
+        if even and n < num_replicas:
+            raise ConfigError(f"{n} training samples cannot be split over {num_replicas} processes; use fewer "
+                              "devices or more data")
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=even)
+        self.n, self.even, self.skip = n, even, 0
+        self.sharded = num_replicas > 1 and (even or n >= num_replicas)
+
+    def order(self) -> list[int]:
+        """This epoch's order of all samples (before sharding)."""
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            return torch.randperm(self.n, generator=g).tolist()
+        return list(range(self.n))
+
+    def shard(self) -> list[int]:
+        """This rank's indices for this epoch, in order."""
+        order = self.order()
+        if not self.sharded:
+            return order
+        if self.even:
+            order = order[: self.n - self.n % self.num_replicas]
+        return order[self.rank::self.num_replicas]
+
+    def __len__(self) -> int:
+        if not self.sharded:
+            return self.n
+        if self.even:
+            return self.n // self.num_replicas
+        return len(range(self.rank, self.n, self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.shard()
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+class ResumableDataLoader(DataLoader):
+    """The training DataLoader: a run resumed from a mid-epoch checkpoint continues with the next batch.
+
+    When an epoch's iteration starts, the batches of that epoch the trainer has already trained on (its
+    progress, restored from the checkpoint; 0 in a fresh epoch) are skipped through the sampler, so the
+    rest of the epoch is exactly what an uninterrupted run would have seen. ``state_dict`` makes it
+    resumable in Lightning's eyes (Lightning stores it in every checkpoint and restores it on resume).
+    """
+
+    def _batches_done(self) -> int:
+        module = getattr(self, "_datamodule", None)
+        trainer = module().trainer if module is not None and module() is not None else None
+        if trainer is None or not trainer.training:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+    def __iter__(self):
+        done = self._batches_done()
+        if done and isinstance(self.sampler, ClimateSampler):
+            self.sampler.skip = done * int(self.batch_size or 1)
+        self._position = done
+        for batch in super().__iter__():
+            self._position += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": int(getattr(self, "_position", 0)),
+                "num_replicas": int(getattr(self.sampler, "num_replicas", 1)), "batch_size": int(self.batch_size or 1)}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = (state.get("num_replicas", 1), state.get("batch_size", self.batch_size))
+        now = (getattr(self.sampler, "num_replicas", 1), self.batch_size)
+        if saved != now:
+            raise ConfigError(f"the checkpoint was written mid-epoch by {saved[0]} process(es) with batch size "
+                              f"{saved[1]}; resume it with the same devices x nodes and data.batch_size (now "
+                              f"{now[0]} and {now[1]}), or from a checkpoint written at the end of an epoch")
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(int(state.get("epoch", 0)))
+
+
+# ---- worker processes ----
+
+def _reset_dask_pools_after_fork() -> None:
+    """dask's thread pools do not survive a fork (their threads stay in the parent): forget them in the child,
+    so a threaded compute there starts a fresh pool instead of waiting forever on the parent's."""
+    try:
+        import dask.threaded as threaded
+    except ImportError:  # pragma: no cover
+        return
+    threaded.default_pool = None
+    threaded.pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_dask_pools_after_fork)
+
+
+def worker_init(worker_id: int, rank: int = 0) -> None:
+    """Runs first in every DataLoader worker process: dask reads synchronously (one process = one reader;
+    parallelism comes from the workers), Lightning's per-worker seeds, then the dataset's ``worker_init()``
+    hook, where a dataset opens its own file handles instead of using the parent's."""
+    import dask
+
+    dask.config.set(scheduler="synchronous")
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank=rank)
+    info = torch.utils.data.get_worker_info()
+    hook = getattr(info.dataset, "worker_init", None) if info is not None else None
+    if callable(hook):
+        hook()
+
+
 class ClimateDataModule(L.LightningDataModule):
     """Base of every task's DataModule: loaders, public datasets, normalisation kept in the checkpoint.
 
@@ -97,16 +256,23 @@ class ClimateDataModule(L.LightningDataModule):
     :meth:`truth` used by evaluation and prediction writers.
 
     Args:
-        batch_size: samples per batch.
+        batch_size: samples per batch (per process under DDP: the global batch is batch_size x processes).
         num_workers: DataLoader worker processes (0 loads in the main process).
-        pin_memory: page-locked host memory for faster copies to a GPU.
+        pin_memory: page-locked host memory for faster copies to a GPU; None: on when the trainer runs on CUDA.
+        multiprocessing_context: how worker processes start: None (the platform's default, fork on Linux),
+            "fork", "forkserver" or "spawn" (the dataset is pickled into each worker; slower start).
     """
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False):
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool | None = None,
+                 multiprocessing_context: str | None = None):
         super().__init__()
         check_positive("data.batch_size", batch_size)
         check_positive("data.num_workers", num_workers, allow_zero=True)
-        self.batch_size, self.num_workers, self.pin_memory = int(batch_size), int(num_workers), bool(pin_memory)
+        if multiprocessing_context is not None:
+            check_choice("data.multiprocessing_context", multiprocessing_context, ("fork", "forkserver", "spawn"))
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.pin_memory = None if pin_memory is None else bool(pin_memory)
+        self.multiprocessing_context = multiprocessing_context
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -148,22 +314,54 @@ class ClimateDataModule(L.LightningDataModule):
             raise ValueError(f"{type(self).__name__} has no {split} dataset")
         return ds
 
-    def dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def _pin(self) -> bool:
+        if self.pin_memory is not None:
+            return self.pin_memory
+        trainer = self._trainer_or_none()
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+    def _trainer_or_none(self):
+        try:
+            return self.trainer
+        except RuntimeError:  # not attached
+            return None
+
+    def dataloader(self, split: str, shuffle: bool = False, distributed: bool = False) -> DataLoader:
+        """A loader over the whole ``split`` (this process alone), or, with ``distributed``, this rank's shard
+        of it when a torch.distributed process group is running (what the trainer's hooks below ask for).
+
+        The order depends only on the run's seed and the epoch (:class:`ClimateSampler`); the training
+        loader resumes mid-epoch (:class:`ResumableDataLoader`).
+        """
         ds = self.dataset(split)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-                          collate_fn=batched_collate if hasattr(ds, "__getitems__") else None)
+        world, rank = distributed_world() if distributed else (1, 0)
+        sampler = ClimateSampler(ds, world, rank, shuffle=shuffle, seed=global_seed(), even=split == "train")
+        workers = self.num_workers
+        loader_cls = ResumableDataLoader if split == "train" else DataLoader
+        # the loader's own generator: creating an iterator draws no number from the global RNG, so a resumed
+        # run's random stream (dropout, augmentation in the main process) is the uninterrupted one's
+        generator = torch.Generator().manual_seed(global_seed() + 7919 * rank)
+        loader = loader_cls(
+            ds, batch_size=self.batch_size, sampler=sampler, num_workers=workers, pin_memory=self._pin(),
+            persistent_workers=workers > 0, generator=generator,
+            collate_fn=batched_collate if hasattr(ds, "__getitems__") else None,
+            worker_init_fn=partial(worker_init, rank=rank) if workers > 0 else None,
+            multiprocessing_context=self.multiprocessing_context if workers > 0 else None)
+        if isinstance(loader, ResumableDataLoader):
+            loader._datamodule = weakref.ref(self)
+        return loader
 
     def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train", shuffle=True)
+        return self.dataloader("train", shuffle=True, distributed=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.dataloader("val")
+        return self.dataloader("val", distributed=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self.dataloader("test")
+        return self.dataloader("test", distributed=True)
 
     def predict_dataloader(self) -> DataLoader:
+        # every process predicts the whole split: prediction writers write whole files, never shards
         return self.dataloader("predict")
 
     def state_dict(self) -> dict:

@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
+from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec
 from climateml.data.io import DataError, grid_difference, open_dataset
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
@@ -26,6 +27,7 @@ from climateml.errors import ConfigError, check_choice, check_fraction, check_po
 FILE_PATTERN = re.compile(r"^data-(\d{4}-\d{2}-\d{2})-01-1_(\d+)\.nc$")
 CLASS_NAMES = ("background", "tc", "ar")
 LABEL_VAR = "LABELS"
+FLAG_ATTRS = {"flag_values": np.array([0, 1, 2], dtype=np.int64), "flag_meanings": "background tropical_cyclone atmospheric_river"}
 
 
 @dataclass(frozen=True)
@@ -49,43 +51,116 @@ def find_snapshots(data_dir: str | Path) -> list[Snapshot]:
     return [Snapshot(d, tuple(p for _, p in sorted(files))) for d, files in sorted(by_date.items())]
 
 
-def read_fields(path: Path, channels: Sequence[str]) -> np.ndarray:
-    """(channels, lat, lon) float32 of one file, checked: every channel present, 2-d after time, finite."""
-    with open_dataset(path) as ds:
-        missing = [c for c in channels if c not in ds.data_vars]
+class _SnapshotFile:
+    """One ClimateNet file opened for reading a few 2-d variables, with errors naming the file.
+
+    Reads through the netCDF4 library directly: per sample this is several times faster than building an
+    xarray Dataset (coordinate decoding and indexes are not needed to pull out a few arrays). A file that
+    netCDF4 cannot open goes through :func:`climateml.data.io.open_dataset`, which reads Zarr or raises
+    the package's DataError (missing, empty, corrupt file).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._nc = self._xr = None
+        try:
+            import netCDF4
+
+            self._nc = netCDF4.Dataset(self.path, "r")
+            self._nc.set_auto_mask(False)  # fill values stay as stored (NaN for xarray-written floats): checked below
+        except Exception:
+            self._xr = open_dataset(self.path)  # DataError naming the file if it cannot be read at all
+
+    def __enter__(self) -> "_SnapshotFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        (self._nc or self._xr).close()
+
+    @property
+    def variables(self) -> list[str]:
+        if self._nc is not None:
+            return [v for v in self._nc.variables if v not in self._nc.dimensions]
+        return [str(v) for v in self._xr.data_vars]
+
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lat, lon) coordinate values [degrees]."""
+        names = self._nc.variables if self._nc is not None else self._xr.coords
+        for name in ("lat", "lon"):
+            if name not in names:
+                raise DataError(f"{self.path}: no {name!r} coordinate; ClimateNet files are on (time, lat, lon)")
+        get = (lambda n: self._nc[n][:]) if self._nc is not None else (lambda n: self._xr[n].values)
+        return np.asarray(get("lat"), float), np.asarray(get("lon"), float)
+
+    def read2d(self, name: str, what: str = "variable") -> np.ndarray:
+        """(lat, lon) values of ``name`` (its first time step if it has a time dimension)."""
+        if self._nc is not None:
+            var = self._nc.variables[name]
+            dims = tuple(var.dimensions)
+        else:
+            var = self._xr[name]
+            dims = tuple(var.dims)
+        if set(dims) - {"time"} != {"lat", "lon"} or len(dims) not in (2, 3):
+            raise DataError(f"{self.path}: {what} {name!r} has dims {dims}, expected (time, lat, lon) or (lat, lon)")
+        try:
+            index = tuple(0 if d == "time" else slice(None) for d in dims)
+            values = np.asarray(var[index] if self._nc is not None else var.values[index])
+        except Exception as err:
+            raise DataError(f"{self.path}: {what} {name!r} cannot be read, the file looks corrupt "
+                            f"({type(err).__name__})") from err
+        kept = [d for d in dims if d != "time"]
+        return values if kept == ["lat", "lon"] else values.T
+
+    def channels(self, channels: Sequence[str]) -> np.ndarray:
+        """(channels, lat, lon) float32, checked: every channel present, 2-d after time, finite."""
+        present = self.variables
+        missing = [c for c in channels if c not in present]
         if missing:
-            raise DataError(f"{path}: channel(s) {missing} missing; the file has {sorted(map(str, ds.data_vars))}")
+            raise DataError(f"{self.path}: channel(s) {missing} missing; the file has {sorted(present)}")
         out = []
         for c in channels:
-            da = ds[c]
-            if "time" in da.dims:
-                da = da.isel(time=0)
-            if set(da.dims) != {"lat", "lon"}:
-                raise DataError(f"{path}: variable {c!r} has dims {ds[c].dims}, expected (time, lat, lon)")
-            try:
-                values = da.transpose("lat", "lon").values.astype(np.float32)
-            except Exception as err:
-                raise DataError(f"{path}: variable {c!r} cannot be read, the file looks corrupt ({type(err).__name__})") from err
+            values = self.read2d(c).astype(np.float32, copy=False)
             if not np.isfinite(values).all():
-                raise DataError(f"{path}: variable {c!r} has {int((~np.isfinite(values)).sum())} NaN or infinite values")
+                raise DataError(f"{self.path}: variable {c!r} has {int((~np.isfinite(values)).sum())} NaN or "
+                                "infinite values")
             out.append(values)
-    return np.stack(out)
+        return np.stack(out)
+
+    def labels(self, n_classes: int) -> np.ndarray:
+        """(lat, lon) int64 labels, checked to lie in 0..n_classes-1."""
+        if LABEL_VAR not in self.variables:
+            raise DataError(f"{self.path}: no {LABEL_VAR} variable; the file has {sorted(self.variables)}")
+        values = self.read2d(LABEL_VAR, "label variable")
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() >= n_classes or (values % 1).any():
+            bad = np.unique(values[~np.isin(values, np.arange(n_classes))])[:5]
+            raise DataError(f"{self.path}: {LABEL_VAR} has values {bad.tolist()} outside the classes 0..{n_classes - 1} "
+                            f"({', '.join(CLASS_NAMES[:n_classes])})")
+        return values.astype(np.int64)
+
+
+def read_fields(path: Path, channels: Sequence[str]) -> np.ndarray:
+    """(channels, lat, lon) float32 of one file, checked: every channel present, 2-d after time, finite."""
+    with _SnapshotFile(path) as f:
+        return f.channels(channels)
 
 
 def read_labels(path: Path, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
     """(lat, lon) int64 labels of one file, checked to lie in 0..n_classes-1."""
-    with open_dataset(path) as ds:
-        if LABEL_VAR not in ds.data_vars:
-            raise DataError(f"{path}: no {LABEL_VAR} variable; the file has {sorted(map(str, ds.data_vars))}")
-        da = ds[LABEL_VAR]
-        if "time" in da.dims:
-            da = da.isel(time=0)
-        values = da.transpose("lat", "lon").values
-    if not np.isfinite(values).all() or values.min() < 0 or values.max() >= n_classes or (values % 1).any():
-        bad = np.unique(values[~np.isin(values, np.arange(n_classes))])[:5]
-        raise DataError(f"{path}: {LABEL_VAR} has values {bad.tolist()} outside the classes 0..{n_classes - 1} "
-                        f"({', '.join(CLASS_NAMES[:n_classes])})")
-    return values.astype(np.int64)
+    with _SnapshotFile(path) as f:
+        return f.labels(n_classes)
+
+
+def read_snapshot(path: Path, channels: Sequence[str], labels: bool = True,
+                  n_classes: int = len(CLASS_NAMES)) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fields (channels, lat, lon) float32 and labels (lat, lon) int64 (or None) of one file, opened once."""
+    with _SnapshotFile(path) as f:
+        return f.channels(channels), (f.labels(n_classes) if labels else None)
+
+
+def read_grid(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(lat, lon) coordinates [degrees] of one file."""
+    with _SnapshotFile(path) as f:
+        return f.grid()
 
 
 def merge_labellings(labellings: Sequence[np.ndarray], n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
@@ -99,51 +174,94 @@ def merge_labellings(labellings: Sequence[np.ndarray], n_classes: int = len(CLAS
     return score.argmax(0).astype(np.int64)
 
 
-class SnapshotDataset(Dataset):
-    """Lazily read samples ``{"x": (C, lat, lon) normalised later by the model, "y": (lat, lon) labels}``.
+def class_weights_from_counts(counts: Sequence[float] | np.ndarray | torch.Tensor,
+                              method: str = "inverse_frequency") -> torch.Tensor:
+    """Class weights from pixel counts per class, scaled so the pixel-averaged weight is 1.
 
-    Each item is one (file set, labelling) pair: ``items`` holds (snapshot, labelling index or None
-    for the merged labelling). Augmentation (training only): a random longitude shift (wraps around),
-    a random crop of ``crop`` cells (wrapping in longitude), and a latitude flip with the meridional wind
-    channels negated, which maps a northern-hemisphere cyclone onto a physically consistent southern one.
+    ``inverse_frequency``: w_c = N / (C n_c) (scikit-learn's "balanced"); ``inverse_sqrt``: w_c proportional to
+    1 / sqrt(n_c), a milder correction. A class with no pixels gets weight 0.
+    """
+    n = torch.as_tensor(np.asarray(counts, dtype=np.float64))
+    if n.ndim != 1 or (n < 0).any() or n.sum() <= 0:
+        raise ValueError(f"counts must be a 1-d sequence of non-negative numbers with a positive sum, got {counts!r}")
+    present = n > 0
+    if method == "inverse_frequency":
+        raw = torch.where(present, 1.0 / n.clamp_min(1e-300), torch.zeros_like(n))
+    elif method == "inverse_sqrt":
+        raw = torch.where(present, 1.0 / n.clamp_min(1e-300).sqrt(), torch.zeros_like(n))
+    else:
+        raise ValueError(f"method={method!r}: expected 'inverse_frequency' or 'inverse_sqrt'")
+    freq = n / n.sum()
+    return (raw / (freq * raw).sum()).to(torch.float32)
+
+
+class SnapshotDataset(Dataset):
+    """Lazily read samples ``{"x": (C, lat, lon) fields in physical units, "y": (lat, lon) labels}``.
+
+    Each item is one (snapshot, labelling) pair: ``items`` holds (snapshot, labelling index, or None for
+    the per-pixel majority of all its labellings). Every item opens its file(s) when it is asked for, so
+    nothing is held in memory between items and DataLoader workers each open their own files.
+    ``labels=False`` serves fields only (prediction on files that may carry no ``LABELS``).
+
+    Augmentation (``augment=True``, training only), applied to fields and labels jointly: a random
+    longitude shift (``shift_lon``; the globe wraps round, so the field stays whole), then a random crop of ``crop``
+    = [lat, lon] cells whose longitude window wraps across 0/360 E, and with probability 1/2 a latitude
+    flip (north <-> south) with the ``meridional`` channels (meridional winds) negated: the mirror image
+    of a northern cyclone is then a physically consistent (clockwise) southern one.
     """
 
     def __init__(self, items: list[tuple[Snapshot, int | None]], channels: Sequence[str], augment: bool = False,
-                 crop: Sequence[int] | None = None, flip_lat: bool = False, meridional: Sequence[int] = ()):
+                 crop: Sequence[int] | None = None, flip_lat: bool = False, meridional: Sequence[int] = (),
+                 shift_lon: bool = True, labels: bool = True):
         self.items, self.channels = items, list(channels)
         self.augment, self.crop, self.flip_lat = augment, tuple(crop) if crop else None, flip_lat
         self.meridional = list(meridional)
+        self.shift_lon, self.with_labels = shift_lon, labels
 
     def __len__(self) -> int:
         return len(self.items)
 
     def labels(self, i: int) -> np.ndarray:
+        """The (lat, lon) target of item ``i``: one labelling, or the merged labellings of its date."""
         snap, k = self.items[i]
         if k is None:
             return merge_labellings([read_labels(f) for f in snap.files])
         return read_labels(snap.files[k])
 
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fields and labels of item ``i`` without augmentation (one file opened unless labellings are merged)."""
+        snap, k = self.items[i]
+        if not self.with_labels:
+            return read_fields(snap.files[0], self.channels), None
+        if k is None and len(snap.files) > 1:
+            return read_fields(snap.files[0], self.channels), self.labels(i)
+        return read_snapshot(snap.files[k or 0], self.channels)
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        snap, _ = self.items[i]
-        x = read_fields(snap.files[0], self.channels)
-        y = self.labels(i)
+        x, y = self.read(i)
         if self.augment:
             # torch's generator: seeded by seed_everything, advanced every epoch, per-worker seeds from Lightning
             x, y = self._augment(x, y, np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()))))
-        return {"x": torch.from_numpy(np.ascontiguousarray(x)), "y": torch.from_numpy(np.ascontiguousarray(y))}
+        out = {"x": torch.from_numpy(np.ascontiguousarray(x))}
+        if y is not None:
+            out["y"] = torch.from_numpy(np.ascontiguousarray(y))
+        return out
 
-    def _augment(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
-        nlat, nlon = y.shape
-        shift = int(rng.integers(nlon))
+    def _augment(self, x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator):
+        nlat, nlon = x.shape[-2:]
+        shift = int(rng.integers(nlon)) if self.shift_lon else 0
         if self.crop:
             h, w = min(self.crop[0], nlat), min(self.crop[1], nlon)
             top = int(rng.integers(nlat - h + 1))
             cols = (shift + np.arange(w)) % nlon  # wraps around in longitude
-            x, y = x[:, top:top + h][:, :, cols], y[top:top + h][:, cols]
+            x = x[:, top:top + h][:, :, cols]
+            y = None if y is None else y[top:top + h][:, cols]
         else:
-            x, y = np.roll(x, shift, axis=-1), np.roll(y, shift, axis=-1)
+            x = np.roll(x, -shift, axis=-1)
+            y = None if y is None else np.roll(y, -shift, axis=-1)
         if self.flip_lat and rng.random() < 0.5:
-            x, y = x[:, ::-1].copy(), y[::-1].copy()
+            x = x[:, ::-1].copy()
+            y = None if y is None else y[::-1].copy()
             x[self.meridional] *= -1.0
         return x, y
 
@@ -162,9 +280,14 @@ class SegmentationDataModule(ClimateDataModule):
         class_weighting: class weights from the training masks' pixel counts ("inverse_frequency",
             "inverse_sqrt") or "none".
         crop: random training crops of [lat, lon] cells (wrapping in longitude); empty for whole fields.
+        shift_lon: random longitude shifts of training samples (the field wraps round, nothing is lost).
         flip_lat: random latitude flips in training, negating ``meridional_wind`` channels.
+        meridional_wind: the channels negated by a latitude flip (meridional winds).
         synthesize_if_missing: write sample data (``climateml synth climatenet``) into an empty data_dir,
             with ``sample_options`` passed to the generator (n_dates, nlat, nlon, seed ...).
+        batch_size, num_workers, pin_memory, multiprocessing_context: the loaders (see
+            :class:`~climateml.data.base.ClimateDataModule`); every sample opens its own file, so worker
+            processes need no shared file handles.
     """
 
     def __init__(
@@ -179,16 +302,18 @@ class SegmentationDataModule(ClimateDataModule):
         labellings: Literal["extra", "merge"] = "extra",
         class_weighting: Literal["inverse_frequency", "inverse_sqrt", "none"] = "inverse_sqrt",
         crop: list[int] = [],
+        shift_lon: bool = True,
         flip_lat: bool = True,
         meridional_wind: list[str] = ["V850", "VBOT"],
         synthesize_if_missing: bool = False,
         sample_options: dict = {},
-        seed: int = 0,
         batch_size: int = 8,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
+        multiprocessing_context: str | None = None,
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                         multiprocessing_context=multiprocessing_context)
         if not channels:
             raise ConfigError("data.channels must name at least one input field")
         check_fraction("data.val_fraction", val_fraction)
@@ -205,10 +330,9 @@ class SegmentationDataModule(ClimateDataModule):
         self.periods = {"train": list(train_dates), "val": list(val_dates), "test": list(test_dates)}
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.labellings, self.class_weighting = labellings, class_weighting
-        self.crop, self.flip_lat = list(crop), flip_lat
+        self.crop, self.flip_lat, self.shift_lon = list(crop), flip_lat, shift_lon
         self.meridional_wind = list(meridional_wind)
         self.synthesize_if_missing, self.sample_options = synthesize_if_missing, dict(sample_options)
-        self.seed = seed
         self.splits: dict[str, list[Snapshot]] = {}
         self.grid: xr.Dataset | None = None
 
@@ -249,16 +373,22 @@ class SegmentationDataModule(ClimateDataModule):
         return chosen
 
     def _check_grids(self, snapshots: list[Snapshot]) -> xr.Dataset:
-        """The common (lat, lon) grid; a DataError naming the first file on another grid."""
-        ref_path = snapshots[0].files[0]
-        with open_dataset(ref_path) as ref:
-            grid = xr.Dataset(coords={"lat": ref["lat"].values, "lon": ref["lon"].values})
+        """The (lat, lon) grid most files share; a DataError naming the first file on another grid."""
+        grids: dict[tuple, list[Path]] = {}
+        coords: dict[tuple, xr.Dataset] = {}
         for s in snapshots:
             for f in s.files:
-                with open_dataset(f) as ds:
-                    diff = grid_difference(ds, grid)
-                if diff:
-                    raise DataError(f"{f}: grid differs from {ref_path}: {diff}")
+                lat, lon = read_grid(f)
+                key = (tuple(np.round(lat, 4)), tuple(np.round(lon, 4)))
+                grids.setdefault(key, []).append(f)
+                coords.setdefault(key, xr.Dataset(coords={"lat": lat, "lon": lon}))
+        common = max(grids, key=lambda k: len(grids[k]))
+        grid = coords[common]
+        for key, files in grids.items():
+            if key != common:
+                bad = sorted(files)[0]
+                raise DataError(f"{bad}: grid differs from the {len(grids[common])} file(s) like {grids[common][0]}: "
+                                f"{grid_difference(coords[key], grid)}")
         return grid
 
     def build(self) -> None:
@@ -273,10 +403,11 @@ class SegmentationDataModule(ClimateDataModule):
             if self.labellings == "extra" else [(s, None) for s in self.splits["train"]]
         meridional = [i for i, c in enumerate(self.channels) if c in self.meridional_wind]
         self.train_dataset = SnapshotDataset(train_items, self.channels, augment=True, crop=self.crop or None,
-                                             flip_lat=self.flip_lat, meridional=meridional)
+                                             flip_lat=self.flip_lat, meridional=meridional, shift_lon=self.shift_lon)
         self.val_dataset = SnapshotDataset([(s, None) for s in self.splits["val"]], self.channels)
         self.test_dataset = SnapshotDataset([(s, None) for s in self.splits["test"]], self.channels)
-        self.predict_dataset = self.test_dataset
+        # prediction needs no labels: the same dates as test, fields only
+        self.predict_dataset = SnapshotDataset([(s, None) for s in self.splits["test"]], self.channels, labels=False)
         self.statistics = self._fit_statistics(train_items)
 
     def _fit_statistics(self, items) -> dict[str, torch.Tensor]:
@@ -298,8 +429,6 @@ class SegmentationDataModule(ClimateDataModule):
         if self.class_weighting == "none":
             weights = torch.ones(n_classes)
         else:
-            from climateml.models.losses import class_weights_from_counts  # pure function, no model state
-
             weights = class_weights_from_counts(counts, self.class_weighting)
         return {"x_mean": torch.tensor(mean, dtype=torch.float32), "x_std": torch.tensor(std, dtype=torch.float32),
                 "class_weights": weights, "class_pixel_fraction": torch.tensor(counts / counts.sum(), dtype=torch.float32)}
@@ -313,38 +442,61 @@ class SegmentationDataModule(ClimateDataModule):
                         (len(CLASS_NAMES), *shape), dict(self.statistics))
 
     # ---- back to xarray ----
-    def dates(self, split: str) -> list[str]:
+    def _snapshots(self, split: str) -> list[Snapshot]:
         self.setup()
-        return [s.date for s in self.splits["test" if split == "predict" else split]]
+        return self.splits["test" if split == "predict" else split]
+
+    def dates(self, split: str) -> list[str]:
+        """The dates ("YYYY-MM-DD") of a split's samples, in order (predict: the test dates)."""
+        return [s.date for s in self._snapshots(split)]
+
+    def layout(self, variables: Sequence[str]) -> FieldLayout:
+        """How ``variables`` of the first file sit on the (lat, lon) grid, with their attributes (units)."""
+        self.setup()
+        ref = self._snapshots("train")[0].files[0]
+        with open_dataset(ref) as ds:
+            missing = [v for v in variables if v not in ds.data_vars]
+            if missing:
+                raise DataError(f"{ref}: variable(s) {missing} missing; the file has {sorted(map(str, ds.data_vars))}")
+            attrs = {v: dict(ds[v].attrs) for v in variables}
+        coords = {"lat": self.grid["lat"].copy(), "lon": self.grid["lon"].copy()}
+        return FieldLayout(list(variables), ("lat", "lon"), coords, attrs, sample_dim="time")
+
+    def _time(self, split: str) -> xr.DataArray:
+        return xr.DataArray(self.dates(split), dims="time", attrs={"long_name": "date of the snapshot (YYYY-MM-DD)"})
 
     def to_xarray(self, values: torch.Tensor | np.ndarray, split: str) -> dict[str, xr.Dataset]:
-        """Logits (samples, class, lat, lon) -> ``LABELS`` (argmax) and ``probability`` (softmax) on the grid."""
+        """Logits (samples, class, lat, lon) -> ``LABELS`` (argmax) and ``probability`` (softmax over
+        ``class``) on the input's lat / lon, one time step per date of ``split``."""
         logits = torch.as_tensor(values).float()
-        dates = self.dates(split)
-        if logits.shape[0] != len(dates) or logits.shape[1] != len(CLASS_NAMES):
-            raise DataError(f"predictions of shape {tuple(logits.shape)} do not fit the {len(dates)} {split} dates "
-                            f"x {len(CLASS_NAMES)} classes")
-        prob = torch.softmax(logits, dim=1).numpy()
-        coords = {"time": dates, "class": list(CLASS_NAMES), "lat": self.grid["lat"].values,
-                  "lon": self.grid["lon"].values}
-        ds = xr.Dataset({
-            LABEL_VAR: (("time", "lat", "lon"), prob.argmax(1).astype(np.int64),
-                        {"long_name": "predicted label", "flag_values": "0 1 2",
-                         "flag_meanings": "background tropical_cyclone atmospheric_river"}),
-            "probability": (("time", "class", "lat", "lon"), prob.astype(np.float32),
-                            {"long_name": "class probability", "units": "1"})}, coords=coords)
-        return {split: ds}
+        n = len(self.dates(split))
+        if logits.ndim != 4 or logits.shape[0] != n or logits.shape[1] != len(CLASS_NAMES):
+            raise DataError(f"predictions of shape {tuple(logits.shape)} do not fit the {n} {split} dates "
+                            f"x {len(CLASS_NAMES)} classes x (lat, lon)")
+        prob = torch.softmax(logits, dim=1)
+        layout = FieldLayout(["probability", LABEL_VAR], ("lat", "lon"),
+                             {"lat": self.grid["lat"].copy(), "lon": self.grid["lon"].copy()},
+                             {"probability": {"long_name": "class probability", "units": "1"},
+                              LABEL_VAR: {"long_name": "predicted label", **FLAG_ATTRS}})
+        time = self._time(split)
+        probability = FieldLayout(["probability"], layout.field_dims, layout.coords, layout.attrs).to_xarray(
+            prob[:, :, None], time, extra_dims={"class": list(CLASS_NAMES)})
+        labels = FieldLayout([LABEL_VAR], layout.field_dims, layout.coords, layout.attrs).to_xarray(
+            prob.argmax(1, keepdim=True).numpy().astype(np.int64), time)
+        group = "test" if split == "predict" else split  # prediction runs on the test dates
+        return {group: labels.assign(probability=probability["probability"])}
 
     def truth(self, split: str) -> dict[str, xr.Dataset]:
-        ds = self.dataset(split)
-        labels = np.stack([ds.labels(i) for i in range(len(ds))])
-        coords = {"time": self.dates(split), "lat": self.grid["lat"].values, "lon": self.grid["lon"].values}
-        return {split: xr.Dataset({LABEL_VAR: (("time", "lat", "lon"), labels)}, coords=coords)}
+        """The (merged) expert labels of ``split`` as ``LABELS`` (time, lat, lon)."""
+        ds = SnapshotDataset([(s, None) for s in self._snapshots(split)], self.channels)
+        labels = np.stack([ds.labels(i) for i in range(len(ds))])[:, None]
+        layout = FieldLayout([LABEL_VAR], ("lat", "lon"), {"lat": self.grid["lat"].copy(), "lon": self.grid["lon"].copy()},
+                             {LABEL_VAR: {"long_name": "expert label", **FLAG_ATTRS}})
+        return {"test" if split == "predict" else split: layout.to_xarray(labels, self._time(split))}
 
     def fields(self, split: str, channels: Sequence[str] | None = None) -> xr.Dataset:
-        """The raw input fields of a split's dates (first labelling's file), e.g. for the heuristic baseline."""
+        """The raw input fields (physical units, with the files' attributes) of a split's dates, from each
+        date's first file; e.g. for the heuristic baseline and the figures."""
         names = list(channels or self.channels)
-        snaps = self.splits["test" if split == "predict" else split]
-        data = np.stack([read_fields(s.files[0], names) for s in snaps])
-        coords = {"time": [s.date for s in snaps], "lat": self.grid["lat"].values, "lon": self.grid["lon"].values}
-        return xr.Dataset({c: (("time", "lat", "lon"), data[:, i]) for i, c in enumerate(names)}, coords=coords)
+        data = np.stack([read_fields(s.files[0], names) for s in self._snapshots(split)])
+        return self.layout(names).to_xarray(data, self._time(split))

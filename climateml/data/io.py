@@ -41,9 +41,12 @@ def standardize(ds: xr.Dataset) -> xr.Dataset:
 
 
 def to_standard_grid(ds: xr.Dataset) -> xr.Dataset:
-    """Longitudes on 0..360 and latitudes ascending, whatever convention the file uses (-180..180, N->S)."""
-    if "lon" in ds.dims and float(ds["lon"].min()) < 0:
-        ds = ds.assign_coords(lon=(ds["lon"] % 360.0).assign_attrs(ds["lon"].attrs)).sortby("lon")
+    """Longitudes on 0..360 ascending and latitudes ascending, whatever convention the file uses
+    (-180..180, a window starting anywhere, north to south)."""
+    if "lon" in ds.dims and ds.sizes["lon"] > 0:
+        lon = np.asarray(ds["lon"].values, dtype=float)
+        if lon.min() < 0 or lon.max() >= 360.0 or np.any(np.diff(lon) <= 0):
+            ds = ds.assign_coords(lon=(ds["lon"] % 360.0).assign_attrs(ds["lon"].attrs)).sortby("lon")
     if "lat" in ds.dims and ds.sizes["lat"] > 1 and float(ds["lat"][0]) > float(ds["lat"][-1]):
         ds = ds.sortby("lat")
     return ds

@@ -1,18 +1,17 @@
 """Radar nowcasting windows: ``n_in`` past frames -> ``n_out`` future frames of rain rate [mm/h], read lazily.
 
 The archive (one file, many one-frame files, a glob, NetCDF or Zarr; see :mod:`climateml.data.radar`) is
-opened once per process, lazily: a sample reads only its own ``n_in + n_out`` frames, so a day of
-512 x 512 frames never needs to be in memory at once. Windows are cut per period and never span a
-missing frame nor straddle two periods (no leakage between train, validation and test).
+indexed once, frame by frame (file + position in the file); a sample then reads only its own
+``n_in + n_out`` frames straight from their files, or from a frame cache of bounded size (``cache_mb``),
+so a day of 512 x 512 frames (288 MiB) never needs to be in memory at once. Windows are cut per period and never
+span a missing frame nor straddle two periods (no leakage between train, validation and test).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal, Sequence
 
-import dask
 import numpy as np
 import pandas as pd
 import torch
@@ -20,59 +19,48 @@ import xarray as xr
 from torch.utils.data import Dataset
 
 from climateml.data.base import ClimateDataModule, DataSpec
-from climateml.data.radar import RainTransform, open_radar, resolve_paths, time_step, window_starts
+from climateml.data.radar import RadarReader, RainTransform, resolve_paths, window_starts
 from climateml.errors import ConfigError, DataError, check_choice, check_positive
 
 VARIABLE = "rain_rate"
 
 
-class RadarArchive:
-    """The archive's rain rate [mm/h], opened lazily and again in each process (DataLoader workers open
-    their own file handles after the fork instead of sharing the parent's)."""
-
-    def __init__(self, paths, variable: str, zr_a: float, zr_b: float, check_nan: bool = True):
-        self.paths, self.variable, self.zr_a, self.zr_b = paths, variable, zr_a, zr_b
-        self._rain, self._pid = None, None
-        self._check_nan = check_nan
-
-    @property
-    def rain(self) -> xr.DataArray:
-        if self._rain is None or self._pid != os.getpid():
-            self._rain = open_radar(self.paths, self.variable, self.zr_a, self.zr_b, check_nan=self._check_nan)
-            self._pid, self._check_nan = os.getpid(), False  # checked once, in the first process
-        return self._rain
-
-    def frames(self, start: int, n: int) -> np.ndarray:
-        """(n, y, x) float32 frames from index ``start``, read now (dask's synchronous scheduler: safe in workers)."""
-        with dask.config.set(scheduler="synchronous"):
-            return np.asarray(self.rain.isel(time=slice(start, start + n)).values, dtype=np.float32)
-
-    def __getstate__(self):  # pickled into worker processes without open handles
-        return {**self.__dict__, "_rain": None, "_pid": None}
-
-
 class WindowDataset(Dataset):
-    """Samples ``{"x": (n_in, y, x), "y": (n_out, y, x)}`` in mm/h (NaN where the radar saw nothing).
+    """Samples ``{"x": (n_in, y, x), "y": (n_out, y, x)}`` in mm/h (NaN where the radar saw nothing),
+    each read from its frames' files when asked for (:class:`~climateml.data.radar.RadarReader`).
 
-    With ``crop`` (training), a random [y, x] crop of the window (the same for every frame).
+    With ``crop`` (training), a random [y, x] crop of the window (the same for every frame); without a
+    frame cache only the crop is read from the files. With ``augment`` (training), the window is flipped up-down and left-right and (when
+    square) transposed, each with probability 1/2: one of the 8 symmetries of the square, so the
+    network sees rain move in every direction, not only the directions of the training days.
     """
 
-    def __init__(self, archive: RadarArchive, starts: np.ndarray, n_in: int, n_out: int,
-                 crop: Sequence[int] | None = None):
-        self.archive, self.starts, self.n_in, self.n_out = archive, np.asarray(starts), n_in, n_out
+    def __init__(self, reader: RadarReader, starts: np.ndarray, n_in: int, n_out: int,
+                 crop: Sequence[int] | None = None, augment: bool = False):
+        self.reader, self.starts, self.n_in, self.n_out = reader, np.asarray(starts), n_in, n_out
         self.crop = tuple(crop) if crop else None
+        self.augment = bool(augment)
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        frames = self.archive.frames(int(self.starts[i]), self.n_in + self.n_out)
+        start = int(self.starts[i])
+        rows = cols = slice(None)
         if self.crop:
-            h, w = min(self.crop[0], frames.shape[1]), min(self.crop[1], frames.shape[2])
-            top = int(torch.randint(0, frames.shape[1] - h + 1, ()))
-            left = int(torch.randint(0, frames.shape[2] - w + 1, ()))
-            frames = frames[:, top:top + h, left:left + w]
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
+            _, ny, nx = self.reader.shape
+            h, w = min(self.crop[0], ny), min(self.crop[1], nx)
+            top = int(torch.randint(0, ny - h + 1, ()))
+            left = int(torch.randint(0, nx - w + 1, ()))
+            rows, cols = slice(top, top + h), slice(left, left + w)
+        frames = torch.from_numpy(self.reader.read_frames(range(start, start + self.n_in + self.n_out), rows, cols))
+        if self.augment:
+            flips = [d for d, flip in zip((1, 2), torch.rand(2) < 0.5) if flip]
+            if flips:
+                frames = frames.flip(flips)
+            if frames.shape[1] == frames.shape[2] and bool(torch.rand(()) < 0.5):
+                frames = frames.transpose(1, 2)
+            frames = frames.contiguous()
         return {"x": frames[: self.n_in], "y": frames[self.n_in:]}
 
 
@@ -83,12 +71,18 @@ class NowcastingDataModule(ClimateDataModule):
         paths: a file, a directory, a glob or a list of them (NetCDF or Zarr).
         variable: the field's name in the files (accumulation, rate or reflectivity; converted to mm/h).
         n_in, n_out: past frames in, future frames (lead times) out, at the archive's time step.
-        train_period, val_period, test_period: ``[start, end]`` time strings, inclusive. Windows lie
-            wholly inside one period; a window spanning a missing frame is skipped.
-        transform: the network's scale, fitted on the training frames only: "log1p" (log(1 + R)),
-            "dBR" or "none"; ``rain_threshold`` [mm/h] is the dBR threshold.
+        train_period, val_period, test_period: ``[start, end]`` time strings, inclusive, not overlapping.
+            Windows lie wholly inside one period; a window spanning a missing frame is skipped.
+        transform: the network's scale, fitted on the training windows' frames only: "log1p"
+            (log(1 + R)), "dBR" or "none"; ``rain_threshold`` [mm/h] is the dBR threshold.
         crop: random training crops of [y, x] cells for large domains; empty for whole frames.
+        augment: random flips and transposes of the training windows (see :class:`WindowDataset`); off
+            for archives where direction matters (e.g. rain tied to orography).
         zr_a, zr_b: Z = a R^b for reflectivity archives.
+        accumulation_minutes: the interval of accumulations stored without a ``start_time`` (default:
+            the archive's time step).
+        cache_mb: memory [MiB] per process for converted frames, least recently used dropped first (0:
+            read every frame from its file every time); ``max_open_files`` files kept open per process.
         synthesize_if_missing: write sample data (``climateml synth nowcasting``) when ``paths`` match no
             file, with ``sample_options`` passed to the generator.
     """
@@ -105,8 +99,12 @@ class NowcastingDataModule(ClimateDataModule):
         transform: Literal["log1p", "dBR", "none"] = "log1p",
         rain_threshold: float = 0.1,
         crop: list[int] = [],
+        augment: bool = False,
         zr_a: float = 200.0,
         zr_b: float = 1.6,
+        accumulation_minutes: float | None = None,
+        cache_mb: float = 128.0,
+        max_open_files: int = 64,
         synthesize_if_missing: bool = False,
         sample_options: dict = {},
         batch_size: int = 16,
@@ -118,24 +116,37 @@ class NowcastingDataModule(ClimateDataModule):
         check_positive("data.n_out", n_out)
         check_choice("data.transform", transform, RainTransform.KINDS)
         check_positive("data.rain_threshold", rain_threshold)
+        bounds = {}
         for name, period in (("train_period", train_period), ("val_period", val_period), ("test_period", test_period)):
             if len(period) != 2:
                 raise ConfigError(f"data.{name} must be [start, end] time strings, got {period}")
             try:
-                if pd.Timestamp(period[0]) > pd.Timestamp(period[1]):
-                    raise ConfigError(f"data.{name} starts after it ends: {period}")
+                bounds[name] = (pd.Timestamp(period[0]), pd.Timestamp(period[1]))
             except ValueError as err:
                 raise ConfigError(f"data.{name}: {period} are not time strings ({err})") from err
+            if bounds[name][0] > bounds[name][1]:
+                raise ConfigError(f"data.{name} starts after it ends: {period}")
+        names = list(bounds)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if bounds[a][0] <= bounds[b][1] and bounds[b][0] <= bounds[a][1]:
+                    raise ConfigError(f"data.{a} {list(map(str, bounds[a]))} and data.{b} {list(map(str, bounds[b]))} "
+                                      "overlap; periods must be disjoint so that no frame is in two splits")
         if crop and (len(crop) != 2 or min(crop) < 1):
             raise ConfigError(f"data.crop must be [y cells, x cells], both >= 1, or empty; got {crop}")
+        if accumulation_minutes is not None:
+            check_positive("data.accumulation_minutes", accumulation_minutes)
+        check_positive("data.cache_mb", cache_mb, allow_zero=True)
+        check_positive("data.max_open_files", max_open_files)
         self.paths, self.variable = paths, variable
         self.n_in, self.n_out = int(n_in), int(n_out)
         self.periods = {"train": list(train_period), "val": list(val_period), "test": list(test_period)}
         self.transform_kind, self.rain_threshold = transform, rain_threshold
-        self.crop = list(crop)
-        self.zr_a, self.zr_b = zr_a, zr_b
+        self.crop, self.augment = list(crop), bool(augment)
+        self.zr_a, self.zr_b, self.accumulation_minutes = zr_a, zr_b, accumulation_minutes
+        self.cache_mb, self.max_open_files = float(cache_mb), int(max_open_files)
         self.synthesize_if_missing, self.sample_options = synthesize_if_missing, dict(sample_options)
-        self.archive: RadarArchive | None = None
+        self.reader: RadarReader | None = None
         self.starts: dict[str, np.ndarray] = {}
 
     def prepare_data(self) -> None:
@@ -151,37 +162,58 @@ class NowcastingDataModule(ClimateDataModule):
 
     def build(self) -> None:
         self.prepare_data()
-        self.archive = RadarArchive(self.paths, self.variable, self.zr_a, self.zr_b)
-        rain = self.archive.rain
-        self.times = rain["time"].values
-        self.step = time_step(self.times)
+        reader = RadarReader(self.paths, self.variable, self.zr_a, self.zr_b, self.accumulation_minutes,
+                             max_open_files=self.max_open_files, cache_mb=self.cache_mb)
+        if len(reader) < 2:
+            raise DataError(f"{reader.path(0)}: the archive {self.paths} holds {len(reader)} frame; expected a "
+                            f"sequence of at least n_in + n_out = {self.n_in + self.n_out}")
+        self.reader, self.times, self.step = reader, reader.times, reader.step
         for split, (start, end) in self.periods.items():
             try:
                 self.starts[split] = window_starts(self.times, self.n_in, self.n_out, start, end, self.step)
             except DataError as err:
-                raise DataError(f"{self.paths}: {split} period: {err}") from err
+                inside = np.nonzero((self.times >= np.datetime64(pd.Timestamp(start)))
+                                    & (self.times <= np.datetime64(pd.Timestamp(end))))[0]
+                where = (f"its frames in {reader.path(inside[0])} .. {reader.path(inside[-1])}" if inside.size
+                         else f"no frame of the archive ({reader.path(0)} .. {reader.path(len(reader) - 1)}) in it")
+                raise DataError(f"{self.paths}: {split} {err} ({where})") from err
+        # one streaming pass over every frame: refuse all-NaN frames, sum the training frames' moments
         transform = RainTransform(self.transform_kind, self.rain_threshold)
-        train_frames = np.unique((self.starts["train"][:, None] + np.arange(self.n_in + self.n_out)).ravel())
-        with dask.config.set(scheduler="synchronous"):
-            transform.fit(rain.isel(time=train_frames))
+        window = np.arange(self.n_in + self.n_out)
+        train_frames = set(np.unique(self.starts["train"][:, None] + window).tolist())
+        total = np.zeros(3)
+
+        def accumulate(k: int, frame: np.ndarray) -> None:
+            nonlocal total
+            if k in train_frames:
+                total = total + transform.moments(frame)
+
+        reader.check_frames(each=accumulate)
+        reader.close()  # no open file crosses a fork into the DataLoader workers
+        transform.fit_moments(total)
         self.statistics = {"rain_mean": transform.mean.float().clone(), "rain_std": transform.std.float().clone()}
-        self.train_dataset = WindowDataset(self.archive, self.starts["train"], self.n_in, self.n_out, self.crop or None)
-        self.val_dataset = WindowDataset(self.archive, self.starts["val"], self.n_in, self.n_out)
-        self.test_dataset = WindowDataset(self.archive, self.starts["test"], self.n_in, self.n_out)
+        self.train_dataset = WindowDataset(reader, self.starts["train"], self.n_in, self.n_out, self.crop or None,
+                                           self.augment)
+        self.val_dataset = WindowDataset(reader, self.starts["val"], self.n_in, self.n_out)
+        self.test_dataset = WindowDataset(reader, self.starts["test"], self.n_in, self.n_out)
         self.predict_dataset = self.test_dataset
+
+    @property
+    def rain(self) -> xr.DataArray:
+        """The whole archive as a lazy (time, y, x) DataArray [mm/h] (one dask chunk per frame)."""
+        self.setup()
+        return self.reader.to_dataarray()
 
     @property
     def grid(self) -> xr.Dataset:
         self.setup()
-        rain = self.archive.rain
-        return xr.Dataset(coords={d: rain[d] for d in rain.dims[1:]})
+        return xr.Dataset(coords={d: self.reader.coords[d] for d in self.reader.spatial})
 
     @property
     def grid_spacing_km(self) -> float:
         """Mean spacing of the projected grid [km] (x and y in km, as CF radar composites store them)."""
         grid = self.grid
-        dims = list(grid.dims)
-        return float(np.mean([np.abs(np.diff(grid[d].values)).mean() for d in dims]))
+        return float(np.mean([np.abs(np.diff(grid[d].values)).mean() for d in grid.dims]))
 
     @property
     def spec(self) -> DataSpec:
@@ -210,23 +242,30 @@ class NowcastingDataModule(ClimateDataModule):
     def _dataset(self, values: np.ndarray, split: str, name: str = VARIABLE) -> xr.Dataset:
         grid = self.grid
         dims = ("time", "lead_time", *grid.dims)
-        coords = {"time": self.issue_times(split), "lead_time": self.lead_times, **{d: grid[d] for d in grid.dims}}
+        issue = xr.DataArray(self.issue_times(split), dims="time",
+                             attrs={"long_name": "forecast issue time (valid time of the last input frame)",
+                                    "standard_name": "forecast_reference_time"})
+        coords = {"time": issue, "lead_time": self.lead_times, **{d: grid[d] for d in grid.dims}}
         da = xr.DataArray(values, dims=dims, coords=coords, name=name,
                           attrs={"units": "mm h-1", "long_name": "rain rate", "standard_name": "rainfall_rate"})
         return da.to_dataset()
 
     def to_xarray(self, values: torch.Tensor | np.ndarray, split: str) -> dict[str, xr.Dataset]:
-        """Nowcasts (windows, lead_time, y, x) [mm/h] on the archive's grid, ``time`` = issue time."""
-        values = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+        """Nowcasts (windows, lead_time, y, x) [mm/h] on the archive's grid, ``time`` = issue time; NaN
+        where the radar saw nothing at issue time (e.g. beyond its range), as in the observations."""
+        values = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.array(values)
         n = len(self.starts[self._split(split)])
         if values.shape[:2] != (n, self.n_out):
             raise DataError(f"predictions of shape {values.shape} do not fit the {n} {split} windows x {self.n_out} "
                             "lead times")
+        unseen = np.isnan(self._stack(split, self.n_in - 1, 1))  # (windows, 1, y, x): the last input frame
+        values = np.where(unseen, np.float32(np.nan), values).astype(values.dtype, copy=False)
         return {self._split(split): self._dataset(values, split)}
 
     def _stack(self, split: str, offset: int, n: int) -> np.ndarray:
+        self.setup()
         starts = self.starts[self._split(split)]
-        return np.stack([self.archive.frames(int(s) + offset, n) for s in starts])
+        return np.stack([self.reader.read_frames(range(int(s) + offset, int(s) + offset + n)) for s in starts])
 
     def truth(self, split: str) -> dict[str, xr.Dataset]:
         """The observed frames at each window's lead times (NaN outside the radar's range)."""

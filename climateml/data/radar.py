@@ -3,13 +3,17 @@
 An archive is one file with a ``time`` dimension, or many files each holding one frame with a scalar
 ``valid_time`` (or a length-1 ``time`` dimension), in NetCDF or Zarr. Accumulations, rates and
 reflectivities are all converted to a rain rate in mm/h from the variable's ``units`` /
-``standard_name``. Nothing is loaded at open time except coordinates (and, with ``check_nan``, one
-streaming pass that keeps a single frame in memory at a time).
+``standard_name``. Opening reads only metadata (times, grid, units) into a per-frame index
+(:class:`RadarReader`: file + position in the file + unit conversion); a frame is then read straight
+from its file when asked for, so a window costs its own frames' reads, never a pass over the archive
+(:func:`open_radar` wraps the same reads in a lazy dask-backed DataArray for interactive use).
 """
 
 from __future__ import annotations
 
 import glob
+import os
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from climateml.data.io import DataError, open_dataset
 SPATIAL_DIMS = (("y", "x"), ("lat", "lon"))
 RENAMES = {"latitude": "lat", "longitude": "lon"}
 TIME_NAMES = ("valid_time", "time")
+ENCODING_ATTRS = ("_FillValue", "missing_value", "scale_factor", "add_offset", "_Unsigned", "dtype", "coordinates")
 
 # units spelled without blanks, '**' or '^', lower case
 AMOUNT_UNITS = {"kgm-2": 1.0, "kg/m2": 1.0, "mm": 1.0}                                   # -> mm
@@ -67,10 +72,11 @@ def _canonical_units(units: str) -> str:
     return str(units).lower().replace("**", "").replace("^", "").replace(" ", "").replace(".", "")
 
 
-def _conversion(da: xr.DataArray, path: Path, variable: str) -> tuple[str, float]:
-    """(kind, factor) with kind 'amount' (factor -> mm), 'rate' (factor -> mm/h) or 'dbz'."""
-    units = _canonical_units(da.attrs.get("units", ""))
-    name = str(da.attrs.get("standard_name", "")).lower()
+def _conversion(attrs: dict, path: Path, variable: str) -> tuple[str, float]:
+    """(kind, factor) with kind 'amount' (factor -> mm), 'rate' (factor -> mm/h) or 'dbz', from the
+    variable's attributes."""
+    units = _canonical_units(attrs.get("units", ""))
+    name = str(attrs.get("standard_name", "")).lower()
     if name in REFLECTIVITY_NAMES or units == "dbz":
         return "dbz", 1.0
     if units in AMOUNT_UNITS:
@@ -81,14 +87,15 @@ def _conversion(da: xr.DataArray, path: Path, variable: str) -> tuple[str, float
         return "amount", 1.0
     if units in RATE_UNITS:
         return "rate", RATE_UNITS[units]
-    raise DataError(f"{path}: variable {variable!r} has units {da.attrs.get('units')!r} (standard_name "
+    raise DataError(f"{path}: variable {variable!r} has units {attrs.get('units')!r} (standard_name "
                     f"{name or None!r}); expected an accumulation (kg m-2, mm), a rate (mm h-1, kg m-2 s-1) "
                     f"or a reflectivity (dBZ)")
 
 
-def _scalar_time(ds: xr.Dataset, name: str) -> np.ndarray | None:
-    if name in ds.variables and ds[name].ndim == 0:
-        return np.atleast_1d(ds[name].values)
+def _scalar_time(header: dict, name: str) -> np.ndarray | None:
+    dims, values, _ = header.get(name, ((None,), None, None))
+    if dims == ():
+        return np.atleast_1d(values)
     return None
 
 
@@ -106,51 +113,315 @@ def _as_datetime(values: np.ndarray, path: Path, name: str) -> np.ndarray:
 
 
 def _open_piece(path: Path, variable: str) -> dict:
-    """One file's frames as a lazy (time, y, x) DataArray, with its times, accumulation intervals and units."""
+    """Metadata of one file: its frames' times and accumulation intervals, the variable's on-disk dims,
+    the grid's coordinates and the unit conversion. Nothing but coordinates and times is read."""
+    if not _is_zarr(path):
+        return _describe_piece(_netcdf_header(path), path, variable)
     ds = open_dataset(path)
-    ds = ds.rename({k: v for k, v in RENAMES.items() if k in ds.dims or k in ds.coords})
-    if variable not in ds.data_vars:
-        raise DataError(f"{path}: variable {variable!r} is missing; the file has {sorted(map(str, ds.data_vars))}")
-    da = ds[variable]
-    dims = set(da.dims)
-    if "time" in da.dims:
-        times = _as_datetime(da["time"].values, path, "time")
-        start = ds["start_time"].values if "start_time" in ds.variables else None
+    try:
+        header = {str(n): (v.dims, v.values if v.ndim <= 1 else None, dict(v.attrs)) for n, v in ds.variables.items()}
+    finally:
+        ds.close()
+    return _describe_piece(header, path, variable)
+
+
+def _netcdf_header(path: Path) -> dict:
+    """A NetCDF file's variables as {name: (dims, values, attrs)}, with values read (CF times decoded)
+    only for 1-D and scalar variables, None for the others. Several times faster than
+    ``xarray.open_dataset`` for the many small files of a radar archive."""
+    import netCDF4  # noqa: PLC0415
+    from xarray.coding.times import decode_cf_datetime  # noqa: PLC0415
+
+    if not path.exists() or path.stat().st_size == 0:
+        open_dataset(path)  # raises its clear DataError
+    try:
+        header = {}
+        with netCDF4.Dataset(path, "r") as nc:
+            for name, var in nc.variables.items():
+                attrs = {k: var.getncattr(k) for k in var.ncattrs()}
+                values = None
+                if var.ndim <= 1:
+                    units = str(attrs.get("units", ""))
+                    if " since " in units:
+                        var.set_auto_maskandscale(False)
+                        values = decode_cf_datetime(np.asarray(var[...]), units, attrs.get("calendar", "standard"))
+                    elif var.dtype.kind in "fiu":
+                        values = np.ma.filled(np.ma.asarray(var[...]).astype(np.float64), np.nan)
+                    else:
+                        values = np.asarray(var[...])
+                header[name] = (tuple(var.dimensions), values, attrs)
+    except Exception as err:  # netCDF4, HDF5 and cftime raise many types for a damaged file
+        reason = (str(err).strip().splitlines() or [""])[0][:120]
+        raise DataError(f"{path}: cannot be read as NetCDF, the file looks corrupt or truncated, or its times "
+                        f"are not CF ({type(err).__name__}: {reason})") from err
+    return header
+
+
+def _describe_piece(header: dict, path: Path, variable: str) -> dict:
+    """What :class:`RadarReader` needs of one file, from its header {name: (dims, values, attrs)}, checked."""
+    renamed = {k: v for k, v in RENAMES.items() if k in header}
+    on_disk = {v: k for k, v in renamed.items()}
+    header = {renamed.get(n, n): (tuple(renamed.get(d, d) for d in dims), values, attrs)
+              for n, (dims, values, attrs) in header.items()}
+    data_vars = sorted(n for n, (dims, _, _) in header.items() if dims != (n,))
+    if variable not in header or header[variable][0] == (variable,):
+        raise DataError(f"{path}: variable {variable!r} is missing; the file has {data_vars}")
+    var_dims, _, var_attrs = header[variable]
+    dims = set(var_dims)
+    if "time" in var_dims:
+        time_dim = "time"
+        if "time" not in header or header["time"][1] is None:
+            raise DataError(f"{path}: variable {variable!r} has a time dimension without time values")
+        times = _as_datetime(np.atleast_1d(header["time"][1]), path, "time")
+        start = header["start_time"][1] if "start_time" in header else None
         if start is not None:
             start = np.broadcast_to(_as_datetime(np.atleast_1d(start), path, "start_time"), times.shape)
     else:
+        time_dim = None
         for name in TIME_NAMES:
-            value = _scalar_time(ds, name)
+            value = _scalar_time(header, name)
             if value is not None:
                 times = _as_datetime(value, path, name)
                 break
         else:
-            raise DataError(f"{path}: variable {variable!r} has dims {tuple(da.dims)} and the file has no scalar "
+            raise DataError(f"{path}: variable {variable!r} has dims {var_dims} and the file has no scalar "
                             f"valid_time or time; expected a time dimension or one scalar valid_time")
-        start = _scalar_time(ds, "start_time")
+        start = _scalar_time(header, "start_time")
         start = None if start is None else _as_datetime(start, path, "start_time")
-        da = da.drop_vars([n for n in TIME_NAMES if n in da.coords]).expand_dims(time=times)
-        dims = set(da.dims)
+        dims = {"time", *dims}
     spatial = next((pair for pair in SPATIAL_DIMS if dims == {"time", *pair}), None)
     if spatial is None:
-        raise DataError(f"{path}: variable {variable!r} has dims {tuple(da.dims)}, expected (time, y, x) or "
+        shown = var_dims if time_dim else ("time", *var_dims)
+        raise DataError(f"{path}: variable {variable!r} has dims {shown}, expected (time, y, x) or "
                         f"(time, lat, lon), or the same without time plus a scalar valid_time")
-    da = da.transpose("time", *spatial)
-    da = da.drop_vars([c for c in da.coords if c not in ("time", *spatial)])
+    coords = {}
     for dim in spatial:
-        if dim not in da.coords:
+        if dim not in header or header[dim][0] != (dim,):
             raise DataError(f"{path}: variable {variable!r} has no {dim} coordinate values")
-        step = np.diff(da[dim].values)
+        values = np.asarray(header[dim][1], dtype=np.float64)
+        step = np.diff(values)
         if step.size and not (np.all(step > 0) or np.all(step < 0)):
             raise DataError(f"{path}: coordinate {dim} is not strictly monotonic")
-    if not path.is_dir() and da.chunks is None:  # NetCDF: a lazy dask array, one frame per chunk
-        da = da.chunk({"time": 1, spatial[0]: -1, spatial[1]: -1})
-    kind, factor = _conversion(da, path, variable)
+        coords[dim] = (values, {k: v for k, v in header[dim][2].items() if k not in ENCODING_ATTRS})
+    kind, factor = _conversion(var_attrs, path, variable)
     interval = None if start is None else (times - start)
     if interval is not None and np.any(interval <= np.timedelta64(0, "ns")):
         raise DataError(f"{path}: start_time is not before valid_time; expected the start of the accumulation")
-    return {"path": path, "da": da, "times": times, "interval": interval, "kind": kind, "factor": factor,
-            "spatial": spatial, "units": da.attrs.get("units")}
+    return {"path": path, "zarr": _is_zarr(path), "times": times, "interval": interval, "kind": kind,
+            "factor": factor, "spatial": spatial, "coords": coords, "units": var_attrs.get("units"),
+            "disk_dims": tuple(on_disk.get(d, d) for d in var_dims),
+            "disk_names": {"time": time_dim, **{d: on_disk.get(d, d) for d in spatial}}}
+
+
+class RadarReader:
+    """A per-frame index of a radar archive, and cheap direct reads of single frames as rain rate [mm/h].
+
+    Opening reads only metadata (times, grid, units) and records, for every frame, its file, its position
+    along the file's time dimension and its unit conversion. :meth:`read` then reads one frame (or a
+    [rows, cols] part of it) straight from its file: netCDF4 for NetCDF, xarray without dask for Zarr,
+    no concatenation of the archive. Open files are kept (at most ``max_open_files``, least recently
+    used closed first; an open NetCDF file costs ~1 MB) per process: a DataLoader worker starts with none
+    and opens its own after the fork, and pickling drops them. Converted frames are kept in an LRU cache
+    of at most ``cache_mb`` MiB per process (0: none), so an epoch after the first reads from memory
+    when the archive fits, and a large archive still streams with a bounded footprint.
+
+    Conversion to mm/h (from the variable's ``units`` / ``standard_name``): accumulations [mm, kg m-2,
+    m] are divided by their interval (``valid_time - start_time`` when the file has a ``start_time``, else
+    ``accumulation_minutes``, else the archive's time step); rates in kg m-2 s-1 are multiplied by 3600;
+    reflectivity [dBZ] becomes rain through Z = zr_a R^zr_b (Marshall-Palmer by default). Coordinates
+    are kept as read (y may be descending) but must be the same in every file. Every problem is a
+    DataError naming the file.
+    """
+
+    def __init__(self, paths: str | Path | Sequence[str | Path], variable: str, zr_a: float = 200.0,
+                 zr_b: float = 1.6, accumulation_minutes: float | None = None, max_open_files: int = 64,
+                 cache_mb: float = 0.0):
+        self.variable, self.zr_a, self.zr_b = variable, float(zr_a), float(zr_b)
+        self.max_open_files = max(1, int(max_open_files))
+        self.cache_bytes = int(max(0.0, float(cache_mb)) * 2**20)
+        pieces = [_open_piece(path, variable) for path in resolve_paths(paths)]
+        first = pieces[0]
+        for piece in pieces[1:]:
+            if piece["spatial"] != first["spatial"]:
+                raise DataError(f"{piece['path']}: variable {variable!r} is on {piece['spatial']}, but "
+                                f"{first['path']} is on {first['spatial']}; expected one grid for the archive")
+            for dim in first["spatial"]:
+                a, b = first["coords"][dim][0], piece["coords"][dim][0]
+                if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-6 * max(1.0, float(np.abs(a).max()))):
+                    raise DataError(f"{piece['path']}: grid differs from {first['path']}: {dim} has {b.size} values "
+                                    f"from {b[0]:g} to {b[-1]:g}, expected {a.size} from {a[0]:g} to {a[-1]:g}")
+        times = np.concatenate([p["times"] for p in pieces])
+        self.frame_file = np.concatenate([np.full(p["times"].size, i, np.int64) for i, p in enumerate(pieces)])
+        self.frame_index = np.concatenate([np.arange(p["times"].size) for p in pieces])
+        gaps = np.diff(times)
+        if np.any(gaps <= np.timedelta64(0, "ns")):
+            i = int(np.argmax(gaps <= np.timedelta64(0, "ns"))) + 1
+            what = "duplicated" if times[i] == times[i - 1] else "earlier than the previous frame"
+            raise DataError(f"{self.path_of(i, pieces)}: time {times[i]} is {what} ({times[i - 1]} in "
+                            f"{self.path_of(i - 1, pieces)}); expected strictly increasing times (sort the files, "
+                            f"drop duplicates)")
+        self.times = times
+        self.step = time_step(times) if times.size > 1 else None
+        scales = []
+        for piece in pieces:
+            n = piece["times"].size
+            if piece["kind"] == "amount":
+                interval = piece["interval"]
+                if interval is None:
+                    if accumulation_minutes is not None:
+                        interval = np.full(n, np.timedelta64(int(accumulation_minutes * 60e9), "ns"))
+                    elif self.step is not None:
+                        interval = np.full(n, self.step)
+                    else:
+                        raise DataError(f"{piece['path']}: accumulation {variable!r} of a single frame without "
+                                        f"start_time; pass accumulation_minutes")
+                scales.append(piece["factor"] / (interval / np.timedelta64(1, "h")))
+            else:
+                scales.append(np.full(n, piece["factor"]))
+        self.frame_scale = np.concatenate(scales).astype(np.float64)
+        self.files = [{k: p[k] for k in ("path", "zarr", "kind", "disk_dims", "disk_names")} for p in pieces]
+        self.spatial = first["spatial"]
+        self.coords = {d: xr.DataArray(v, dims=d, attrs=a, name=d) for d, (v, a) in first["coords"].items()}
+        self.source_units = str(first["units"])
+        self._handles: OrderedDict = OrderedDict()
+        self._pid = os.getpid()
+        self._cache: OrderedDict = OrderedDict()
+        self._cached_bytes = 0
+
+    @staticmethod
+    def path_of(i: int, pieces: list[dict]) -> Path:
+        sizes = np.cumsum([p["times"].size for p in pieces])
+        return pieces[int(np.searchsorted(sizes, i, side="right"))]["path"]
+
+    def __len__(self) -> int:
+        return self.times.size
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self), *(self.coords[d].size for d in self.spatial))
+
+    def path(self, frame: int) -> Path:
+        return self.files[int(self.frame_file[frame])]["path"]
+
+    # ---- file handles, one set per process ----
+    def _handle(self, f: int):
+        if self._pid != os.getpid():  # a forked worker: leave the parent's handles alone, open our own
+            _INHERITED.append(self._handles)
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        handle = self._handles.get(f)
+        if handle is not None:
+            self._handles.move_to_end(f)
+            return handle
+        info = self.files[f]
+        try:
+            if info["zarr"]:
+                handle = xr.open_dataset(info["path"], engine="zarr", consolidated=None, chunks=None, cache=False)
+            else:
+                import netCDF4  # noqa: PLC0415 (imported where used: the generators do not need it)
+
+                handle = netCDF4.Dataset(info["path"], "r")
+        except Exception as err:
+            raise DataError(f"{info['path']}: cannot be read ({type(err).__name__}: {err}); it was readable when "
+                            f"the archive was opened") from err
+        self._handles[f] = handle
+        while len(self._handles) > self.max_open_files:
+            self._handles.popitem(last=False)[1].close()
+        return handle
+
+    def close(self) -> None:
+        """Close this process's open files (they are reopened on the next read); the frame cache stays."""
+        if self._pid == os.getpid():
+            for handle in self._handles.values():
+                handle.close()
+        self._handles, self._pid = OrderedDict(), os.getpid()
+
+    def __getstate__(self):
+        return {**self.__dict__, "_handles": OrderedDict(), "_pid": None, "_cache": OrderedDict(), "_cached_bytes": 0}
+
+    # ---- reading ----
+    def read(self, frame: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """Frame ``frame`` (or its [rows, cols] part) as float32 rain rate [mm/h] on (y, x), NaN where the
+        file has no data; from the frame cache when it holds the frame."""
+        frame = int(frame)
+        if self.cache_bytes <= 0:
+            return self._read_file(frame, rows, cols)
+        full = self._cache.get(frame)
+        if full is None:
+            full = self._read_file(frame)
+            if full.nbytes <= self.cache_bytes:
+                self._cache[frame] = full
+                self._cached_bytes += full.nbytes
+                while self._cached_bytes > self.cache_bytes:
+                    self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        else:
+            self._cache.move_to_end(frame)
+        return full[rows, cols].copy()
+
+    def _read_file(self, frame: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        f = int(self.frame_file[frame])
+        info = self.files[f]
+        names = info["disk_names"]
+        row, col = names[self.spatial[0]], names[self.spatial[1]]
+        handle = self._handle(f)
+        if info["zarr"]:
+            da = handle[self.variable]
+            if names["time"] is not None:
+                da = da.isel({names["time"]: int(self.frame_index[frame])})
+            values = da.isel({row: rows, col: cols}).transpose(row, col).values
+        else:
+            var = handle.variables[self.variable]
+            key = {names["time"]: int(self.frame_index[frame]), row: rows, col: cols}
+            values = var[tuple(key[d] for d in var.dimensions)]
+            if var.dimensions.index(row) > var.dimensions.index(col):
+                values = values.T
+            values = np.ma.filled(np.ma.asarray(values).astype(np.float64), np.nan)
+        values = np.asarray(values, dtype=np.float64)
+        if info["kind"] == "dbz":
+            values = (10.0 ** (values / 10.0) / self.zr_a) ** (1.0 / self.zr_b)
+        else:
+            scale = self.frame_scale[frame]
+            if scale != 1.0:
+                values = values * scale
+        return values.astype(np.float32)
+
+    def read_frames(self, frames: Iterable[int], rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """Frames (n, y, x) [mm/h], each read on its own (see :meth:`read`)."""
+        return np.stack([self.read(int(k), rows, cols) for k in frames])
+
+    def check_frames(self, frames: Iterable[int] | None = None, each=None) -> None:
+        """Read every frame once, one at a time, and refuse an all-NaN one (DataError naming its file);
+        ``each(k, frame)`` is called with every frame read (e.g. to accumulate statistics)."""
+        for k in range(len(self)) if frames is None else frames:
+            frame = self.read(int(k))
+            if not np.isfinite(frame).any():
+                raise DataError(f"{self.path(k)}: variable {self.variable!r} is NaN everywhere at time "
+                                f"{self.times[k]}; expected some valid pixels (delete the file to mark the frame "
+                                f"missing)")
+            if each is not None:
+                each(int(k), frame)
+
+    def to_dataarray(self) -> xr.DataArray:
+        """The archive as a lazy (time, y, x) DataArray [mm/h], one dask chunk per frame read by :meth:`read`."""
+        import dask.array as dsa  # noqa: PLC0415
+
+        n, ny, nx = self.shape
+
+        def block(block_info=None):
+            start, stop = block_info[None]["array-location"][0]
+            return self.read_frames(range(start, stop))
+
+        data = dsa.map_blocks(block, chunks=((1,) * n, (ny,), (nx,)), dtype=np.float32,
+                              meta=np.empty((0, 0, 0), np.float32))
+        rain = xr.DataArray(data, dims=("time", *self.spatial), name="rain_rate",
+                            coords={"time": self.times, **self.coords})
+        rain.attrs = {"units": "mm h-1", "long_name": "rain rate", "source_variable": self.variable,
+                      "source_units": self.source_units}
+        if self.step is not None:
+            rain.attrs["time_step_minutes"] = float(self.step / np.timedelta64(1, "m"))
+        return rain
+
+
+_INHERITED: list = []  # handles a forked process inherited: kept referenced so they are never closed there
 
 
 def open_radar(
@@ -163,68 +434,14 @@ def open_radar(
 ) -> xr.DataArray:
     """Rain rate [mm/h] on (time, y, x) or (time, lat, lon), lazy (one dask chunk per frame).
 
-    ``paths``: a file, a directory, a glob or a list. Accumulations [mm or kg m-2] are divided by their
-    interval: ``valid_time - start_time`` when the file has a ``start_time``, else ``accumulation_minutes``,
-    else the archive's time step. Rates in kg m-2 s-1 are multiplied by 3600. Reflectivity [dBZ] becomes
-    rain through Z = zr_a R^zr_b (Marshall-Palmer by default). Coordinates are kept as read (y may be
-    descending) but must be the same in every file. ``check_nan`` streams through the data once to refuse
-    an all-NaN frame. Every problem is a DataError naming the file.
+    ``paths``: a file, a directory, a glob or a list. See :class:`RadarReader` for the unit conversions
+    (``zr_a``, ``zr_b``, ``accumulation_minutes``) and the checks. ``check_nan`` streams through the
+    data once (one frame in memory at a time) to refuse an all-NaN frame.
     """
-    files = resolve_paths(paths)
-    pieces = [_open_piece(path, variable) for path in files]
-    first = pieces[0]
-    for piece in pieces[1:]:
-        if piece["spatial"] != first["spatial"]:
-            raise DataError(f"{piece['path']}: variable {variable!r} is on {piece['spatial']}, but {first['path']} "
-                            f"is on {first['spatial']}; expected one grid for the archive")
-        for dim in first["spatial"]:
-            a, b = first["da"][dim].values, piece["da"][dim].values
-            if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-6 * max(1.0, float(np.abs(a).max()))):
-                raise DataError(f"{piece['path']}: grid differs from {first['path']}: {dim} has {b.size} values "
-                                f"from {b[0]:g} to {b[-1]:g}, expected {a.size} from {a[0]:g} to {a[-1]:g}")
-    times = np.concatenate([p["times"] for p in pieces])
-    origin = [p["path"] for p in pieces for _ in range(p["times"].size)]
-    gaps = np.diff(times)
-    if np.any(gaps <= np.timedelta64(0, "ns")):
-        i = int(np.argmax(gaps <= np.timedelta64(0, "ns"))) + 1
-        what = "duplicated" if times[i] == times[i - 1] else "earlier than the previous frame"
-        raise DataError(f"{origin[i]}: time {times[i]} is {what} ({times[i - 1]} in {origin[i - 1]}); "
-                        f"expected strictly increasing times (sort the files, drop duplicates)")
-    step = time_step(times) if times.size > 1 else None
-    converted = []
-    for piece in pieces:
-        da, kind = piece["da"], piece["kind"]
-        if kind == "amount":
-            interval = piece["interval"]
-            if interval is None:
-                if accumulation_minutes is not None:
-                    interval = np.full(piece["times"].shape, np.timedelta64(int(accumulation_minutes * 60e9), "ns"))
-                elif step is not None:
-                    interval = np.full(piece["times"].shape, step)
-                else:
-                    raise DataError(f"{piece['path']}: accumulation {variable!r} of a single frame without "
-                                    f"start_time; pass accumulation_minutes")
-            hours = interval / np.timedelta64(1, "h")
-            da = da * (piece["factor"] / xr.DataArray(hours, dims="time"))
-        elif kind == "rate":
-            da = da * piece["factor"] if piece["factor"] != 1.0 else da
-        else:
-            da = (10.0 ** (da / 10.0) / zr_a) ** (1.0 / zr_b)
-        converted.append(da.astype(np.float32))
-    rain = converted[0] if len(converted) == 1 else xr.concat(
-        converted, dim="time", coords="minimal", compat="override", join="override")
-    rain.name = "rain_rate"
-    rain.attrs = {"units": "mm h-1", "long_name": "rain rate", "source_variable": variable,
-                  "source_units": str(first["units"])}
-    if step is not None:
-        rain.attrs["time_step_minutes"] = float(step / np.timedelta64(1, "m"))
+    reader = RadarReader(paths, variable, zr_a, zr_b, accumulation_minutes)
     if check_nan:
-        empty = rain.isnull().all(first["spatial"]).values
-        if empty.any():
-            i = int(np.argmax(empty))
-            raise DataError(f"{origin[i]}: variable {variable!r} is NaN everywhere at time {times[i]}; "
-                            f"expected some valid pixels (delete the file to mark the frame missing)")
-    return rain
+        reader.check_frames()
+    return reader.to_dataarray()
 
 
 def _datetimes(times) -> np.ndarray:
@@ -329,24 +546,40 @@ class RainTransform(torch.nn.Module):
         """Standardised network value -> rain rate [mm/h], >= 0."""
         return self._map(lambda v: self._g_inverse(v * self.std.to(v.dtype) + self.mean.to(v.dtype)), value)
 
+    def moments(self, rain) -> np.ndarray:
+        """[count, sum, sum of squares] of g(R) over the finite values of ``rain`` [mm/h] (float64): add
+        them up over frames and pass the total to :meth:`fit_moments` to fit without holding all frames."""
+        g = self._g(torch.as_tensor(np.asarray(rain) if not isinstance(rain, torch.Tensor) else rain,
+                                    dtype=torch.float64))
+        g = g[~torch.isnan(g)]
+        return np.array([g.numel(), float(g.sum()), float((g * g).sum())])
+
     @torch.no_grad()
-    def fit(self, rain) -> "RainTransform":
-        """Set mean and std of g(R) over ``rain`` [mm/h] (NaN ignored): a tensor, an array, or a lazy
-        DataArray, which is reduced chunk by chunk without being loaded at once."""
-        if isinstance(rain, xr.DataArray):
-            g = xr.apply_ufunc(lambda a: self._g(torch.from_numpy(np.asarray(a, np.float64))).numpy(), rain,
-                               dask="parallelized", output_dtypes=[np.float64])
-            mean, std = float(g.mean(skipna=True)), float(g.std(skipna=True))
-        else:
-            values = self._g(torch.as_tensor(np.asarray(rain) if not isinstance(rain, torch.Tensor) else rain,
-                                             dtype=torch.float64))
-            values = values[~torch.isnan(values)]
-            mean, std = float(values.mean()), float(values.std(unbiased=False))
+    def fit_moments(self, moments) -> "RainTransform":
+        """Set mean and std of g(R) from summed :meth:`moments`."""
+        n, s, ss = (float(v) for v in moments)
+        mean = s / n if n > 0 else float("nan")
+        std = float(np.sqrt(max(ss / n - mean * mean, 0.0))) if n > 0 else float("nan")
         if not np.isfinite(mean) or not std > 0:
             raise DataError(f"cannot fit the {self.kind} transform: mean {mean}, std {std} (no or constant data)")
         self.mean.fill_(mean)
         self.std.fill_(std)
         return self
+
+    @torch.no_grad()
+    def fit(self, rain) -> "RainTransform":
+        """Set mean and std of g(R) over ``rain`` [mm/h] (NaN ignored): a tensor, an array, or a lazy
+        DataArray, which is reduced frame by frame (chunk by chunk) without being loaded at once."""
+        if isinstance(rain, xr.DataArray) and rain.chunks is not None:
+            import dask  # noqa: PLC0415
+
+            parts = rain.data.map_blocks(lambda a: self.moments(a)[None, None, None, :], dtype=np.float64,
+                                         chunks=((1,) * len(rain.data.chunks[0]), (1,) * len(rain.data.chunks[1]),
+                                                 (1,) * len(rain.data.chunks[2]), (3,)), new_axis=3)
+            with dask.config.set(scheduler="synchronous"):
+                total = parts.sum(axis=(0, 1, 2)).compute()
+            return self.fit_moments(total)
+        return self.fit_moments(self.moments(rain.values if isinstance(rain, xr.DataArray) else rain))
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, threshold_mm_h={self.threshold_mm_h}, mean={float(self.mean):.4g}, std={float(self.std):.4g}"

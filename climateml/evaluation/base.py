@@ -10,6 +10,7 @@ chosen in the task's YAML under ``evaluation:``. ``metrics.json`` always has one
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -29,10 +30,16 @@ def predict(model: torch.nn.Module, datamodule, split: str = "test", accelerator
     One Dataset per group of the split (e.g. per scenario), from ``datamodule.to_xarray``. A private
     Trainer (one device, no logger, no callbacks) is used, so a run's prediction writers do not fire.
     """
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[])
-    outputs = trainer.predict(model, dataloaders=datamodule.dataloader(split), return_predictions=True)
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # no "GPU available ..." banner for every member scored
+    try:
+        trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[])
+        outputs = trainer.predict(model, dataloaders=datamodule.dataloader(split), return_predictions=True)
+    finally:
+        quiet.setLevel(level)
     return datamodule.to_xarray(torch.cat([o.float() for o in outputs]), split)
 
 

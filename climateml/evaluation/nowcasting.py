@@ -55,6 +55,7 @@ class NowcastEvaluation(Evaluation):
 
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
         past = datamodule.past_frames(self.split)
+        self._past = past  # the figures show the last input frame
         out = {}
         for name in self.baseline_names:
             if name == "persistence":
@@ -95,29 +96,61 @@ class NowcastEvaluation(Evaluation):
             return per_group[0]
         return super().aggregate([{k: v for k, v in g.items() if k != "by_lead_time"} for g in per_group])
 
+    def run(self, models, datamodule, run_dir, histories=None, accelerator: str = "auto") -> dict:
+        """The generic run, then this task's own learning curves (its loss and the validation MAE in mm/h)
+        and score bars (errors: lower is better; CSI: higher is better) in place of the generic ones."""
+        result = super().run(models, datamodule, run_dir, histories, accelerator)
+        if self.make_figures:
+            fig_dir = Path(run_dir) / "figures"
+            plotting.save(plot_score_bars(result, self.thresholds), fig_dir / "metrics.png")
+            existing = {k: v for k, v in (histories or {}).items() if Path(v).exists()}
+            if existing:
+                hp = getattr(models[0], "hparams", {})
+                loss = str(hp.get("loss", "loss")) + (f" + {hp['csi_weight']:g} (1 - soft CSI)" if hp.get("csi_weight") else "")
+                plotting.save(plot_learning_curves(existing, loss), fig_dir / "learning_curves.png")
+        return result
+
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
                 members: xr.Dataset) -> None:
         v = "rain_rate"
         wet = (truth[v] >= self.figure_threshold).sum([d for d in truth[v].dims if d != "time"]).values
         case = int(np.argmax(wet))
-        plotting.save(plot_sequences(truth[v].isel(time=case), {n: p[v].isel(time=case) for n, p in predictions.items()}),
+        past = getattr(self, "_past", None)
+        last_input = None if past is None else truth[v].isel(time=case, lead_time=0).copy(data=past[case, -1])
+        plotting.save(plot_sequences(truth[v].isel(time=case), {n: p[v].isel(time=case) for n, p in predictions.items()},
+                                     last_input=last_input),
                       fig_dir / f"sequence_{group}.png")
         plotting.save(self._skill_figure(truth[v], {n: p[v] for n, p in predictions.items()}),
                       fig_dir / f"skill_by_lead_time_{group}.png")
 
     def _skill_figure(self, truth: xr.DataArray, predictions: dict[str, xr.DataArray]) -> plt.Figure:
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
         t = self.figure_threshold
+        high = max(self.thresholds) if self.thresholds else t
+        high = next((x for x in sorted(self.thresholds) if x > t and x <= 5.0), high)
+        fss_key = f"fss_{sorted(self.fss_scales_km)[len(self.fss_scales_km) // 2]:g}km" if self.fss_scales_km else None
+        panels = [("mae", "MAE (mm/h), lower is better"), (_key(f"csi_{t:g}"), f"CSI at {t:g} mm/h, higher is better"),
+                  (_key(f"csi_{high:g}"), f"CSI at {high:g} mm/h, higher is better")]
+        if fss_key:
+            panels.append((fss_key, f"FSS at {self.fss_threshold:g} mm/h, {fss_key[4:-2]} km"))
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), constrained_layout=True)
         for i, (name, pred) in enumerate(predictions.items()):
             scores = self.score_variable(pred, truth, "rain_rate")["by_lead_time"]
             minutes = [float(k.removesuffix("min")) for k in scores]
-            for ax, key, label in ((axes[0], "mae", "MAE (mm/h)"), (axes[1], "rmse", "RMSE (mm/h)"),
-                                   (axes[2], _key(f"csi_{t:g}"), f"CSI at {t:g} mm/h")):
-                ax.plot(minutes, [s[key] for s in scores.values()], "o-", color=f"C{i}", label=name)
-                ax.set_xlabel("lead time (min)"), ax.set_ylabel(label)
-        axes[2].set_ylim(0, 1), axes[0].legend(fontsize=8)
-        fig.suptitle("Skill per lead time on the test windows (events: rain >= threshold)")
+            for ax, (key, label) in zip(axes, panels):
+                ax.plot(minutes, [s.get(key, np.nan) for s in scores.values()], "o-", color=STYLE.get(name, f"C{i}"),
+                        label=name.replace("_", " "))
+                ax.set_xlabel("lead time (min)"), ax.set_title(label, fontsize=9)
+        for ax, (key, _) in zip(axes, panels):
+            if key != "mae":
+                ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"Skill per lead time over {truth.sizes['time']} test nowcasts (event: rain >= threshold; "
+                     "cells outside the radar's range left out)", fontsize=10)
         return fig
+
+
+STYLE = {"model": "C0", "persistence": "C1", "optical_flow": "C2"}
 
 
 def _key(name: str) -> str:
@@ -128,34 +161,106 @@ def _key(name: str) -> str:
     return name
 
 
-def plot_sequences(observed: xr.DataArray, predictions: dict[str, xr.DataArray], vmax: float | None = None) -> plt.Figure:
-    """Rows: observed, then each model; columns: lead times. Rain rate [mm/h] on a log colour scale, grey
-    where the radar saw nothing."""
+def plot_sequences(observed: xr.DataArray, predictions: dict[str, xr.DataArray], vmax: float | None = None,
+                   last_input: xr.DataArray | None = None) -> plt.Figure:
+    """Rows: observed, then each model; columns: lead times (and, with ``last_input``, the last observed
+    frame the nowcasts start from). Rain rate [mm/h] on a log colour scale from 0.1 mm/h, white where
+    dry, grey where the radar saw nothing (there the nowcasts are not scored, and are greyed too)."""
     from matplotlib.colors import LogNorm
 
     rows = {"observed": observed, **predictions}
     n_lead = observed.sizes["lead_time"]
+    extra = 1 if last_input is not None else 0
     vmax = vmax or max(float(np.nanpercentile(observed.values, 99.5)), 1.0)
-    fig, axes = plt.subplots(len(rows), n_lead, figsize=(2.1 * n_lead + 1, 2.0 * len(rows) + 0.5), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(len(rows), n_lead + extra, figsize=(2.0 * (n_lead + extra) + 1.2, 2.0 * len(rows) + 0.6),
+                             squeeze=False, constrained_layout=True)
     ydim, xdim = observed.dims[-2:]
     cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("0.85")
+    cmap.set_bad("0.8")
     cmap.set_under("white")
+    norm = LogNorm(vmin=0.1, vmax=vmax)
+    outside = observed.isnull()
+
+    def draw(ax, field):
+        shown = field.where(field >= 0.1, 1e-3).where(~field.isnull())  # dry below the colour scale, NaN grey
+        im = ax.pcolormesh(field[xdim], field[ydim], shown, cmap=cmap, norm=norm, shading="auto")
+        ax.set_aspect("equal")
+        ax.set_xticks([]), ax.set_yticks([])
+        return im
+
+    im = None
     for r, (name, da) in enumerate(rows.items()):
-        for c in range(n_lead):
-            ax = axes[r, c]
-            field = da.isel(lead_time=c)
-            im = ax.pcolormesh(field[xdim], field[ydim], field.where(field > 0, 1e-3), cmap=cmap,
-                               norm=LogNorm(vmin=0.1, vmax=vmax), shading="auto")
-            ax.set_aspect("equal")
-            ax.set_xticks([]), ax.set_yticks([])
-            minutes = float(observed["lead_time"].values[c] / np.timedelta64(1, "m"))
+        if extra:
+            ax = axes[r, 0]
             if r == 0:
+                draw(ax, last_input)
+                ax.set_title("now (last input)", fontsize=9)
+            else:
+                ax.axis("off")
+        for c in range(n_lead):
+            ax = axes[r, c + extra]
+            field = da.isel(lead_time=c)
+            im = draw(ax, field.where(~outside.isel(lead_time=c)))
+            if r == 0:
+                minutes = float(observed["lead_time"].values[c] / np.timedelta64(1, "m"))
                 ax.set_title(f"+{minutes:g} min", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(name, fontsize=9)
+        axes[r, extra].set_ylabel(name.replace("_", " "), fontsize=10)
+        if extra and r == 0:
+            axes[0, 0].set_ylabel("observed", fontsize=10)
     issue = np.datetime_as_string(observed["time"].values, unit="m") if "time" in observed.coords else ""
     fig.colorbar(im, ax=axes, shrink=0.6, label="rain rate (mm/h)", extend="both")
-    fig.suptitle(f"Nowcasts issued {issue} (x, y in {observed[xdim].attrs.get('units', 'km')}; grey: no radar)")
+    units = observed[xdim].attrs.get("units", "km")
+    fig.suptitle(f"Nowcasts issued {issue}: the rainiest test case ({xdim}, {ydim} in {units}; white: < 0.1 mm/h, "
+                 f"grey: outside the radar's range)", fontsize=10)
+    return fig
+
+
+def plot_score_bars(result: dict, thresholds) -> plt.Figure:
+    """Bars of the mean scores over lead times for the model and each baseline: errors (lower is better)
+    and CSI per threshold (higher is better)."""
+    variable, by_model = next(iter(result.items()))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True, gridspec_kw={"width_ratios": [2, 4]})
+    groups = [(axes[0], ["mae", "rmse"], "errors (mm/h), lower is better"),
+              (axes[1], [_key(f"csi_{t:g}") for t in thresholds], "CSI (event: rain >= threshold), higher is better")]
+    width = 0.8 / len(by_model)
+    for ax, keys, title in groups:
+        keys = [k for k in keys if all(k in m for m in by_model.values())]
+        x = np.arange(len(keys))
+        for i, (name, m) in enumerate(by_model.items()):
+            bars = ax.bar(x + i * width, [m[k] for k in keys], width, label=name.replace("_", " "),
+                          color=STYLE.get(name, f"C{i}"))
+            ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        ax.set_xticks(x + width * (len(by_model) - 1) / 2, [k.replace("csi_", "CSI ") + (" mm/h" if "csi" in k else "")
+                                                            for k in keys], fontsize=8)
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{variable}: test scores, means over lead times", fontsize=10)
+    return fig
+
+
+def plot_learning_curves(histories: dict, loss: str = "loss") -> plt.Figure:
+    """Training and validation loss per epoch (the model's ``loss`` on the transformed scale) and the
+    validation MAE in mm/h, from Lightning CSVLogger ``metrics.csv`` files; the best epoch marked."""
+    import pandas as pd
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
+    for i, (name, path) in enumerate(histories.items()):
+        df = pd.read_csv(path)
+        for key, style in (("train_loss", "-"), ("val_loss", "--")):
+            if key in df:
+                d = df.dropna(subset=[key]).groupby("epoch")[key].last()
+                axes[0].plot(d.index, d.values, style, color=f"C{i}", label=f"{name} {key.split('_')[0]}")
+                if key == "val_loss" and len(d):
+                    axes[0].plot(d.idxmin(), d.min(), "*", color=f"C{i}", ms=12, label=f"{name} best (restored)")
+        if "val_mae_mm_h" in df:
+            d = df.dropna(subset=["val_mae_mm_h"]).groupby("epoch")["val_mae_mm_h"].last()
+            axes[1].plot(d.index, d.values, "--", color=f"C{i}", label=f"{name} val")
+        if "train_mae_mm_h" in df:
+            d = df.dropna(subset=["train_mae_mm_h"]).groupby("epoch")["train_mae_mm_h"].last()
+            axes[1].plot(d.index, d.values, "-", color=f"C{i}", label=f"{name} train")
+    axes[0].set_title(f"loss ({loss} on the transformed scale, NaN masked)", fontsize=9)
+    axes[1].set_title("mean absolute error (mm/h)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    fig.suptitle("Learning curves", fontsize=10)
     return fig

@@ -49,6 +49,18 @@ class SegmentationEvaluation(Evaluation):
             names.add(d.tc_warm_core_field)
         return sorted(names)
 
+    def run(self, models, datamodule, run_dir, histories=None, accelerator: str = "auto") -> dict:
+        """The generic run, then the two summary figures drawn for segmentation: per-class scores
+        (``metrics.png``, higher is better) and loss plus validation IoU per epoch (``learning_curves.png``)."""
+        result = super().run(models, datamodule, run_dir, histories, accelerator)
+        if self.make_figures:
+            fig_dir = Path(run_dir) / "figures"
+            plotting.save(plot_scores(result), fig_dir / "metrics.png")
+            existing = {k: v for k, v in (histories or {}).items() if Path(v).exists()}
+            if existing:
+                plotting.save(plot_training_history(existing), fig_dir / "learning_curves.png")
+        return result
+
     def combine_members(self, members: xr.Dataset) -> xr.Dataset:
         """The ensemble's labels: argmax of the members' mean class probability."""
         prob = members["probability"].mean("member")
@@ -76,28 +88,97 @@ class SegmentationEvaluation(Evaluation):
 def plot_masks(field: xr.DataArray, truth: xr.DataArray, predictions: dict[str, xr.DataArray],
                class_names=CLASS_NAMES):
     """One panel per prediction: ``field`` on a map with coastlines, the true TC / AR masks outlined in solid
-    lines and the predicted ones in dashed lines (one colour per class)."""
+    lines and the predicted ones in dashed lines (one colour per class); one colour scale for all panels."""
     import matplotlib.pyplot as plt
 
     from climateml.geography import add_coastlines, format_map_axes
 
     colours = {1: "magenta", 2: "black"}
     n = len(predictions)
-    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 3.6), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, n, figsize=(5.6 * n + 0.8, 3.7), squeeze=False, constrained_layout=True)
     lon, lat = field["lon"].values, field["lat"].values
+    units = field.attrs.get("units", "")
+    label = f"{field.name} ({units})" if units else str(field.name)
+    vmin, vmax = float(field.min()), float(field.max())
+    date = str(field["time"].values) if "time" in field.coords else ""
     for ax, (name, pred) in zip(axes[0], predictions.items()):
-        im = ax.pcolormesh(lon, lat, field.values, cmap="Blues", shading="auto")
-        add_coastlines(ax, colors="0.35", linewidths=0.5)
+        im = ax.pcolormesh(lon, lat, field.values, cmap="Blues", shading="auto", vmin=vmin, vmax=vmax)
+        add_coastlines(ax, colors="0.45", linewidths=0.5)
         for k, colour in colours.items():
             for mask, style in ((truth, "solid"), (pred, "dashed")):
-                m = (mask.values == k).astype(float)
+                m = (np.asarray(mask.values) == k).astype(float)
                 if m.any():
-                    ax.contour(lon, lat, m, levels=[0.5], colors=colour, linestyles=style, linewidths=1.0)
+                    ax.contour(lon, lat, m, levels=[0.5], colors=colour, linestyles=style, linewidths=1.1)
         format_map_axes(ax, lon, lat)
-        handles = [plt.Line2D([], [], color=c, ls=ls, label=f"{class_names[k]} {what}")
-                   for k, c in colours.items() for ls, what in (("solid", "true"), ("dashed", name))]
-        ax.legend(handles=handles, fontsize=6, loc="lower left", ncol=2)
-        ax.set_title(f"{name}: {field.name} ({field.attrs.get('units', '')}), {str(field['time'].values)}", fontsize=9)
-        fig.colorbar(im, ax=ax, shrink=0.8, label=f"{field.name} ({field.attrs.get('units', '')})")
+        handles = [plt.Line2D([], [], color=c, ls=ls, label=f"{class_names[k].upper()} {what}")
+                   for k, c in colours.items() for ls, what in (("solid", "expert"), ("dashed", name))]
+        ax.legend(handles=handles, fontsize=6, loc="lower left", ncol=2, framealpha=0.8)
+        ax.set_title(f"{name} (dashed) vs expert labels (solid), {date}", fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, pad=0.01, label=label)
     return fig
 
+
+def plot_scores(result: dict, classes=("tc", "ar", "background"), variable: str = "LABELS"):
+    """Per-class IoU, precision and recall of the model and each baseline on the test split (higher is better)."""
+    import matplotlib.pyplot as plt
+
+    by_model = result[variable]
+    kinds = ("iou", "precision", "recall")
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4), squeeze=False, constrained_layout=True,
+                             sharey=True)
+    x = np.arange(len(classes))
+    width = 0.8 / len(by_model)
+    for ax, kind in zip(axes[0], kinds):
+        for i, (name, scores) in enumerate(by_model.items()):
+            values = np.array([scores.get(f"{kind}_{c}", np.nan) for c in classes], dtype=float)
+            bars = ax.bar(x + i * width, np.nan_to_num(values), width, label=name, color=f"C{i}")
+            # NaN: undefined (e.g. precision of a class never predicted)
+            ax.bar_label(bars, labels=["n/a" if v != v else f"{v:.2f}" for v in values], fontsize=7)
+        ax.set_xticks(x + width * (len(by_model) - 1) / 2, [c.upper() if len(c) == 2 else c for c in classes])
+        ax.set_ylim(0, 1.08)
+        ax.set_title(kind if kind != "iou" else "IoU", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel("test score (higher is better)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper right", ncol=len(labels), fontsize=8)
+    means = ", ".join(f"{name} {m.get('mean_iou', np.nan):.3f}" for name, m in by_model.items())
+    fig.suptitle(f"{variable}: per-class scores over every test pixel; mean IoU: {means}", fontsize=10, x=0.02,
+                 ha="left")
+    return fig
+
+
+def plot_training_history(histories: dict, classes=("tc", "ar")):
+    """Loss (training and validation) and validation IoU per class and mean, per epoch, from CSVLogger files."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for i, (name, hist) in enumerate(histories.items()):
+        df = hist if isinstance(hist, pd.DataFrame) else pd.read_csv(hist)
+
+        def curve(key):
+            return df.dropna(subset=[key]).groupby("epoch")[key].last() if key in df else None
+
+        for key, style in (("train_loss", "-"), ("val_loss", "--")):
+            d = curve(key)
+            if d is not None:
+                ax_loss.plot(d.index, d.values, style, color=f"C{i}", label=f"{name} {key.split('_')[0]}")
+        for j, key in enumerate(["val_mean_iou", *[f"val_iou_{c}" for c in classes]]):
+            d = curve(key)
+            if d is not None:
+                ax_iou.plot(d.index, d.values, ("-", "--", ":", "-.")[j % 4], color=f"C{i}",
+                            label=f"{name} " + ("mean IoU" if key == "val_mean_iou" else f"IoU {key[8:].upper()}"))
+                if key == "val_mean_iou" and len(d):
+                    best = d.idxmax()
+                    ax_iou.plot([best], [d[best]], "o", color=f"C{i}", ms=5)
+    ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("loss (the training objective)")
+    ax_loss.set_title("training and validation loss")
+    ax_iou.set_xlabel("epoch"), ax_iou.set_ylabel("validation IoU"), ax_iou.set_ylim(0, 1)
+    ax_iou.set_title("validation IoU (dot: best epoch, its weights are kept)")
+    for ax in (ax_loss, ax_iou):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig

@@ -8,12 +8,15 @@ import numpy as np
 import xarray as xr
 
 from climateml import metrics, plotting
-from climateml.errors import ConfigError
+from climateml.errors import ConfigError, check_positive
 from climateml.evaluation.base import Evaluation
 from climateml.models.baselines import LinearRegression
 
-BASELINES = ("linear",)
-BASELINE_KEYS = {"linear": "linear_baseline"}
+#: baseline name in the config -> its key in metrics.json, prediction files and figures
+BASELINE_KEYS = {"linear": "linear_baseline", "random_forest": "random_forest", "gaussian_process": "gaussian_process"}
+BASELINES = tuple(BASELINE_KEYS)
+#: options each EOF baseline accepts under ``baseline_options`` (see climateml.models.sklearn_baselines)
+EOF_BASELINE_OPTIONS = {"n_eofs", "rf_options", "gp_options", "seed"}
 
 
 class TemperatureEvaluation(Evaluation):
@@ -21,8 +24,13 @@ class TemperatureEvaluation(Evaluation):
     ``nrmse_years``; scores are averaged over the test scenarios.
 
     Args:
-        baselines: fitted on the same training inputs and scored by the same code: "linear" (pattern
-            scaling by least squares; metrics key ``linear_baseline``).
+        baselines: fitted on the same training years and inputs as the model and scored by the same code,
+            as in ClimateBench: "linear" (pattern scaling by least squares; metrics key ``linear_baseline``),
+            "random_forest" and "gaussian_process" (scikit-learn on the leading area-weighted EOFs of the
+            target, maps restored from them; keys ``random_forest``, ``gaussian_process``).
+        baseline_options: per EOF baseline, the options of
+            :class:`~climateml.models.sklearn_baselines.EOFRegressionBaseline`: ``n_eofs``, ``seed``,
+            ``rf_options`` (RandomForestRegressor arguments) or ``gp_options`` (kernel, bounds ...).
         nrmse_years: first and last year (inclusive) of ClimateBench's NRMSE (the end of the century).
         map_years: years of the predicted-vs-true maps (the nearest year present is used).
         map_range: colour range of the maps, ± this value in the target's units; 0 takes the 99th
@@ -30,7 +38,8 @@ class TemperatureEvaluation(Evaluation):
         point: a place whose series is drawn: {"name": ..., "lat": degrees north, "lon": degrees east}.
     """
 
-    def __init__(self, baselines: list[str] = ["linear"], nrmse_years: tuple[int, int] = (2080, 2100),
+    def __init__(self, baselines: list[str] = ["linear", "random_forest", "gaussian_process"],
+                 baseline_options: dict[str, dict] = {}, nrmse_years: tuple[int, int] = (2080, 2100),
                  map_years: list[int] = [2030, 2050, 2100], map_range: float = 6.0,
                  point: dict = {"name": "New York", "lat": 40.71, "lon": -74.01},
                  summary_keys: list[str] = ["rmse", "nrmse_total"],
@@ -39,6 +48,7 @@ class TemperatureEvaluation(Evaluation):
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
             raise ConfigError(f"evaluation.baselines: unknown {unknown}; choose from {list(BASELINES)}")
+        self.baseline_options = self._check_baseline_options(dict(baseline_options or {}))
         if len(nrmse_years) != 2 or nrmse_years[0] > nrmse_years[1]:
             raise ConfigError(f"evaluation.nrmse_years must be [first, last] with first <= last, got {list(nrmse_years)}")
         missing = {"name", "lat", "lon"} - set(point)
@@ -48,12 +58,45 @@ class TemperatureEvaluation(Evaluation):
         self.nrmse_years = tuple(nrmse_years)
         self.map_years, self.map_range, self.point = list(map_years), float(map_range), dict(point)
 
-    def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
+    @staticmethod
+    def _check_baseline_options(options: dict) -> dict:
+        for name, opts in options.items():
+            if name not in ("random_forest", "gaussian_process"):
+                raise ConfigError(f"evaluation.baseline_options: {name!r} takes no options; options are for "
+                                  "random_forest and gaussian_process")
+            bad = set(opts or {}) - EOF_BASELINE_OPTIONS
+            if bad:
+                raise ConfigError(f"evaluation.baseline_options.{name}: unknown {sorted(bad)}; "
+                                  f"choose from {sorted(EOF_BASELINE_OPTIONS)}")
+            if "n_eofs" in (opts or {}):
+                check_positive(f"evaluation.baseline_options.{name}.n_eofs", opts["n_eofs"])
+        return {k: dict(v or {}) for k, v in options.items()}
+
+    def fit_baseline(self, name: str, datamodule):
+        """One baseline fitted on the training split: a module mapping inputs to outputs in physical units."""
         train = datamodule.dataset("train").tensors
+        if name == "linear":
+            return LinearRegression.fit(train["x"], train["y"])
+        import warnings
+
+        from climateml.models.sklearn_baselines import EOFRegressionBaseline
+
+        spec = datamodule.spec
+        n_t = len(spec.outputs)
+        # area weights of each cell, each variable's block divided by its variance so no variable dominates the EOFs
+        weights = spec.statistics["cell_weights"].repeat(n_t) / spec.statistics["y_std"] ** 2
+        opts = dict(self.baseline_options.get(name, {}))
+        # no more EOFs than the target has outputs (a 1 x 1 grid has one) or training years
+        opts["n_eofs"] = min(int(opts.get("n_eofs", 5)), train["y"].shape[1], len(train["y"]))
+        with warnings.catch_warnings():  # kernel hyperparameters at a bound are common and harmless on smooth PCs
+            warnings.filterwarnings("ignore", module="sklearn")
+            return EOFRegressionBaseline(name, **opts).fit(train["x"], train["y"], weights)
+
+    def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
         x_test = datamodule.dataset(self.split).tensors["x"]
         out = {}
         for name in self.baseline_names:
-            model = LinearRegression.fit(train["x"], train["y"])
+            model = self.fit_baseline(name, datamodule)
             out[BASELINE_KEYS[name]] = datamodule.to_xarray(model(x_test), self.split)
         return out
 

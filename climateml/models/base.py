@@ -3,6 +3,9 @@
 A task subclasses :class:`ClimateTask` and fills in :meth:`configure_models`, :meth:`configure_losses`,
 :meth:`configure_metrics` and :meth:`shared_step`; training, validation and test steps, prediction and
 ``configure_optimizers`` (optimiser, learning rate and schedule from the config) are written once here.
+
+Under DDP every logged tensor is reduced across processes by default (``sync_dist=True``), so an epoch's
+``val_loss`` is the mean over all ranks' samples, not rank 0's shard; torchmetrics objects reduce themselves.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+import torchmetrics
 
 from climateml.data.base import DataSpec
 from climateml.errors import ConfigError, check_choice, check_positive
@@ -79,6 +83,37 @@ class ClimateTask(L.LightningModule):
         raise NotImplementedError
 
     # ---- shared ----
+    def log(self, name: str, value, *args, sync_dist: bool | None = None, **kwargs) -> None:
+        """LightningModule.log, with ``sync_dist`` on by default for tensors: epoch values are reduced over every
+        process (a no-op on one device). A torchmetrics Metric syncs its own state when computed.
+
+        A given ``batch_size`` is passed on as a float: Lightning averages the epoch's sample counts over the
+        processes in the count's own dtype, and an integer count truncates (151 samples on 2 processes would
+        count as 150 and bias the epoch mean by 0.7%).
+        """
+        if sync_dist is None:
+            sync_dist = not isinstance(value, torchmetrics.Metric)
+        if sync_dist and kwargs.get("batch_size") is not None:
+            kwargs["batch_size"] = float(kwargs["batch_size"])
+        super().log(name, value, *args, sync_dist=sync_dist, **kwargs)
+
+    def log_dict(self, dictionary, *args, sync_dist: bool | None = None, **kwargs) -> None:
+        """LightningModule.log_dict with the same default as :meth:`log`."""
+        if sync_dist is None:
+            sync_dist = not any(isinstance(v, torchmetrics.Metric) for v in dictionary.values())
+        super().log_dict(dictionary, *args, sync_dist=sync_dist, **kwargs)
+
+    def setup(self, stage: str) -> None:
+        """Before DDP wraps the module: keep non-persistent buffers (per-process working state, e.g. an epoch's
+        running sums, never saved in checkpoints) out of DDP's buffer broadcast, which would overwrite every
+        rank's copy with rank 0's at each forward pass. Persistent buffers (statistics, BatchNorm) still sync."""
+        super().setup(stage)
+        scratch = [f"{prefix}.{name}" if prefix else name for prefix, module in self.named_modules()
+                   for name in module._non_persistent_buffers_set]
+        ignore = getattr(torch.nn.parallel.DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
+        if scratch and ignore is not None:
+            ignore(self, sorted(set(scratch) | set(getattr(self, "_ddp_params_and_buffers_to_ignore", []))))
+
     def training_step(self, batch, batch_idx):
         return self.shared_step(batch, "train")
 

@@ -8,9 +8,8 @@ Pixels whose target equals ``ignore_index`` contribute nothing to any loss.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -128,24 +127,3 @@ def build_segmentation_loss(spec: str | Mapping[str, float], class_weights=None,
     """
     terms = {spec: 1.0} if isinstance(spec, str) else dict(spec)
     return SegmentationLoss(terms, class_weights, ignore_index, options)
-
-
-def class_weights_from_counts(counts: Sequence[float] | np.ndarray | torch.Tensor,
-                              method: str = "inverse_frequency") -> torch.Tensor:
-    """Class weights from pixel counts per class, scaled so the pixel-averaged weight is 1.
-
-    ``inverse_frequency``: w_c = N / (C n_c) (scikit-learn's "balanced"); ``inverse_sqrt``: w_c proportional to
-    1 / sqrt(n_c), a milder correction. A class with no pixels gets weight 0.
-    """
-    n = torch.as_tensor(np.asarray(counts, dtype=np.float64))
-    if n.ndim != 1 or (n < 0).any() or n.sum() <= 0:
-        raise ValueError(f"counts must be a 1-d sequence of non-negative numbers with a positive sum, got {counts!r}")
-    present = n > 0
-    if method == "inverse_frequency":
-        raw = torch.where(present, 1.0 / n.clamp_min(1e-300), torch.zeros_like(n))
-    elif method == "inverse_sqrt":
-        raw = torch.where(present, 1.0 / n.clamp_min(1e-300).sqrt(), torch.zeros_like(n))
-    else:
-        raise ValueError(f"method={method!r}: expected 'inverse_frequency' or 'inverse_sqrt'")
-    freq = n / n.sum()
-    return (raw / (freq * raw).sum()).to(torch.float32)

@@ -19,8 +19,11 @@ class SegmentationModel(ClimateTask):
     """U-Net segmentation of weather features; inputs in physical units, standardised with training statistics.
 
     Logs ``{stage}_loss`` and, from a confusion matrix accumulated over the whole epoch (not a mean of
-    batch scores), ``{stage}_iou_<class>`` and ``{stage}_mean_iou``. Early stopping and checkpoints watch
-    ``val_mean_iou`` (set ``monitor``/``monitor_mode`` for the plateau schedule accordingly).
+    batch scores; torchmetrics reduces it over DDP processes), ``{stage}_iou_<class>`` and
+    ``{stage}_mean_iou``, plus ``precision_<class>`` and ``recall_<class>`` for validation and test (a
+    score that is undefined, 0/0, is logged as 0). Early stopping and checkpoints watch ``val_mean_iou``,
+    and so does the plateau schedule (``monitor``, ``monitor_mode``). The loss is computed in float32
+    also under mixed precision.
 
     Args:
         depth, width, norm, dropout, upsampling: the U-Net (see :class:`~climateml.models.blocks_unet.UNet`);
@@ -58,7 +61,9 @@ class SegmentationModel(ClimateTask):
 
     def configure_metrics(self) -> None:
         k = len(self.spec.outputs)
-        self.confusion = nn.ModuleDict({f"{s}_confusion": MulticlassConfusionMatrix(k) for s in ("train", "val", "test")})
+        # validate_args=False: the argument checks call torch.unique on every batch (slow on large grids)
+        self.confusion = nn.ModuleDict({f"{s}_confusion": MulticlassConfusionMatrix(k, validate_args=False)
+                                        for s in ("train", "val", "test")})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fields (batch, channel, lat, lon) in physical units -> class logits (batch, class, lat, lon)."""
@@ -75,7 +80,10 @@ class SegmentationModel(ClimateTask):
         cm = self.confusion[f"{stage}_confusion"].compute()
         self.confusion[f"{stage}_confusion"].reset()
         scores = scores_from_confusion(cm.cpu().numpy(), self.class_names)
-        for name in ["mean_iou", *[f"iou_{c}" for c in self.class_names]]:
+        names = ["mean_iou", *[f"iou_{c}" for c in self.class_names]]
+        if stage != "train":
+            names += [f"{k}_{c}" for k in ("precision", "recall") for c in self.class_names]
+        for name in names:
             value = scores[name]
             self.log(f"{stage}_{name}", 0.0 if value != value else value, prog_bar=name == "mean_iou" and stage == "val",
                      sync_dist=False)

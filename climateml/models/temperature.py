@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torchmetrics
 from torch import nn
 
-from climateml.errors import ConfigError, check_fraction, check_positive
+from climateml.errors import ConfigError, check_choice, check_fraction
 from climateml.models.base import ClimateTask
-from climateml.models.blocks import mlp
+from climateml.models.blocks import ACTIVATIONS, mlp
 
 
 class WeightedRMSE(torchmetrics.Metric):
@@ -37,12 +38,20 @@ class TemperatureEmulator(ClimateTask):
     """MLP emulator: physical inputs in, physical outputs out; standardisation lives in buffers.
 
     Trained with MSE on standardised targets; logs ``{stage}_loss`` and the area-weighted RMSE in
-    physical units, ``{stage}_rmse_{target}``. Sizes, target names, training statistics (x_mean,
-    x_std, y_mean, y_std) and grid weights (cell_weights) come from the data spec and are saved in the
-    checkpoint, so a reloaded model predicts in physical units on its own.
+    physical units, ``{stage}_rmse_{target}``, once per epoch (validation and test: over the whole
+    split). Sizes, target names, training statistics (x_mean, x_std, y_mean, y_std) and grid weights
+    (cell_weights) come from the data spec and are saved in the checkpoint, so a reloaded model
+    predicts in physical units on its own.
+
+    The training step is kept lean (issue 9): the loss is the fused ``mse_loss`` on a target standardised
+    in one pass; the area-weighted RMSE comes from one residual temporary squared in place and one
+    matrix-vector product; the epoch's sums are accumulated in a small buffer and logged once at the end
+    of the epoch (summed across processes), instead of going through ``self.log`` and a torchmetrics
+    update at every step. The logged numbers are the same: the epoch's sample-weighted mean loss and
+    the area-weighted RMSE over all its samples.
 
     Args:
-        hidden_sizes: widths of the hidden layers (each > 0).
+        hidden_sizes: widths of the hidden layers (each > 0; empty: a linear model).
         activation: relu, gelu, tanh, silu, elu or leaky_relu.
         dropout: dropout probability in [0, 1).
         batch_norm: BatchNorm1d after each hidden layer.
@@ -51,10 +60,13 @@ class TemperatureEmulator(ClimateTask):
 
     def __init__(self, spec=None, hidden_sizes: list[int] = [64, 64], activation: str = "relu",
                  dropout: float = 0.0, batch_norm: bool = False, **task_options):
-        if any(int(h) <= 0 for h in hidden_sizes):
-            raise ConfigError(f"model.hidden_sizes must all be > 0, got {list(hidden_sizes)}")
+        hidden_sizes = list(hidden_sizes)
+        if any(isinstance(h, bool) or int(h) != h or int(h) <= 0 for h in hidden_sizes):
+            raise ConfigError(f"model.hidden_sizes must be whole numbers > 0, got {hidden_sizes}")
+        check_choice("model.activation", activation, sorted(ACTIVATIONS))
         check_fraction("model.dropout", dropout)
-        self._arch = dict(hidden_sizes=list(hidden_sizes), activation=activation, dropout=dropout, batch_norm=batch_norm)
+        self._arch = dict(hidden_sizes=[int(h) for h in hidden_sizes], activation=activation, dropout=dropout,
+                          batch_norm=batch_norm)
         super().__init__(spec, **task_options)
 
     @property
@@ -68,24 +80,124 @@ class TemperatureEmulator(ClimateTask):
         self.net = mlp(n_in, n_out, **self._arch)
 
     def configure_metrics(self) -> None:
-        self.rmse = nn.ModuleDict({f"{stage}_{t}": WeightedRMSE() for stage in ("train", "val", "test")
-                                   for t in self.spec.outputs})
+        n_t = len(self.spec.outputs)
+        self.rmse = nn.ModuleDict({f"{stage}_{t}": WeightedRMSE() for stage in ("val", "test") for t in self.spec.outputs})
+        # training epoch sums: [weighted squared error per target (K^2), samples, loss x samples]
+        self.register_buffer("train_sums", torch.zeros(n_t + 2, dtype=torch.float64), persistent=False)
+        self._validations = 0  # validation runs so far (a plateau schedule steps once per run, see lr_scheduler_step)
+        self._plateau_steps = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Physical inputs (batch, n_inputs) -> physical outputs (batch, n_outputs)."""
         return self.net((x - self.x_mean) / self.x_std) * self.y_std + self.y_mean
 
-    def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+    def _standardised(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(network output, target), both standardised, (batch, n_outputs).
+
+        The target is standardised in one fused pass, y * (1 / y_std) - y_mean / y_std: on a batch of 64 maps
+        of 13,824 cells every extra full-size temporary costs about as much as a layer (allocation, page faults).
+        """
         x, y = batch["x"], batch["y"]
-        residual = self.net((x - self.x_mean) / self.x_std) - (y - self.y_mean) / self.y_std
-        loss = residual.pow(2).mean()
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
+        inv_std = 1.0 / self.y_std
+        target = torch.addcmul(-self.y_mean * inv_std, y, inv_std)
+        return self.net((x - self.x_mean) / self.x_std), target
+
+    def _squared_residual(self, batch: dict) -> torch.Tensor:
+        """(batch, n_outputs) squared error in standardised units."""
+        out, target = self._standardised(batch)
+        return (out - target).pow(2)
+
+    def _weighted_sq(self, squared: torch.Tensor) -> torch.Tensor:
+        """(batch, n_targets) area-weighted squared error in physical units, from the standardised one.
+
+        sum_c w_c (r_c s_c)^2 = sum_c r_c^2 (w_c s_c^2): the target std is folded into the weights, so this
+        is one matrix-vector product per target and no second pass to de-standardise the batch.
+        """
         n_t = len(self.spec.outputs)
-        squared = residual.detach().pow(2).view(len(x), n_t, -1)
-        # sum_c w_c (r_c s_c)^2 = sum_c r_c^2 (w_c s_c^2): physical units via the weights, not another pass over the batch
         weights = self.cell_weights * self.y_std.view(n_t, -1) ** 2
+        squared = squared.view(len(squared), n_t, -1)
+        if n_t == 1:
+            return (squared[:, 0] @ weights[0]).unsqueeze(1)
+        return torch.einsum("ntc,tc->nt", squared, weights)
+
+    def on_fit_start(self) -> None:
+        """Check the training settings a user types that Lightning takes silently (one clear line each)."""
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, EarlyStopping):
+                if isinstance(cb.patience, bool) or not isinstance(cb.patience, int) or cb.patience < 1:
+                    raise ConfigError(f"trainer.callbacks: EarlyStopping patience must be a whole number >= 1 "
+                                      f"(validations without improvement), got {cb.patience}")
+                given = float(cb.min_delta) * (1.0 if cb.monitor_op == torch.gt else -1.0)  # Lightning flips it for "min"
+                if not (np.isfinite(given) and given >= 0):
+                    raise ConfigError(f"trainer.callbacks: EarlyStopping min_delta must be >= 0, got {given:g}")
+
+    # ---- training: accumulate, log once per epoch ----
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out, target = self._standardised(batch)
+        loss = nn.functional.mse_loss(out, target)  # fused forward and backward: no squared-residual temporary
+        with torch.no_grad():  # the epoch's area-weighted RMSE from the same residual, one temporary, squared in place
+            squared = (out.detach() - target).square_()
+            n = len(squared)
+            sums = self.train_sums
+            sums[:-2] += self._weighted_sq(squared).sum(0)
+            sums[-2] += n
+            sums[-1] += loss.detach() * n
+        return loss
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        """A dict of tensors moves key by key (``Tensor.to`` is free when it is already there), instead of
+        Lightning's generic traversal of any collection at every step."""
+        if isinstance(batch, dict) and all(isinstance(v, torch.Tensor) for v in batch.values()):
+            return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_train_epoch_start(self) -> None:
+        self.train_sums.zero_()
+
+    def on_train_epoch_end(self) -> None:
+        sums = self.trainer.strategy.reduce(self.train_sums.clone(), reduce_op="sum")  # all processes under DDP
+        n = sums[-2].clamp(min=1)
+        self.log("train_loss", (sums[-1] / n).float(), prog_bar=True, sync_dist=False)  # already summed over processes
+        for i, t in enumerate(self.spec.outputs):
+            self.log(f"train_rmse_{t}", torch.sqrt(sums[i] / n).float(), sync_dist=False)
+
+    # ---- validation and test: torchmetrics over the whole split ----
+    def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        squared = self._squared_residual(batch)
+        loss = squared.mean()
+        n = len(squared)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=n)
+        weighted = self._weighted_sq(squared)
         for i, t in enumerate(self.spec.outputs):
             metric = self.rmse[f"{stage}_{t}"]
-            metric.update(squared[:, i], weights[i])
+            # already weighted per sample: the metric's weight vector is a single 1
+            metric.update(weighted[:, i:i + 1], torch.ones(1, dtype=weighted.dtype, device=weighted.device))
             self.log(f"{stage}_rmse_{t}", metric, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._validations += 1
+
+    def configure_optimizers(self):
+        config = super().configure_optimizers()
+        scheduler = config.get("lr_scheduler", {}) if isinstance(config, dict) else {}
+        if isinstance(scheduler.get("scheduler"), torch.optim.lr_scheduler.ReduceLROnPlateau):
+            # with validation every N steps an epoch can end before the first validation: skip, do not fail
+            scheduler["strict"] = False
+        return config
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Step a plateau schedule once per validation run, however often Lightning asks.
+
+        Lightning steps an epoch-interval ReduceLROnPlateau at every epoch end; when validation runs every
+        N optimiser steps (``check_val_every_n_epoch: null``) a small data set has several epochs per
+        validation, and the schedule would count the same validation loss as several non-improvements.
+        """
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if self._plateau_steps >= self._validations:
+                return
+            self._plateau_steps = self._validations
+        super().lr_scheduler_step(scheduler, metric)

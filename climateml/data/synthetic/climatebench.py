@@ -41,10 +41,13 @@ Spatial pattern::
     tas(x, t) = A(x, t) (T_ghg + 0.6 T_aer) + 0.4 T_aer S(x, t) / <S>(t) + eta(x, t)
     A(x, t)   = [1 + 0.5 land(x) + arctic(x) (1.5 + tanh(T_ghg / 2))] / <...>   (area mean 1)
 
-land(x) is an idealised set of continents; arctic(x) ramps from 0 at 60N to 1 at 80N and the
+land(x) is the fraction of the cell that is land, from the real Earth's land/sea mask
+(``climateml.geography.land_fraction``, the ``global-land-mask`` package's 1 km mask averaged over each
+cell of the grid asked for; nothing is downloaded); arctic(x) ramps from 0 at 60N to 1 at 80N and the
 amplification grows with warming (sea-ice loss). S(x, t) is the smoothed SO2 emission map, so the
 remaining 40 % of aerosol cooling sits downwind of the industrial regions that emit it (North America
-and Europe first, East and South Asia later). eta is internal variability: Gaussian-smoothed white
+and Europe first, East and South Asia later); the emissions come from the land of those regions
+(plus 5 % as much over the nearby sea, for shipping). eta is internal variability: Gaussian-smoothed white
 noise (about 1500 km), AR(1) in time (rho = 0.6), larger over land and at high latitude, drawn
 independently for every member. ``diurnal_temperature_range``, ``pr`` and ``pr90`` follow from tas and
 the local aerosol loading (hydrological sensitivity 2 % K-1 for pr, 6 % K-1 for pr90, aerosol
@@ -86,6 +89,8 @@ _CH4_TAU, _MT_PER_PPB, _M0_PPB = 9.3, 2.78, 808.0
 _HEAT_CAP, _HEAT_CAP_DEEP, _LAMBDA, _GAMMA = 8.0, 100.0, 1.2, 0.67
 # aerosol split: global-mean part and regional (downwind of sources) part
 _AER_GLOBAL_SHARE = 0.6
+# emission flux over the sea relative to the land of a source region (shipping lanes)
+_SHIPPING_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -178,19 +183,24 @@ def two_layer_response(f: np.ndarray) -> np.ndarray:
 
 
 def land_mask(grid: Grid) -> np.ndarray:
-    """Idealised continents (ellipses in lon/lat), 1 over land, 0 over ocean."""
-    lon = ((grid.lon + 180.0) % 360.0) - 180.0
-    lat2, lon2 = np.meshgrid(grid.lat, lon, indexing="ij")
-    continents = [  # (centre lon, centre lat, half-width lon, half-height lat)
-        (-100, 48, 32, 18), (-80, 62, 22, 12), (-42, 72, 14, 10), (-60, -15, 16, 22),
-        (-68, -40, 7, 14), (15, 50, 22, 10), (20, 5, 20, 28), (90, 50, 55, 20), (78, 20, 10, 12),
-        (105, 15, 10, 10), (135, -25, 18, 10), (45, 25, 12, 10),
-    ]
-    mask = lat2 < -70
-    for clon, clat, rlon, rlat in continents:
-        dlon = (lon2 - clon + 180.0) % 360.0 - 180.0
-        mask |= (dlon / rlon) ** 2 + ((lat2 - clat) / rlat) ** 2 <= 1.0
-    return mask.astype(float)
+    """Fraction of each cell that is land, (lat, lon) in [0, 1], from the real Earth's land/sea mask.
+
+    ``climateml.geography.land_fraction`` (the ``global-land-mask`` package's 1 km mask, shipped with it,
+    nothing downloaded) averaged over each cell of ``grid``. An axis with a single cell spans the whole
+    sphere along it (as :func:`climateml.grid.cell_area` has it), so it is averaged over a finer grid:
+    a 1 x 1 grid gets the Earth's land fraction, about 0.29.
+    """
+    from climateml.geography import land_fraction
+
+    lat = grid.lat if grid.nlat > 1 else np.linspace(-88.75, 88.75, 72)  # 2.5-degree bands across the sphere
+    lon = grid.lon if grid.nlon > 1 else np.arange(0.0, 360.0, 2.5)
+    frac = land_fraction(lat, lon)
+    if grid.nlat == 1:
+        w = np.cos(np.deg2rad(lat))
+        frac = (frac * w[:, None]).sum(axis=0, keepdims=True) / w.sum()
+    if grid.nlon == 1:
+        frac = frac.mean(axis=1, keepdims=True)
+    return frac
 
 
 def _blobs(grid: Grid, centres: list[tuple[float, float]], width: float = 12.0) -> np.ndarray:
@@ -203,10 +213,16 @@ def _blobs(grid: Grid, centres: list[tuple[float, float]], width: float = 12.0) 
     return np.stack(maps)
 
 
-def _emission_maps(grid: Grid, years: np.ndarray, total_mt: np.ndarray, with_biomass: bool) -> np.ndarray:
-    """Flux maps [kg m-2 s-1] whose area integral is the global total, shifting from west to Asia."""
+def _emission_maps(grid: Grid, years: np.ndarray, total_mt: np.ndarray, with_biomass: bool,
+                   land: np.ndarray | None = None) -> np.ndarray:
+    """Flux maps [kg m-2 s-1] whose area integral is the global total, shifting from west to Asia.
+
+    Emissions come from the land in each source region (its land fraction), plus 5 % as much over the
+    sea nearby (shipping).
+    """
     centres = [(-85, 40), (15, 50), (115, 32), (80, 24)] + ([(20, 0)] if with_biomass else [])
-    blobs = _blobs(grid, centres)
+    land = land_mask(grid) if land is None else land
+    blobs = _blobs(grid, centres) * (_SHIPPING_SHARE + (1.0 - _SHIPPING_SHARE) * land)
     asia = 0.15 + 0.7 / (1.0 + np.exp(-(years - 1995.0) / 12.0))
     south = 0.3 + 0.3 / (1.0 + np.exp(-(years - 2040.0) / 15.0))  # South Asia's share of Asia grows
     w = np.stack([(1 - asia) * 0.5, (1 - asia) * 0.5, asia * (1 - south), asia * south], axis=1)
@@ -265,12 +281,13 @@ def simulate(scenario: str, grid: Grid, n_members: int, seed: int, table: dict |
     t_ghg, t_aer = two_layer_response(f_ghg)[keep], two_layer_response(f_aer)[keep]
     years = e["year"][keep]
     pattern_years = np.full_like(years, FIRST_YEAR) if scenario == "hist-GHG" else years  # aerosols frozen at 1850
-    so2 = _emission_maps(grid, pattern_years, e["so2"][keep], with_biomass=False).astype(np.float32)
-    bc = _emission_maps(grid, pattern_years, e["bc"][keep], with_biomass=True).astype(np.float32)
-    so2_1850 = _emission_maps(grid, e["year"][:1], e["so2"][:1], with_biomass=False).astype(np.float32)
+    land = land_mask(grid)
+    so2 = _emission_maps(grid, pattern_years, e["so2"][keep], False, land).astype(np.float32)
+    bc = _emission_maps(grid, pattern_years, e["bc"][keep], True, land).astype(np.float32)
+    so2_1850 = _emission_maps(grid, e["year"][:1], e["so2"][:1], False, land).astype(np.float32)
 
     area = cell_area(grid.lat, grid.lon)
-    land = land_mask(grid).astype(np.float32)
+    land = land.astype(np.float32)
     lat2 = np.broadcast_to(grid.lat[:, None], (grid.nlat, grid.nlon)).astype(np.float32)
     arctic = np.clip((lat2 - 60.0) / 20.0, 0.0, 1.0)
     amp = 1.0 + 0.5 * land + arctic * (1.5 + np.tanh(t_ghg / 2.0)).astype(np.float32)[:, None, None]

@@ -1,0 +1,179 @@
+"""Loading at scale: epoch order from (seed, epoch), shards per rank, mid-epoch resumption of the training
+loader, and lazily read data in DataLoader worker processes (num_workers=2) for each task."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from climateml.data.base import ClimateSampler, ResumableDataLoader
+from climateml.errors import ConfigError
+from test_scale_common import REPO, make_data
+
+
+class _Range(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"x": torch.tensor([float(i)])}
+
+
+def test_sampler_order_depends_only_on_seed_and_epoch():
+    a, b = ClimateSampler(_Range(50), shuffle=True, seed=3), ClimateSampler(_Range(50), shuffle=True, seed=3)
+    torch.manual_seed(123)  # the global random state plays no part
+    a.set_epoch(4)
+    torch.manual_seed(999)
+    b.set_epoch(4)
+    assert list(a) == list(b) and sorted(a) == list(range(50))
+    b.set_epoch(5)
+    assert list(a) != list(b)
+    assert list(ClimateSampler(_Range(50), shuffle=True, seed=4)) != list(ClimateSampler(_Range(50), shuffle=True, seed=3))
+
+
+@pytest.mark.parametrize("n", [10, 11, 13])
+def test_training_shards_are_disjoint_and_equal(n):
+    whole = ClimateSampler(_Range(n), shuffle=True, seed=1, even=True)
+    shards = [ClimateSampler(_Range(n), num_replicas=3, rank=r, shuffle=True, seed=1, even=True) for r in range(3)]
+    for s in [whole, *shards]:
+        s.set_epoch(2)
+    seen = [list(s) for s in shards]
+    assert len({len(x) for x in seen}) == 1 and all(len(x) == len(s) == n // 3 for x, s in zip(seen, shards))
+    flat = [i for x in seen for i in x]
+    assert len(set(flat)) == len(flat) == n - n % 3  # no sample twice, none padded in
+    assert set(flat) == set(list(whole)[: n - n % 3])  # the same samples as the one-process epoch, minus its tail
+
+
+@pytest.mark.parametrize("n", [2, 7, 10])
+def test_evaluation_shards_score_every_sample_once(n):
+    shards = [list(ClimateSampler(_Range(n), num_replicas=3, rank=r)) for r in range(3)]
+    if n < 3:  # fewer samples than ranks: every rank scores them all (means are unchanged)
+        assert all(s == list(range(n)) for s in shards)
+    else:
+        assert sorted(i for s in shards for i in s) == list(range(n))
+
+
+def test_too_few_training_samples_for_the_ranks_is_a_clear_error():
+    with pytest.raises(ConfigError, match="2 training samples cannot be split over 3 processes"):
+        ClimateSampler(_Range(2), num_replicas=3, rank=0, even=True)
+
+
+def test_resumable_loader_skips_what_a_resumed_trainer_has_done():
+    ds = _Range(20)
+    loader = ResumableDataLoader(ds, batch_size=4, sampler=ClimateSampler(ds, shuffle=True, seed=0))
+    loader.sampler.set_epoch(1)
+    full = [b["x"].flatten().tolist() for b in loader]
+    assert len(full) == 5
+
+    class _Trainer:  # what the loader reads from Lightning: is it training, how many batches of the epoch are done
+        training = True
+
+        class fit_loop:
+            class epoch_loop:
+                class batch_progress:
+                    class current:
+                        ready = 2
+
+    class _Module:
+        trainer = _Trainer
+
+    loader._datamodule = lambda: _Module
+    assert [b["x"].flatten().tolist() for b in loader] == full[2:]
+    state = loader.state_dict()
+    assert state["epoch"] == 1 and state["batches"] == 5
+    other = ResumableDataLoader(ds, batch_size=4, sampler=ClimateSampler(ds, shuffle=True, seed=0))
+    other.load_state_dict(state)
+    assert other.sampler.epoch == 1
+    with pytest.raises(ConfigError, match="same devices"):
+        ResumableDataLoader(ds, batch_size=5, sampler=ClimateSampler(ds)).load_state_dict(state)
+
+
+def _datamodule(task: str, data: Path, **kw):
+    if task == "temperature":
+        from climateml.data import ClimateBenchDataModule
+
+        return ClimateBenchDataModule(str(data), batch_size=32, **kw)
+    if task == "segmentation":
+        from climateml.data.climatenet import SegmentationDataModule
+
+        return SegmentationDataModule(str(data), batch_size=2, crop=[], shift_lon=False, flip_lat=False,
+                                      val_fraction=0.25, test_fraction=0.25, **kw)
+    from climateml.data.nowcasting import NowcastingDataModule
+
+    return NowcastingDataModule(str(data), batch_size=4, augment=False, train_period=["2024-06-01T00:00", "2024-06-01T04:55"],
+                                val_period=["2024-06-01T05:00", "2024-06-01T06:25"],
+                                test_period=["2024-06-01T06:30", "2024-06-01T07:55"], **kw)
+
+
+def _batches(loader) -> list[dict]:
+    return [{k: v.clone() for k, v in b.items()} for b in loader]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("scale_data")
+
+
+@pytest.mark.parametrize("task", ["temperature", "segmentation", "nowcasting"])
+def test_two_worker_processes_load_what_the_main_process_loads(task, data_root):
+    """Each task's loaders with num_workers=2 (fork; each worker reads its own files) give the batches of
+    num_workers=0, in the same order, for a shuffled training epoch and the validation split."""
+    data = make_data(task, data_root)
+    serial, parallel = _datamodule(task, data), _datamodule(task, data, num_workers=2)
+    for dm in (serial, parallel):
+        dm.setup("fit")
+    for split, shuffle in (("train", True), ("val", False)):
+        a, b = serial.dataloader(split, shuffle=shuffle), parallel.dataloader(split, shuffle=shuffle)
+        a.sampler.set_epoch(1)
+        b.sampler.set_epoch(1)
+        got, want = _batches(b), _batches(a)
+        assert len(got) == len(want) > 0
+        for g, w in zip(got, want):
+            assert g.keys() == w.keys()
+            for k in g:
+                torch.testing.assert_close(g[k], w[k], equal_nan=True)
+        if hasattr(b, "_iterator") and b._iterator is not None:
+            b._iterator._shutdown_workers()
+
+
+def test_dask_reads_in_forked_workers_do_not_deadlock(tmp_path):
+    """A dataset reading dask-backed xarray (open_mfdataset) in forked workers after the parent used dask's
+    thread pool: a plain DataLoader hangs for ever (the pool's threads stay in the parent); ours finishes."""
+    script = textwrap.dedent(f"""
+        import numpy as np, torch, xarray as xr
+        from climateml.data.base import ClimateDataModule
+
+        paths = []
+        for i in range(4):
+            p = rf"{tmp_path}/part{{i}}.nc"
+            xr.Dataset({{"v": (("time", "x"), np.full((20, 100), float(i), "f4"))}},
+                       coords={{"time": np.arange(20) + 20 * i}}).to_netcdf(p)
+            paths.append(p)
+        ds = xr.open_mfdataset(paths, combine="by_coords", chunks={{"time": 5}})
+        assert float(ds.v.mean().compute(scheduler="threads")) == 1.5  # the parent's thread pool now exists
+
+        class Frames(torch.utils.data.Dataset):
+            def __len__(self):
+                return 16
+            def __getitem__(self, i):
+                return {{"x": torch.from_numpy(ds.v.isel(time=slice(5 * i, 5 * i + 5)).values)}}
+
+        class DM(ClimateDataModule):
+            def build(self):
+                self.train_dataset = self.val_dataset = self.test_dataset = self.predict_dataset = Frames()
+
+        dm = DM(batch_size=2, num_workers=2)
+        total = sum(float(b["x"].sum()) for b in dm.dataloader("val"))
+        print("TOTAL", total)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TOTAL 12000.0" in out.stdout

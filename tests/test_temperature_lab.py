@@ -1,0 +1,390 @@
+"""Temperature lab, second pass (issue 9): training ends at convergence on any data size, maps with degree axes
+and coastlines over a real land mask, the EOF baselines, a lean training step, and one clear line for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import lightning as L
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from climateml import plotting  # noqa: E402
+from climateml.cli import main  # noqa: E402
+from climateml.config import build_trainer, instantiate, load_config  # noqa: E402
+from climateml.data import ClimateBenchDataModule, DataError  # noqa: E402
+from climateml.data.synthetic import Grid, generate_climatebench  # noqa: E402
+from climateml.data.synthetic.climatebench import land_mask  # noqa: E402
+from climateml.errors import ConfigError  # noqa: E402
+from climateml.evaluation import TemperatureEvaluation  # noqa: E402
+from climateml.models import TemperatureEmulator  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "temperature.yaml"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks run fastest on one thread (and a busy machine's cores are not oversubscribed)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cos_mean(a: np.ndarray, lat: np.ndarray) -> float:
+    w = np.cos(np.deg2rad(lat))[:, None] * np.ones_like(a)
+    return float((a * w).sum() / w.sum())
+
+
+# ================================================================ 1. training ends at convergence
+
+@pytest.fixture(scope="module")
+def short_series(tmp_path_factory) -> Path:
+    """A short real-world-sized record: one 1 x 1 grid (global mean), 86 training years, CO2 + CH4."""
+    out = tmp_path_factory.mktemp("cb_1x1")
+    generate_climatebench(out, scenarios=["ssp370", "ssp245"], grid=Grid(1, 1), progress=False)
+    return out
+
+
+def _fit_default(data_dir: Path, tmp: Path, **trainer_overrides):
+    """The default config (configs/temperature.yaml) on ``data_dir``: returns (final val_loss, trainer)."""
+    config = load_config(CONFIG)
+    L.seed_everything(config["seed_everything"], workers=True)
+    dm = instantiate(config["data"], data_dir=str(data_dir), train_scenarios=["ssp370"], test_scenarios=["ssp245"],
+                     synthesize_if_missing=False)
+    model = TemperatureEmulator(dm.spec, **config["model"]["init_args"])
+    trainer = build_trainer(config, logger_save_dir=str(tmp), enable_progress_bar=False, enable_model_summary=False,
+                            **trainer_overrides)
+    trainer.fit(model, dm)
+    final = trainer.validate(model, dm, verbose=False)[0]["val_loss"]  # the weights the run ends with
+    return final, trainer
+
+
+def test_default_config_ends_by_early_stopping_on_a_short_series(short_series, tmp_path, one_thread):
+    config = load_config(CONFIG)
+    cap_steps, cap_epochs = config["trainer"]["max_steps"], config["trainer"]["max_epochs"]
+    final, trainer = _fit_default(short_series, tmp_path / "a")
+    assert len(trainer.datamodule.dataset("train")) + len(trainer.datamodule.dataset("val")) == 86
+    stopper = trainer.early_stopping_callback
+    assert stopper.stopped_epoch > 0, "early stopping must be what ends the run"
+    assert trainer.global_step < cap_steps and trainer.current_epoch < cap_epochs
+    # best weights restored: the final validation loss is the best one seen
+    assert final == pytest.approx(float(trainer.checkpoint_callback.best_model_score), rel=1e-5)
+    # far more optimiser steps than the 100 that 50 epochs of 2 batches gave (the issue's case)
+    assert trainer.global_step >= 300
+
+    # a run allowed 10x the steps (and epochs) ends at the same place: the caps never bind
+    final_10x, trainer_10x = _fit_default(short_series, tmp_path / "b", max_steps=10 * cap_steps,
+                                          max_epochs=10 * cap_epochs)
+    assert trainer_10x.early_stopping_callback.stopped_epoch > 0
+    assert final <= 1.10 * final_10x
+
+    # and better than the old default, which its epoch cap stopped (50 epochs of 2 steps, validation per epoch)
+    final_old, trainer_old = _fit_default(short_series, tmp_path / "c", max_epochs=50, max_steps=-1,
+                                          check_val_every_n_epoch=1, val_check_interval=1.0)
+    assert trainer_old.early_stopping_callback.stopped_epoch == 0 and trainer_old.global_step == 100
+    assert final < final_old, (final, final_old)
+
+
+def test_plateau_schedule_works_with_validation_every_n_steps(short_series, tmp_path, one_thread):
+    """Validation every 10 steps spans several 2-step epochs: the plateau schedule must neither fail before the
+    first validation nor count one validation several times."""
+    config = load_config(CONFIG)
+    L.seed_everything(0)
+    dm = instantiate(config["data"], data_dir=str(short_series), train_scenarios=["ssp370"],
+                     test_scenarios=["ssp245"], synthesize_if_missing=False)
+    model = TemperatureEmulator(dm.spec, lr_scheduler="plateau",
+                                lr_scheduler_options={"patience": 0, "factor": 0.5, "threshold": 10.0})
+    trainer = build_trainer(config, logger=False, callbacks=[], enable_checkpointing=False, max_steps=40,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    with pytest.warns(RuntimeWarning, match="not available but strict is set to `False`"):
+        trainer.fit(model, dm)
+    # 4 validations (steps 10, 20, 30, 40), each counted once as "no improvement" (threshold 10): 3 halvings
+    # take effect before the last one; the fourth halves the rate once more at the end
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 / 2 ** 4)
+
+
+# ================================================================ 2. maps a scientist would publish
+
+def _tick_labels(ax, draw: bool = True) -> tuple[list[str], list[str]]:
+    if draw:
+        ax.figure.canvas.draw()
+    return [t.get_text() for t in ax.get_xticklabels()], [t.get_text() for t in ax.get_yticklabels()]
+
+
+@pytest.mark.parametrize("nlat, nlon", [(96, 144), (12, 18), (1, 1)])
+def test_plot_field_has_degree_axes_and_coastlines(nlat, nlon):
+    grid = Grid(nlat, nlon)
+    field = xr.DataArray(np.random.default_rng(0).normal(size=(nlat, nlon)), dims=("lat", "lon"),
+                         coords={"lat": grid.lat, "lon": grid.lon}, name="tas")
+    fig, ax = plt.subplots()
+    mesh = plotting.plot_field(ax, field, vmin=-2, vmax=2, title="t")
+    xl, yl = _tick_labels(ax)
+    assert any(t.endswith("°E") for t in xl) and any(t.endswith("°W") for t in xl), xl
+    assert any(t.endswith("°N") for t in yl) and any(t.endswith("°S") for t in yl), yl
+    assert ax.get_ylim() == pytest.approx((-90.0, 90.0))
+    x0, x1 = ax.get_xlim()
+    assert x1 - x0 == pytest.approx(360.0)
+    # the coastline is drawn (a contour of the land mask), and the field's cells cover the whole globe
+    assert len(ax.collections) >= 2 and mesh in ax.collections
+    plt.close(fig)
+
+
+def test_plot_field_reads_both_longitude_conventions():
+    grid = Grid(12, 18)
+    values = np.arange(12 * 18, dtype=float).reshape(12, 18)
+    east = xr.DataArray(values, dims=("lat", "lon"), coords={"lat": grid.lat, "lon": grid.lon})
+    west = east.assign_coords(lon=(east["lon"] + 180.0) % 360.0 - 180.0).sortby("lon").sortby("lat", ascending=False)
+    fig, (a, b) = plt.subplots(2)
+    ma, mb = plotting.plot_field(a, east), plotting.plot_field(b, west)
+    # the same cells, shifted by 180 degrees in their own convention
+    assert np.ma.getdata(ma.get_array()).sum() == np.ma.getdata(mb.get_array()).sum()
+    assert a.get_xlim()[1] - a.get_xlim()[0] == pytest.approx(b.get_xlim()[1] - b.get_xlim()[0])
+    assert b.get_xlim()[0] < 0 < a.get_xlim()[1] - 180
+    plt.close(fig)
+
+
+def test_map_figures_have_degree_axes(tmp_path):
+    grid = Grid(12, 18)
+    rng = np.random.default_rng(1)
+    truth = xr.DataArray(rng.normal(size=(3, 12, 18)), dims=("time", "lat", "lon"),
+                         coords={"time": [2030, 2050, 2100], "lat": grid.lat, "lon": grid.lon}, name="tas")
+    fig = plotting.plot_maps(truth, {"model": truth + 0.1})
+    assert len(fig.axes) == 3 * 3 + 3  # 9 maps and a colour bar under each column
+    fig.canvas.draw()
+    for ax in fig.axes[:9]:
+        xl, yl = _tick_labels(ax, draw=False)
+        assert any("°" in t for t in xl) and any("°" in t for t in yl)
+    plt.close(fig)
+    members = xr.concat([truth, truth * 1.1], "member")
+    fig = plotting.plot_ensemble_spread(members)
+    fig.canvas.draw()
+    assert all(any("°" in t for t in _tick_labels(ax, draw=False)[0]) for ax in fig.axes[:3])
+    plt.close(fig)
+
+
+def test_sample_data_land_is_the_real_earth():
+    g96 = Grid(96, 144)
+    land = land_mask(g96)
+    assert land.shape == (96, 144) and 0.0 <= land.min() and land.max() <= 1.0
+    assert cos_mean(land, g96.lat) == pytest.approx(0.29, abs=0.02)  # 29 % of the Earth's surface
+    at = lambda la, lo: land[np.abs(g96.lat - la).argmin(), np.abs(g96.lon - lo).argmin()]  # noqa: E731
+    assert at(23.0, 15.0) == pytest.approx(1.0) and at(-80.0, 90.0) == pytest.approx(1.0)  # Sahara, East Antarctica
+    assert at(0.0, 200.0) == 0.0 and at(55.0, 330.0) == 0.0  # mid-Pacific, North Atlantic
+    assert at(40.0, 255.0) == pytest.approx(1.0) and at(40.0, 190.0) == 0.0  # Colorado; the Pacific at 40N
+    small = land_mask(Grid(12, 18))
+    assert cos_mean(small, Grid(12, 18).lat) == pytest.approx(0.29, abs=0.03)
+    assert land_mask(Grid(1, 1)).item() == pytest.approx(0.29, abs=0.02)  # the single cell is the whole Earth
+
+
+def test_sample_data_warms_land_more_and_emits_aerosols_over_land(tmp_path):
+    grid = Grid(24, 36)
+    generate_climatebench(tmp_path, scenarios=["ssp585", "ssp245"], grid=grid, progress=False)
+    land = land_mask(grid) > 0.5
+    tas = xr.open_dataset(tmp_path / "outputs_ssp585.nc")["tas"].sel(time=slice(2081, 2100)).mean(("member", "time"))
+    tropics = np.abs(grid.lat)[:, None] * np.ones((1, 36)) < 50  # away from the Arctic and Antarctica
+    assert tas.values[land & tropics].mean() > 1.2 * tas.values[~land & tropics].mean()
+    so2 = xr.open_dataset(tmp_path / "inputs_ssp245.nc")["SO2"].sel(time=2015).values
+    assert so2[land].mean() > 5 * so2[~land].mean()  # emitted over land, a little over the sea (shipping)
+
+
+# ================================================================ 3. ClimateBench's other baselines
+
+def test_baselines_and_their_options_come_from_the_config():
+    config = load_config(CONFIG)
+    init = config["evaluation"]["init_args"]
+    assert init["baselines"] == ["linear", "random_forest", "gaussian_process"]
+    assert init["baseline_options"]["random_forest"]["n_eofs"] >= 1
+    with pytest.raises(ConfigError, match="svm"):
+        TemperatureEvaluation(baselines=["linear", "svm"])
+    with pytest.raises(ConfigError, match="n_eofs"):
+        TemperatureEvaluation(baseline_options={"random_forest": {"n_eofs": 0}})
+    with pytest.raises(ConfigError, match="n_trees"):
+        TemperatureEvaluation(baseline_options={"random_forest": {"n_trees": 10}})
+
+
+def test_eof_baselines_predict_maps_beside_linear(small_climatebench):
+    dm = ClimateBenchDataModule(str(small_climatebench))
+    evaluation = TemperatureEvaluation(baseline_options={"random_forest": {"n_eofs": 3, "rf_options": {"n_estimators": 20}},
+                                                         "gaussian_process": {"n_eofs": 3}})
+    preds = evaluation.baselines(dm)
+    assert list(preds) == ["linear_baseline", "random_forest", "gaussian_process"]
+    truth = dm.truth("test")["ssp245"]["tas"]
+    scores = {k: evaluation.score_variable(v["ssp245"]["tas"], truth, "tas") for k, v in preds.items()}
+    for name, p in preds.items():
+        assert p["ssp245"]["tas"].dims == ("time", "lat", "lon") and p["ssp245"]["tas"].shape == truth.shape
+        assert scores[name]["rmse"] < 1.0, name
+    assert evaluation.fit_baseline("random_forest", dm).n_eofs == 3
+
+
+def test_eof_baselines_on_a_single_cell(short_series):
+    """A 1 x 1 target has one EOF only: the config asks for 5, the baseline takes what there is."""
+    dm = ClimateBenchDataModule(str(short_series), train_scenarios=["ssp370"], test_scenarios=["ssp245"])
+    evaluation = TemperatureEvaluation()
+    for name in ("random_forest", "gaussian_process"):
+        model = evaluation.fit_baseline(name, dm)
+        assert model.n_eofs == 1
+        pred = model(dm.dataset("test").tensors["x"])
+        assert pred.shape == (86, 1) and torch.isfinite(pred).all()
+
+
+# ================================================================ 4. lean training step, same metrics
+
+def test_training_metrics_are_the_epochs_area_weighted_scores(small_climatebench, one_thread):
+    """With lr = 0 the weights do not move, so the epoch's logged train_loss / train_rmse_tas must be the
+    scores of the fixed network over the whole training split (all batches, weighted by samples)."""
+    L.seed_everything(0)
+    dm = ClimateBenchDataModule(str(small_climatebench), batch_size=64)
+    model = TemperatureEmulator(dm.spec, optimizer="sgd", lr=1e-12)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(model, dm)
+    x, y = dm.train_dataset.tensors["x"], dm.train_dataset.tensors["y"]
+    with torch.no_grad():
+        err2 = (model(x) - y).double() ** 2
+        std_err2 = err2 / model.y_std.double() ** 2
+    lat = dm.truth("test")["ssp245"]["lat"].values
+    w = torch.as_tensor(np.cos(np.deg2rad(lat)))[:, None].expand(8, 12).reshape(-1)
+    expected_rmse = torch.sqrt((err2 @ (w / w.sum())).mean()).item()
+    assert trainer.callback_metrics["train_rmse_tas"].item() == pytest.approx(expected_rmse, rel=1e-4)
+    assert trainer.callback_metrics["train_loss"].item() == pytest.approx(std_err2.mean().item(), rel=1e-4)
+
+
+# ================================================================ 5. bad input: one clear line
+
+def _cli_error(capsys, args) -> tuple[int, list[str]]:
+    try:
+        rc = main(["fit", "--config", str(CONFIG), *args])
+    except SystemExit as exc:  # jsonargparse's own errors (wrong types) exit after printing
+        rc = exc.code
+    err = capsys.readouterr().err
+    warning = re.compile(r"^\S+\.py:\d+: ")  # Python warnings (pytest shows them unless -p no:warnings)
+    lines = [line for line in err.splitlines() if line.strip() and "Seed set" not in line and not warning.match(line)]
+    return rc, lines
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model.init_args.lr", "-1"], "model.lr must be > 0, got -1.0"),
+    (["--model.lr", "0"], "model.lr must be > 0, got 0.0"),
+    (["--data.init_args.batch_size", "0"], "data.batch_size must be > 0, got 0"),
+    (["--model.init_args.hidden_sizes", "[64, 0]"], "model.hidden_sizes must be whole numbers > 0, got [64, 0]"),
+    (["--model.init_args.activation", "sigmoidish"], "model.activation must be one of"),
+    (["--model.init_args.dropout", "1.5"], "model.dropout must be in [0, 1), got 1.5"),
+    (["--model.init_args.weight_decay", "-0.1"], "model.weight_decay must be >= 0"),
+    (["--data.init_args.val_fraction", "1.2"], "data.val_fraction must be in [0, 1), got 1.2"),
+    (["--data.init_args.n_eofs", "0"], "data.n_eofs must be > 0, got 0"),
+    (["--evaluation.init_args.baselines", "[linear, svm]"], "evaluation.baselines: unknown ['svm']"),
+])
+def test_cli_bad_values_are_one_line(small_climatebench, tmp_path, capsys, args, message):
+    rc, lines = _cli_error(capsys, ["--data.data_dir", str(small_climatebench),
+                                    "--trainer.logger.init_args.save_dir", str(tmp_path), *args])
+    assert rc == 2
+    assert len(lines) == 1 and lines[0].startswith("climateml: error: ") and message in lines[0], lines
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"patience": 0}, "EarlyStopping patience must be a whole number >= 1 (validations without improvement), got 0"),
+    ({"min_delta": -0.01}, "EarlyStopping min_delta must be >= 0, got -0.01"),
+])
+def test_bad_early_stopping_settings_are_one_line(small_climatebench, tmp_path, change, message):
+    config = load_config(CONFIG)
+    for cb in config["trainer"]["callbacks"]:
+        if cb["class_path"].endswith("EarlyStopping"):
+            cb["init_args"].update(change)
+    dm = ClimateBenchDataModule(str(small_climatebench))
+    trainer = build_trainer(config, logger_save_dir=str(tmp_path), enable_progress_bar=False, max_steps=2)
+    with pytest.raises(ConfigError) as err:
+        trainer.fit(TemperatureEmulator(dm.spec), dm)
+    assert str(err.value) == f"trainer.callbacks: {message}"
+
+
+def test_cli_wrong_type_names_option_and_value(small_climatebench, tmp_path, capsys):
+    rc, lines = _cli_error(capsys, ["--data.data_dir", str(small_climatebench), "--model.init_args.lr", "abc"])
+    assert rc == 2
+    text = "\n".join(lines)
+    assert "lr" in text and "abc" in text and "Traceback" not in text
+
+
+def test_empty_file_is_one_line(cb_copy, tmp_path, capsys):
+    path = cb_copy / "outputs_ssp245.nc"
+    path.write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        ClimateBenchDataModule(str(cb_copy)).setup()
+    assert str(err.value) == f"{path}: the file is empty (0 bytes); regenerate or download it again"
+    rc, lines = _cli_error(capsys, ["--data.data_dir", str(cb_copy), "--trainer.logger.init_args.save_dir",
+                                    str(tmp_path)])
+    assert rc == 2 and lines == [f"climateml: error: {err.value}"]
+
+
+def _to_other_conventions(path: Path, lon_name: str, lat_name: str) -> None:
+    """Rewrite a file on -180..180 longitudes with latitudes north to south, as many CMIP-derived files are."""
+    with xr.open_dataset(path) as ds:
+        ds = ds.load()
+    ds = ds.assign_coords({lon_name: (ds[lon_name] + 180.0) % 360.0 - 180.0}).sortby(lon_name)
+    ds = ds.sortby(lat_name, ascending=False)
+    path.unlink()
+    ds.to_netcdf(path)
+
+
+def test_scenario_on_other_longitude_convention_reads_onto_one_grid(cb_copy, small_climatebench, tmp_path, capsys):
+    _to_other_conventions(cb_copy / "outputs_ssp126.nc", "lon", "lat")
+    _to_other_conventions(cb_copy / "inputs_ssp126.nc", "longitude", "latitude")
+    with xr.open_dataset(cb_copy / "outputs_ssp126.nc") as raw:  # the quirk is really on disk
+        assert float(raw["lon"].min()) < 0 and float(raw["lat"][0]) > float(raw["lat"][-1])
+    kw = dict(inputs=["CO2", "CH4", "SO2"], map_reduction="eof", n_eofs=2)
+    dm, ref = ClimateBenchDataModule(str(cb_copy), **kw), ClimateBenchDataModule(str(small_climatebench), **kw)
+    dm.setup(), ref.setup()
+    for split in ("train", "val", "test"):
+        for k in ("x", "y"):
+            torch.testing.assert_close(dm.dataset(split).tensors[k], ref.dataset(split).tensors[k])
+    out = dm.to_xarray(dm.dataset("test").tensors["y"], "test")["ssp245"]
+    np.testing.assert_array_equal(out["lon"].values, ref.truth("test")["ssp245"]["lon"].values)
+    # end to end through the command line: the run completes and scores like the reference
+    rc = main(["fit", "--config", str(CONFIG), "--data.data_dir", str(cb_copy), "--trainer.max_epochs", "2",
+               "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+               "--evaluation.init_args.baselines", "[linear]", "--evaluation.init_args.make_figures", "false",
+               "--data.val_scenarios", "[ssp126]"])
+    assert rc == 0
+    metrics = json.loads(next((tmp_path / "runs").rglob("metrics.json")).read_text())
+    assert np.isfinite(metrics["tas"]["model"]["rmse"])
+
+
+def test_grid_that_differs_names_the_coordinate(cb_copy, capsys, tmp_path):
+    path = cb_copy / "outputs_ssp126.nc"
+    with xr.open_dataset(path) as ds:
+        ds = ds.load()
+    path.unlink()
+    ds.assign_coords(lon=ds["lon"] + 15.0).to_netcdf(path)  # half a cell east
+    with pytest.raises(DataError) as err:
+        ClimateBenchDataModule(str(cb_copy)).setup()
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "lon values differ: lon[0] = 15 vs 0" in msg
+    assert "ranges 15..345 vs 0..330" in msg
+
+
+def test_land_mask_is_decompressed_once_per_machine(tmp_path, monkeypatch):
+    """The package's mask takes seconds to decompress: the subsampled mask is kept in the cache folder."""
+    from climateml import geography
+
+    monkeypatch.setenv("CLIMATEML_CACHE_DIR", str(tmp_path))
+    land = np.random.default_rng(0).random((30, 60)) > 0.7
+    monkeypatch.setattr(geography, "_read_subsampled", lambda path, stride: (land, 90.0, -6.0, -180.0, 6.0))
+    first = geography._source_mask.__wrapped__(4)
+    assert len(list(tmp_path.glob("land_mask_stride4_*.npz"))) == 1
+
+    def must_not_decompress(path, stride):
+        raise AssertionError("the cached mask must be used")
+
+    monkeypatch.setattr(geography, "_read_subsampled", must_not_decompress)
+    second = geography._source_mask.__wrapped__(4)
+    np.testing.assert_array_equal(second[0], land)
+    assert second[1:] == first[1:] == (90.0, -6.0, -180.0, 6.0)
