@@ -3,7 +3,10 @@
 ``climateml fit|validate|test|predict --config configs/<task>.yaml`` (LightningCLI), with
 ``--ensemble N`` to train N members with seeds seed, seed+1, ...; ``fit`` ends by running the task's
 evaluation (the YAML's ``evaluation:``) on the best weights: metrics.json, predictions and figures in
-the run directory. ``climateml synth <layout> --out DIR`` writes sample data in a real data set's layout.
+the run directory. ``climateml synth <layout> --out DIR`` writes sample data in a real data set's layout
+(``confounded``: a cue that tracks the target in training data only). ``climateml attribute --config ...
+--ckpt_path ... --method ...`` writes attribution maps of a task's test samples; ``climateml demo
+clever-hans --out DIR`` trains a model on confounded data and one on its clean twin and compares them.
 
 Scale, from the config alone (see scripts/ for launch scripts):
 
@@ -31,6 +34,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from climateml.callbacks import INTERRUPTED_HISTORY, AtomicCheckpointIO, ResumeCheckpoint
 from climateml.errors import ClimateMLError, ConfigError
@@ -247,8 +251,14 @@ def _synth_nowcasting(argv: list[str]) -> int:
     return 0
 
 
+def _synth_confounded(argv: list[str]) -> int:
+    from climateml.attribution.commands import synth_confounded_main
+
+    return synth_confounded_main(argv)
+
+
 SYNTH_LAYOUTS = {"climatebench": _synth_climatebench, "climatenet": _synth_climatenet,
-                 "nowcasting": _synth_nowcasting}
+                 "nowcasting": _synth_nowcasting, "confounded": _synth_confounded}
 
 
 def synth_main(argv: list[str]) -> int:
@@ -271,13 +281,39 @@ def _user_error_in(err: BaseException | None) -> ClimateMLError | None:
     return None
 
 
+def _build_task(config: str, overrides: list[str]):
+    """(model, datamodule) of a task config, instantiated as `fit` would, without running anything."""
+    cli = ClimateCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, auto_configure_optimizers=False,
+                     args=["--config", config, *overrides])
+    return cli.model, cli.datamodule
+
+
+def _demo_main(argv: list[str]) -> int:
+    from climateml.attribution.commands import demo_clever_hans_main
+
+    if argv[:1] != ["clever-hans"]:
+        print("usage: climateml demo clever-hans --out DIR [options]", file=sys.stderr)
+        return 2
+    return demo_clever_hans_main(argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if args and args[0] == "synth":
             return synth_main(args[1:])
+        if args and args[0] == "attribute":
+            from climateml.attribution.commands import attribute_main
+
+            return attribute_main(args[1:], _build_task)
+        if args and args[0] == "demo":
+            return _demo_main(args[1:])
         ClimateCLI(subclass_mode_model=True, subclass_mode_data=True, args=argv, auto_configure_optimizers=False,
                    save_config_kwargs={"overwrite": True})
+    except SIGTERMException:  # pre-empted: the resume checkpoint is saved; not a success (exit 0) for a scheduler
+        print("climateml: stopped on SIGTERM; the same command continues from the run's resume checkpoint",
+              file=sys.stderr)
+        return 128 + 15
     except BaseException as err:  # jsonargparse exits with SystemExit after printing; ours are one clear line
         user_err = _user_error_in(err)
         if user_err is None:

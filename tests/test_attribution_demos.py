@@ -74,13 +74,15 @@ def test_clever_hans_small(tmp_path):
 
 
 def test_commands_synth_and_demo(tmp_path, capsys):
-    from climateml.attribution.commands import demo_clever_hans_main, synth_confounded_main
+    """`climateml synth confounded` and `climateml demo clever-hans`, through the command's entry point."""
+    from climateml.cli import main
 
-    assert synth_confounded_main(["--out", str(tmp_path / "data"), "--n-train", "600", "--n-val", "150",
-                                  "--n-test", "150"]) == 0
+    assert main(["synth", "confounded", "--out", str(tmp_path / "data"), "--n-train", "600", "--n-val", "150",
+                 "--n-test", "150"]) == 0
     assert (tmp_path / "data" / "confounded" / "train.nc").exists()
-    assert demo_clever_hans_main(["--out", str(tmp_path / "demo"), "--data", str(tmp_path / "data"), "--epochs", "8",
-                                  "--n-attribution", "60", "--no-figures", "--threads", "1"]) == 0
+    assert main(["demo", "clever-hans", "--out", str(tmp_path / "demo"), "--data", str(tmp_path / "data"),
+                 "--epochs", "8", "--n-attribution", "60", "--no-figures", "--threads", "1"]) == 0
+    assert main(["demo", "something-else"]) == 2
     res = json.loads((tmp_path / "demo" / "clever_hans.json").read_text())
     assert res["confounded"]["relevance_mass_cue"] > res["clean"]["relevance_mass_cue"]
     assert "confounded / clean" in capsys.readouterr().out
@@ -90,21 +92,13 @@ def test_attribute_command_on_the_temperature_task(small_climatebench, tmp_path)
     """`climateml attribute` as cli.py would run it: model and DataModule from the task's YAML, a regional target."""
     from pathlib import Path
 
-    from climateml.attribution.commands import attribute_main
-
-    def build(config, overrides):
-        from climateml.cli import ClimateCLI
-
-        cli = ClimateCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, auto_configure_optimizers=False,
-                         args=["--config", config, *overrides])
-        return cli.model, cli.datamodule
+    from climateml.cli import main
 
     config = Path(__file__).resolve().parents[1] / "configs" / "temperature.yaml"
-    assert attribute_main(["--config", str(config), "--method", "integrated_gradients", "--n_samples", "5",
-                           "--target", "{kind: region_mean, index: tas, lat: [30, 60], lon: [-10, 40]}",
-                           "--options", "{n_steps: 8}", "--out", str(tmp_path), "--n_figures", "1",
-                           "--data.init_args.data_dir", str(small_climatebench), "--trainer.logger", "false"],
-                          build) == 0
+    assert main(["attribute", "--config", str(config), "--method", "integrated_gradients", "--n_samples", "5",
+                 "--target", "{kind: region_mean, index: tas, lat: [30, 60], lon: [-10, 40]}",
+                 "--options", "{n_steps: 8}", "--out", str(tmp_path), "--n_figures", "1",
+                 "--data.init_args.data_dir", str(small_climatebench), "--trainer.logger", "false"]) == 0
     ds = xr.load_dataset(tmp_path / "attribution_integrated_gradients_test.nc")
     assert ds["attribution_integrated_gradients"].dims == ("sample", "dim_1")
     assert list(ds["dim_1"].values) == ["CO2", "CH4"]

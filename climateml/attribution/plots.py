@@ -10,6 +10,7 @@ download), and axes carry degree labels; on projected y/x grids axes are in the 
 from __future__ import annotations
 
 import itertools
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -127,7 +128,7 @@ def plot_attribution(attr: xr.DataArray | xr.Dataset, x: xr.DataArray | xr.Datas
         ax.bar(range(flat.size), flat, color=colours)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(range(flat.size), names, rotation=45 if flat.size > 8 else 0, fontsize=7)
-        ax.set_ylabel("attribution"), ax.set_title(title, fontsize=9)
+        ax.set_ylabel("attribution"), ax.set_title("\n".join(textwrap.wrap(title, 50)), fontsize=9)
         return fig
     panels = _panels(a1, hdims)[:max_panels]
     lim = vmax if vmax is not None else symmetric_limit(np.concatenate([p.values.ravel() for _, p in panels]), percentile)
@@ -253,7 +254,6 @@ def plot_importance(importance: xr.Dataset, title: str = "Permutation importance
     """Bars of the skill lost per shuffled variable (± std over repeats)."""
     dim = importance["importance"].dims[0]
     names = [str(v) for v in importance[dim].values]
-    import textwrap
 
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(names) + 2), 3.2), constrained_layout=True)
     ax.bar(names, importance["importance"].values, yerr=importance["importance_std"].values, color="C0", capsize=3)
