@@ -384,3 +384,20 @@ def test_cli_bad_archive_is_one_line(tmp_path, capsys):
                "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert rc == 2 and "f003.nc" in err and "is missing" in err
+
+
+def test_attribution_maps_of_a_nowcast_keep_the_archive_coordinates(frames_dir):
+    """`inputs_xarray` feeds climateml.attribution: maps come back on (time, input_frame, y, x) with the archive's
+    y (descending, km) and x, and a nowcast target at one lead time over a region."""
+    from climateml.attribution import attribute
+    from climateml.attribution.targets import nowcast_rain
+
+    dm = _dm(frames_dir)
+    model = _train(dm, steps=2)
+    x = dm.inputs_xarray("test").isel(time=slice(0, 3))
+    assert x.dims == ("time", "input_frame", "y", "x") and list(x["input_frame"].values) == dm.spec.inputs
+    np.testing.assert_array_equal(x["time"].values, dm.issue_times("test")[:3])
+    y = x["y"].values
+    a = attribute(model, x, "input_x_gradient", target=nowcast_rain(1, region={"y": (y.min(), y.max())}))
+    assert a.dims == x.dims and all(np.array_equal(a[d].values, x[d].values) for d in x.dims)
+    assert np.isfinite(a.values).all() and a.attrs["method"] == "input_x_gradient"

@@ -274,3 +274,18 @@ class NowcastingDataModule(ClimateDataModule):
     def past_frames(self, split: str) -> np.ndarray:
         """(windows, n_in, y, x) [mm/h]: what the baselines extrapolate from."""
         return self._stack(split, 0, self.n_in)
+
+    def inputs_xarray(self, split: str, fill_nan: float | None = 0.0) -> xr.DataArray:
+        """The split's model inputs [mm/h] on (time, input_frame, y, x): ``time`` the issue time, ``input_frame``
+        the spec's input names (t-15min ... t-0min), for attribution maps on the archive's coordinates.
+
+        NaN outside the radar's range becomes ``fill_nan`` (0: dry, as the model reads it), so gradients are
+        finite; None keeps NaN (the model's nowcast is then NaN there too)."""
+        grid = self.grid
+        frames = self.past_frames(split)
+        if fill_nan is not None:
+            frames = np.nan_to_num(frames, nan=fill_nan)
+        return xr.DataArray(frames, dims=("time", "input_frame", *grid.dims),
+                            coords={"time": self.issue_times(split), "input_frame": self.spec.inputs,
+                                    **{d: grid[d] for d in grid.dims}},
+                            name=VARIABLE, attrs={"units": "mm h-1", "long_name": "rain rate"})
