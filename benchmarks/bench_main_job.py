@@ -14,7 +14,8 @@ Lightning, xarray...), timed in the same run, interleaved with the jobs (before,
 fastest taken. Printed: absolute seconds, the ratio job / import, whether the job stayed under the
 60 s aim on this machine, the epochs and optimiser steps early stopping allowed, and a rough phase
 breakdown taken from when known lines first appear in the job's output (start-up and config parsing,
-data generation and loading, fit and test, evaluation with the baselines and figures).
+data generation and loading, fit and test, evaluation with the baselines and figures, which ends with
+the printed scores).
 
 The command is ``python -c "import sys; from climateml.cli import main; sys.exit(main())" fit ...``,
 which is what the ``climateml`` console script runs, with PYTHONPATH set to this checkout so that the
@@ -45,7 +46,7 @@ MARKERS = [
     ("start-up: interpreter, imports, config parsing", "Seed set to"),
     ("data: generate if missing, read files; build model", "GPU available"),
     ("fit until early stopping (validation, checkpoints), test", "Test metric"),
-    ("evaluate: metrics, 3 baselines, figures, files", "run directory:"),
+    ("evaluate: metrics, 3 baselines, figures, files", "model: rmse"),
 ]
 
 

@@ -229,6 +229,14 @@ class ResumeCheckpoint(L.Callback):
             self._remove_checkpoints_after_resume_point(trainer)
         self._csv_before = None
 
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # resumed from the checkpoint written at the end of training (killed during test or evaluation):
+        # the fit loop had nothing left to do and on_train_start never ran
+        if self._restored is not None:
+            self._restored = None
+            self._restore_metrics_csv(trainer)
+        self._csv_before = None
+
     def _remove_checkpoints_after_resume_point(self, trainer: L.Trainer) -> None:
         """Checkpoints the interrupted run wrote after its resume checkpoint (a new best, say) are unknown to the
         restored ModelCheckpoints; they would linger (or make the redone save take a ``-v1`` name): delete them."""

@@ -154,12 +154,17 @@ class RecordSamples(L.Callback):
 
 
 class KillAtStep(L.Callback):
-    """SIGKILLs its own process right after optimiser step ``$CLIMATEML_KILL_AT_STEP`` (if set): a hard crash
-    mid-epoch, no handler runs."""
+    """Sends its own process ``$CLIMATEML_KILL_SIGNAL`` (default SIGKILL: a hard crash, no handler runs;
+    SIGTERM: a pre-emption) right after optimiser step ``$CLIMATEML_KILL_AT_STEP``, if that is set; with
+    ``test`` instead of a step, SIGKILL when training is over and testing starts."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         at = os.environ.get("CLIMATEML_KILL_AT_STEP")
-        if at and trainer.global_step == int(at):
+        if at and at.isdigit() and trainer.global_step == int(at):
             sys.stdout.flush()
             sys.stderr.flush()
+            os.kill(os.getpid(), getattr(signal, os.environ.get("CLIMATEML_KILL_SIGNAL", "SIGKILL")))
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        if os.environ.get("CLIMATEML_KILL_AT_STEP") == "test":  # training done, killed before the evaluation
             os.kill(os.getpid(), signal.SIGKILL)

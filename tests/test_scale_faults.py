@@ -1,10 +1,9 @@
-"""Fault tolerance: a fit killed with SIGKILL mid-epoch and started again with the same command ends exactly
-like an uninterrupted one; a writer killed mid-write leaves the old file intact."""
+"""Fault tolerance: a fit killed with SIGKILL mid-epoch (or pre-empted with SIGTERM) and started again with the
+same command ends exactly like an uninterrupted one; a writer killed mid-write leaves the old file intact."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,15 +21,18 @@ from test_scale_common import REPO, make_data, read_csv, run_cli, run_dir, task_
 
 # ---- kill and resume ----
 
-RESUME = {  # task: (extra arguments, checkpoint every N steps, SIGKILL after step)
-    "temperature": ([], 4, 13),  # 24 steps of 19 per epoch: killed in the first epoch, checkpoint at step 12
-    "segmentation": ([], 3, 5),  # 2 epochs of 4 steps: killed in the second epoch, checkpoint at step 3
+RESUME = {  # case: (task, signal, checkpoint every N steps, signal after step)
+    "temperature": ("temperature", "SIGKILL", 4, 13),  # 24 steps, 19 per epoch: killed in epoch 0, checkpoint at 12
+    "segmentation": ("segmentation", "SIGKILL", 3, 5),  # 2 epochs of 4 steps: killed in epoch 1, checkpoint at 3
+    "temperature-preempted": ("temperature", "SIGTERM", 100, 13),  # pre-emption: saved at step 13 on SIGTERM
+    "temperature-in-evaluation": ("temperature", "SIGKILL", 100, "test"),  # trained, killed before test/evaluation
 }
 
 
-@pytest.mark.parametrize("task", list(RESUME))
-def test_killed_fit_resumes_with_the_same_command_and_ends_the_same(task, tmp_path):
-    extra, every, kill_at = RESUME[task]
+@pytest.mark.parametrize("case", list(RESUME))
+def test_killed_fit_resumes_with_the_same_command_and_ends_the_same(case, tmp_path):
+    task, sig, every, kill_at = RESUME[case]
+    extra: list[str] = []
     data = make_data(task, tmp_path / "data")
 
     def args(runs: Path) -> list[str]:
@@ -42,8 +44,9 @@ def test_killed_fit_resumes_with_the_same_command_and_ends_the_same(task, tmp_pa
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     command = args(tmp_path / "killed")
-    first = run_cli(command, tmp_path, env={"CLIMATEML_KILL_AT_STEP": str(kill_at)})
-    assert first.returncode == -signal.SIGKILL, (first.returncode, first.stderr[-2000:])
+    first = run_cli(command, tmp_path, env={"CLIMATEML_KILL_AT_STEP": str(kill_at), "CLIMATEML_KILL_SIGNAL": sig})
+    expected = -signal.SIGKILL if sig == "SIGKILL" else 143  # on SIGTERM: save, stop, exit 128 + 15
+    assert first.returncode == expected, (first.returncode, first.stderr[-2000:])
     killed = run_dir(tmp_path / "killed", task)
     assert (killed / "checkpoints" / "resume.ckpt").is_file() and not (killed / "metrics.json").exists()
 

@@ -210,6 +210,11 @@ def test_baselines_and_their_options_come_from_the_config():
         TemperatureEvaluation(baseline_options={"random_forest": {"n_eofs": 0}})
     with pytest.raises(ConfigError, match="n_trees"):
         TemperatureEvaluation(baseline_options={"random_forest": {"n_trees": 10}})
+    with pytest.raises(ConfigError, match=r"rf_options: unknown \['trees'\]"):
+        TemperatureEvaluation(baseline_options={"random_forest": {"rf_options": {"trees": 10}}})
+    with pytest.raises(ConfigError, match="takes gp_options, not rf_options"):
+        TemperatureEvaluation(baseline_options={"gaussian_process": {"rf_options": {"n_estimators": 10}}})
+    TemperatureEvaluation(baseline_options={"gaussian_process": {"gp_options": {"kernel": "rbf", "alpha": 1e-8}}})
 
 
 def test_eof_baselines_predict_maps_beside_linear(small_climatebench):

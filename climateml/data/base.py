@@ -137,7 +137,7 @@ class ClimateSampler(DistributedSampler):
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = False,
                  seed: int = 0, even: bool = False):
         n = len(dataset)
-        if even and n < num_replicas:
+        if even and 1 < num_replicas and n < num_replicas:
             raise ConfigError(f"{n} training samples cannot be split over {num_replicas} processes; use fewer "
                               "devices or more data")
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=even)

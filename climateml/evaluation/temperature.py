@@ -54,6 +54,7 @@ class TemperatureEvaluation(Evaluation):
         missing = {"name", "lat", "lon"} - set(point)
         if missing:
             raise ConfigError(f"evaluation.point needs name, lat and lon; missing {sorted(missing)}")
+        check_positive("evaluation.map_range", map_range, allow_zero=True)
         self.baseline_names = list(baselines)
         self.nrmse_years = tuple(nrmse_years)
         self.map_years, self.map_range, self.point = list(map_years), float(map_range), dict(point)
@@ -70,7 +71,30 @@ class TemperatureEvaluation(Evaluation):
                                   f"choose from {sorted(EOF_BASELINE_OPTIONS)}")
             if "n_eofs" in (opts or {}):
                 check_positive(f"evaluation.baseline_options.{name}.n_eofs", opts["n_eofs"])
+            inner = "rf_options" if name == "random_forest" else "gp_options"
+            wrong = {"rf_options", "gp_options"} - {inner}
+            if wrong & set(opts or {}):
+                raise ConfigError(f"evaluation.baseline_options.{name}: takes {inner}, not {sorted(wrong & set(opts))[0]}")
+            if (opts or {}).get(inner):
+                allowed = TemperatureEvaluation._regressor_options(name)
+                bad = set(opts[inner]) - allowed
+                if bad:
+                    raise ConfigError(f"evaluation.baseline_options.{name}.{inner}: unknown {sorted(bad)}; "
+                                      f"choose from {sorted(allowed)}")
         return {k: dict(v or {}) for k, v in options.items()}
+
+    @staticmethod
+    def _regressor_options(name: str) -> set[str]:
+        """The option names the scikit-learn regressor of an EOF baseline accepts."""
+        if name == "random_forest":
+            from sklearn.ensemble import RandomForestRegressor
+
+            return set(RandomForestRegressor().get_params())
+        from sklearn.gaussian_process import GaussianProcessRegressor
+
+        from climateml.models.sklearn_baselines import DEFAULT_GP_OPTIONS
+
+        return set(DEFAULT_GP_OPTIONS) | (set(GaussianProcessRegressor().get_params()) - {"kernel"})
 
     def fit_baseline(self, name: str, datamodule):
         """One baseline fitted on the training split: a module mapping inputs to outputs in physical units."""
