@@ -180,8 +180,9 @@ def main() -> None:
     parser.add_argument("--data-gib", type=float, default=None, help="data set size (default: 2.5 x budget)")
     parser.add_argument("--grid", type=int, nargs=2, default=[192, 288], metavar=("NLAT", "NLON"))
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=0,
-                        help="DataLoader worker processes of the lazy run (each adds its own memory; 0 on 2 cores)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="DataLoader worker processes of the lazy run: 1 reads the next batch while the main "
+                             "process trains (with 0, reading stalls torch's threads on a busy machine)")
     parser.add_argument("--depth", type=int, default=1, help="U-Net depth (small: the point is the data)")
     parser.add_argument("--width", type=int, default=4)
     parser.add_argument("--in-memory-samples", type=int, default=48, help="samples the in-memory run holds")
@@ -214,7 +215,7 @@ def main() -> None:
         mem = run_child(args, "in_memory")
         lazy_rate, mem_rate = lazy["samples"] / lazy["fit_s"], mem["samples"] / mem["fit_s"]
         per_sample = size / n_files
-        print(f"lazy ({args.workers} workers): one epoch over all {lazy['samples']} training samples in "
+        print(f"lazy (DataLoader workers: {args.workers}): one epoch over all {lazy['samples']} training samples in "
               f"{lazy['fit_s']:.1f} s = {lazy_rate:.2f} samples/s (+ setup {lazy['setup_s']:.1f} s: grid check and "
               f"statistics pass over the training files)")
         peak = max(lazy["maxrss"], lazy["tree_peak"])
