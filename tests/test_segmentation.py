@@ -440,3 +440,20 @@ def test_cli_reports_bad_data_in_one_line(seg_copy, tmp_path, capsys):
                "--data.test_dates", f"[{dates[1]}, {dates[2]}]", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert rc == 2 and dates[1] in err and "Traceback" not in err
+
+
+def test_attribution_of_a_class_score_keeps_the_grid(seg_dir):
+    """`inputs_xarray` feeds climateml.attribution: maps of the TC score on (time, channel, lat, lon) with the
+    files' coordinates and channel names."""
+    from climateml.attribution import attribute
+    from climateml.attribution.targets import class_score
+
+    dm = _dm(seg_dir)
+    dm.setup()
+    model = SegmentationModel(dm.spec, depth=1, width=4)
+    x = dm.inputs_xarray("test").isel(time=slice(0, 2))
+    assert x.dims == ("time", "channel", "lat", "lon") and list(x["channel"].values) == dm.spec.inputs
+    np.testing.assert_array_equal(x["lat"].values, dm.truth("test")["test"]["lat"].values)
+    a = attribute(model, x, "saliency", target=class_score(1, region={"lat": (5, 35)}))
+    assert a.dims == x.dims and all(np.array_equal(a[d].values, x[d].values) for d in x.dims)
+    assert np.isfinite(a.values).all()

@@ -500,3 +500,8 @@ class SegmentationDataModule(ClimateDataModule):
         names = list(channels or self.channels)
         data = np.stack([read_fields(s.files[0], names) for s in self._snapshots(split)])
         return self.layout(names).to_xarray(data, self._time(split))
+
+    def inputs_xarray(self, split: str) -> xr.DataArray:
+        """The split's model inputs on (time, channel, lat, lon) in physical units, channels in the model's
+        order: what attribution maps are computed on, so they come back on the files' grid."""
+        return self.fields(split).to_array("channel").transpose("time", "channel", "lat", "lon").rename("fields")
