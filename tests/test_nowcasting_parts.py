@@ -103,6 +103,25 @@ def test_reader_reads_frames_parts_and_caches_within_budget(archive):
     np.testing.assert_array_equal(cached.read(11)[30:33, 30:33], direct.read(11)[30:33, 30:33])
 
 
+def test_reader_is_safe_from_many_threads(archive):
+    """dask's threaded scheduler reads frames from several threads at once; netCDF4/HDF5 is not thread-safe,
+    and with one open file allowed every read also closes another thread's file. Reads must still be right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out, _ = archive
+    reference = RadarReader(out, "precipitation_amount").read_frames(range(58))
+    for cache_mb in (0.0, 0.05):
+        shared = RadarReader(out, "precipitation_amount", max_open_files=1, cache_mb=cache_mb)
+        order = np.random.default_rng(0).integers(0, 58, size=600)
+        with ThreadPoolExecutor(8) as pool:
+            frames = list(pool.map(shared.read, order))
+        for k, frame in zip(order, frames):
+            np.testing.assert_array_equal(frame, reference[k])
+        assert len(shared._handles) == 1 and shared._cached_bytes <= shared.cache_bytes
+    lazy = open_radar(out, "precipitation_amount").chunk({"time": 1})
+    np.testing.assert_array_equal(lazy.compute(scheduler="threads", num_workers=8).values, reference)
+
+
 def _single_file(tmp_path, values, attrs, name="rain", times=None, suffix=".nc", **extra):
     times = pd.date_range(START, periods=values.shape[0], freq="10min") if times is None else times
     ds = xr.Dataset({name: (("time", "lat", "lon"), values, attrs), **extra},

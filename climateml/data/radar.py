@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +24,11 @@ import torch
 import xarray as xr
 
 from climateml.data.io import DataError, open_dataset
+
+try:  # xarray's own lock around HDF5 calls: netCDF4/HDF5 is not thread-safe, so our reads and xarray's take turns
+    from xarray.backends.locks import HDF5_LOCK as _FILE_LOCK
+except ImportError:  # pragma: no cover (older or newer xarray without it)
+    _FILE_LOCK = threading.Lock()
 
 SPATIAL_DIMS = (("y", "x"), ("lat", "lon"))
 RENAMES = {"latitude": "lat", "longitude": "lon"}
@@ -330,10 +336,11 @@ class RadarReader:
 
     def close(self) -> None:
         """Close this process's open files (they are reopened on the next read); the frame cache stays."""
-        if self._pid == os.getpid():
-            for handle in self._handles.values():
-                handle.close()
-        self._handles, self._pid = OrderedDict(), os.getpid()
+        with _FILE_LOCK:
+            if self._pid == os.getpid():
+                for handle in self._handles.values():
+                    handle.close()
+            self._handles, self._pid = OrderedDict(), os.getpid()
 
     def __getstate__(self):
         return {**self.__dict__, "_handles": OrderedDict(), "_pid": None, "_cache": OrderedDict(), "_cached_bytes": 0}
@@ -341,21 +348,23 @@ class RadarReader:
     # ---- reading ----
     def read(self, frame: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """Frame ``frame`` (or its [rows, cols] part) as float32 rain rate [mm/h] on (y, x), NaN where the
-        file has no data; from the frame cache when it holds the frame."""
+        file has no data; from the frame cache when it holds the frame. Safe to call from several threads
+        (dask's threaded scheduler): file access and the cache's bookkeeping take one lock in turn."""
         frame = int(frame)
-        if self.cache_bytes <= 0:
-            return self._read_file(frame, rows, cols)
-        full = self._cache.get(frame)
-        if full is None:
-            full = self._read_file(frame)
-            if full.nbytes <= self.cache_bytes:
-                self._cache[frame] = full
-                self._cached_bytes += full.nbytes
-                while self._cached_bytes > self.cache_bytes:
-                    self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
-        else:
-            self._cache.move_to_end(frame)
-        return full[rows, cols].copy()
+        with _FILE_LOCK:
+            if self.cache_bytes <= 0:
+                return self._read_file(frame, rows, cols)
+            full = self._cache.get(frame)
+            if full is None:
+                full = self._read_file(frame)
+                if full.nbytes <= self.cache_bytes:
+                    self._cache[frame] = full
+                    self._cached_bytes += full.nbytes
+                    while self._cached_bytes > self.cache_bytes:
+                        self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+            else:
+                self._cache.move_to_end(frame)
+            return full[rows, cols].copy()
 
     def _read_file(self, frame: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         f = int(self.frame_file[frame])
