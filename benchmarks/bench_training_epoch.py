@@ -44,7 +44,7 @@ same measurement is made for two stripped subclasses of TemperatureEmulator whos
 ``self.log("train_loss", ..., on_epoch=True)`` (how the module logged before issue 9); the full module
 instead accumulates the loss and the area-weighted RMSE in a small buffer and logs both once per epoch.
 
-Run: ``python benchmarks/bench_training_epoch.py [--repeats 9] [--lo 1] [--hi 6] [--data-dir DIR]``
+Run: ``python benchmarks/bench_training_epoch.py [--repeats 15] [--lo 1] [--hi 6] [--data-dir DIR]``
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ LR = 1e-3
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=9, help="rounds of interleaved measurements (default 9)")
+    parser.add_argument("--repeats", type=int, default=15, help="rounds of interleaved measurements (default 15)")
     parser.add_argument("--lo", type=int, default=1, help="epochs of the short fit (default 1)")
     parser.add_argument("--hi", type=int, default=6, help="epochs of the long fit (default 6)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the stripped Lightning variants")

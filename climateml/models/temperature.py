@@ -43,9 +43,9 @@ class TemperatureEmulator(ClimateTask):
     (cell_weights) come from the data spec and are saved in the checkpoint, so a reloaded model
     predicts in physical units on its own.
 
-    The training step is kept lean (issue 9): the loss is the fused ``mse_loss`` on a target standardised
-    in one pass; the area-weighted RMSE comes from one residual temporary squared in place and one
-    matrix-vector product; the epoch's sums are accumulated in a small buffer and logged once at the end
+    The training step is kept lean (issue 9): the target is standardised in one fused pass, the squared
+    errors come from one fused ``mse_loss(reduction="none")`` pass, the loss is their sum / count, and the
+    area-weighted RMSE reuses them in one matrix-vector product; the epoch's sums are accumulated in a small buffer and logged once at the end
     of the epoch (summed across processes), instead of going through ``self.log`` and a torchmetrics
     update at every step. The logged numbers are the same: the epoch's sample-weighted mean loss and
     the area-weighted RMSE over all its samples.
@@ -82,7 +82,7 @@ class TemperatureEmulator(ClimateTask):
     def configure_metrics(self) -> None:
         n_t = len(self.spec.outputs)
         self.rmse = nn.ModuleDict({f"{stage}_{t}": WeightedRMSE() for stage in ("val", "test") for t in self.spec.outputs})
-        # training epoch sums: [weighted squared error per target (K^2), samples, loss x samples]
+        # training epoch sums: [area-weighted squared error per target (K^2) ..., loss x samples, samples]
         self.register_buffer("train_sums", torch.zeros(n_t + 2, dtype=torch.float64), persistent=False)
         self._validations = 0  # validation runs so far (a plateau schedule steps once per run, see lr_scheduler_step)
         self._plateau_steps = 0
@@ -99,34 +99,41 @@ class TemperatureEmulator(ClimateTask):
         """
         x, y = batch["x"], batch["y"]
         inv_std, shift = self._target_scaling()
-        target = torch.addcmul(shift, y, inv_std, out=self._scratch("target", y) if self.training else None)
+        target = torch.addcmul(shift, y, inv_std)
         return self.net((x - self.x_mean) / self.x_std), target
-
-    def _scratch(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        """A reused full-size work buffer shaped like ``like`` (batch first): a fresh 3.5 MB temporary at every
-        step costs page faults, about as much as the arithmetic. Training only; a step's buffers are free again
-        once its backward pass has run."""
-        store = self.__dict__.setdefault("_scratch_buffers", {})
-        buf = store.get(name)
-        if (buf is None or buf.shape[0] < like.shape[0] or buf.shape[1:] != like.shape[1:] or buf.dtype != like.dtype
-                or buf.device != like.device):
-            buf = store[name] = torch.empty_like(like)
-        return buf[: like.shape[0]]
 
     def _target_scaling(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(1 / y_std, -y_mean / y_std), kept while training (the statistics do not change then)."""
-        cached = getattr(self, "_scaling", None)
+        cached = self.__dict__.get("_scaling")
         if cached is not None and self.training and cached[0].device == self.y_std.device:
             return cached
         inv_std = 1.0 / self.y_std
         scaling = (inv_std, -self.y_mean * inv_std)
-        self._scaling = scaling if self.training else None
+        self.__dict__["_scaling"] = scaling if self.training else None
         return scaling
+
+    def _epoch_matrix(self) -> torch.Tensor:
+        """(n_outputs, n_targets + 1): column t holds target t's area weights times its variance (zero elsewhere),
+        the last column 1 / n_outputs. The batch's column sums of squared standardised errors times this matrix
+        give, in one small product, each target's area-weighted squared error in physical units (K^2; sum_c w_c
+        (r_c s_c)^2 = sum_c r_c^2 (w_c s_c^2)) and the loss times the batch size."""
+        cached = self.__dict__.get("_matrix")
+        if cached is not None and cached.device == self.y_std.device:
+            return cached
+        n_t = len(self.spec.outputs)
+        weights = (self.cell_weights * self.y_std.view(n_t, -1) ** 2)  # (n_t, cells)
+        cells = weights.shape[1]
+        matrix = torch.zeros(n_t * cells, n_t + 1, dtype=weights.dtype, device=weights.device)
+        for t in range(n_t):
+            matrix[t * cells:(t + 1) * cells, t] = weights[t]
+        matrix[:, n_t] = 1.0 / (n_t * cells)
+        self.__dict__["_matrix"] = matrix
+        return matrix
 
     def _squared_residual(self, batch: dict) -> torch.Tensor:
         """(batch, n_outputs) squared error in standardised units."""
         out, target = self._standardised(batch)
-        return (out - target).pow(2)
+        return nn.functional.mse_loss(out, target, reduction="none")
 
     def _weighted_sq(self, squared: torch.Tensor) -> torch.Tensor:
         """(batch, n_targets) area-weighted squared error in physical units, from the standardised one.
@@ -157,14 +164,12 @@ class TemperatureEmulator(ClimateTask):
     # ---- training: accumulate, log once per epoch ----
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out, target = self._standardised(batch)
-        loss = nn.functional.mse_loss(out, target)  # fused forward and backward: no squared-residual temporary
-        with torch.no_grad():  # the epoch's area-weighted RMSE from the same residual, one temporary, squared in place
-            squared = torch.sub(out.detach(), target, out=self._scratch("residual", out)).square_()
-            n = len(squared)
-            sums = self.train_sums
-            sums[:-2] += self._weighted_sq(squared).sum(0)
-            sums[-2] += n
-            sums[-1] += loss.detach() * n
+        squared = nn.functional.mse_loss(out, target, reduction="none")  # (batch, n_outputs), one fused pass
+        # the mean, as sum / count: the backward of a sum is a free broadcast, that of a mean a full-size division
+        loss = squared.sum() * (1.0 / squared.numel())
+        with torch.no_grad():  # the epoch's sums from the same squared errors: one pass and one small product
+            self.train_sums[:-1] += squared.detach().sum(0) @ self._epoch_matrix()
+            self.train_sums[-1] += len(squared)
         return loss
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
@@ -176,15 +181,13 @@ class TemperatureEmulator(ClimateTask):
 
     def on_train_epoch_start(self) -> None:
         self.train_sums.zero_()
-        self._scaling = None  # statistics may have been loaded since: recompute once
-
-    def on_train_end(self) -> None:
-        self.__dict__.pop("_scratch_buffers", None)  # free the work buffers (and keep them out of copies)
+        for key in ("_scaling", "_matrix"):  # statistics may have been loaded since: recompute once
+            self.__dict__.pop(key, None)
 
     def on_train_epoch_end(self) -> None:
         sums = self.trainer.strategy.reduce(self.train_sums.clone(), reduce_op="sum")  # all processes under DDP
-        n = sums[-2].clamp(min=1)
-        self.log("train_loss", (sums[-1] / n).float(), prog_bar=True, sync_dist=False)  # already summed over processes
+        n = sums[-1].clamp(min=1)
+        self.log("train_loss", (sums[-2] / n).float(), prog_bar=True, sync_dist=False)  # already summed over processes
         for i, t in enumerate(self.spec.outputs):
             self.log(f"train_rmse_{t}", torch.sqrt(sums[i] / n).float(), sync_dist=False)
 
