@@ -8,7 +8,7 @@ look like this lab's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -183,27 +183,96 @@ def plot_point_series(truth: xr.DataArray, predictions: Mapping[str, xr.DataArra
     return fig
 
 
-def plot_learning_curves(histories: Mapping[str, str | Path | pd.DataFrame]) -> plt.Figure:
-    """Training and validation loss per epoch from Lightning CSVLogger ``metrics.csv`` files."""
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+#: parts of a score's name (between underscores) that mark a skill score or an overlap, for which higher is
+#: better: ``r2``, ``mean_iou``, ``iou_tc``, ``csi_1.0``, ``fss_8km`` ...; any other score is an error
+HIGHER_IS_BETTER_PARTS = frozenset({"acc", "accuracy", "csi", "pod", "fss", "iou", "r2", "precision", "recall",
+                                    "f1", "ets", "hss"})
+#: parts of a signed score's name whose best value is 0 (``bias``)
+BEST_AT_ZERO_PARTS = frozenset({"bias"})
+#: the short mark of each direction, put after a score's name where one panel mixes directions
+DIRECTION_MARKS = {"lower": "↓", "higher": "↑", "closer to 0": "→0"}
+
+
+def better_direction(key: str, higher_is_better: Collection[str] | None = None) -> str:
+    """Which values of the score ``key`` are better: "higher", "lower" or "closer to 0".
+
+    ``higher_is_better`` names the keys for which higher is better; None uses the default rule: a key
+    with a part in :data:`HIGHER_IS_BETTER_PARTS` (skill scores, overlaps). A key that is not higher-better
+    and has a part in :data:`BEST_AT_ZERO_PARTS` (a bias) is best at 0; every other key is an error
+    (lower is better).
+    """
+    parts = set(key.lower().split("_"))
+    higher = key in higher_is_better if higher_is_better is not None else bool(parts & HIGHER_IS_BETTER_PARTS)
+    if higher:
+        return "higher"
+    return "closer to 0" if parts & BEST_AT_ZERO_PARTS else "lower"
+
+
+def read_history(history: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """A Lightning CSVLogger ``metrics.csv`` (a path, or the DataFrame already read)."""
+    return history if isinstance(history, pd.DataFrame) else pd.read_csv(history)
+
+
+def epoch_curve(df: pd.DataFrame, key: str) -> pd.Series | None:
+    """The last value of ``key`` logged in each epoch (index: epoch), or None when ``key`` was never logged."""
+    return df.dropna(subset=[key]).groupby("epoch")[key].last() if key in df else None
+
+
+def plot_loss_panel(ax: plt.Axes, histories: Mapping[str, str | Path | pd.DataFrame], loss_label: str,
+                    mark_best: bool = True, log_y: bool = False) -> plt.Axes:
+    """Training (solid) and validation (dashed) loss per epoch on ``ax``, one colour per run, from CSVLogger
+    ``metrics.csv`` files; the y axis is labelled ``loss_label`` (what the loss is).
+
+    With ``mark_best``, the lowest validation loss is circled: the weights early stopping restores and the
+    checkpoint keeps when they monitor ``val_loss``. With ``log_y``, a log y axis when every loss drawn is
+    positive.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    drawn = []
     for i, (name, hist) in enumerate(histories.items()):
-        df = hist if isinstance(hist, pd.DataFrame) else pd.read_csv(hist)
+        df = read_history(hist)
         for key, style in (("train_loss", "-"), ("val_loss", "--")):
-            if key in df:
-                d = df.dropna(subset=[key]).groupby("epoch")[key].last()
+            d = epoch_curve(df, key)
+            if d is not None:
                 ax.plot(d.index, d.values, style, color=f"C{i}", label=f"{name} {key.split('_')[0]}")
-        if "val_loss" in df and df["val_loss"].notna().any():  # the weights early stopping restores
+                drawn.append(d.values)
+        if mark_best and "val_loss" in df and df["val_loss"].notna().any():
             best = df.loc[df["val_loss"].idxmin()]
+            where = f"epoch {int(best['epoch'])}" + (f", step {int(best['step'])}" if "step" in df else "")
             ax.plot(best["epoch"], best["val_loss"], "o", color=f"C{i}", mfc="none", ms=8,
-                    label=f"{name} best (kept), step {int(best['step'])}" if "step" in df else f"{name} best (kept)")
-    ax.set_yscale("log"), ax.set_xlabel("epoch"), ax.set_ylabel("MSE (standardised)")
-    ax.set_title("Learning curves"), ax.legend(fontsize=8)
+                    label=f"{name} best (kept), {where}")
+    values = np.concatenate(drawn) if drawn else np.array([])
+    if log_y and len(values) and (values > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch"), ax.set_ylabel(loss_label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7)
+    return ax
+
+
+def plot_learning_curves(histories: Mapping[str, str | Path | pd.DataFrame],
+                         loss_label: str = "loss (the training objective)") -> plt.Figure:
+    """Training and validation loss per epoch from Lightning CSVLogger ``metrics.csv`` files, on a log
+    axis, the best validation loss circled; ``loss_label`` says what the loss is (e.g. "MSE on
+    standardised tas")."""
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    plot_loss_panel(ax, histories, loss_label, mark_best=True, log_y=True)
+    ax.set_title("Learning curves")
     return fig
 
 
 def plot_metric_comparison(metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
-                           keys: Sequence[str] = ("nrmse_spatial", "nrmse_global", "nrmse_total")) -> plt.Figure:
-    """Bars of each metric for the model and each baseline (all the names in ``metrics``), one panel per target."""
+                           keys: Sequence[str] = ("nrmse_spatial", "nrmse_global", "nrmse_total"),
+                           higher_is_better: Collection[str] | None = None) -> plt.Figure:
+    """Bars of each metric for the model and each baseline (all the names in ``metrics``), one panel per target.
+
+    Each panel's title says which way is better (see :func:`better_direction`; ``higher_is_better`` names
+    the keys for which higher is better, None: the default rule). A panel whose scores go different ways
+    marks each score with an arrow (lower, higher, closer to 0) and its title explains the arrows.
+    """
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False, constrained_layout=True)
     for ax, (target, by_model) in zip(axes[0], metrics.items()):
         present = [k for k in keys if all(k in m for m in by_model.values())] or ["rmse"]
@@ -213,12 +282,20 @@ def plot_metric_comparison(metrics: Mapping[str, Mapping[str, Mapping[str, float
             vals = [m[k] for k in present]
             bars = ax.bar(x + i * width, vals, width, label=name)
             ax.bar_label(bars, fmt="%.3f", fontsize=7)
-        ax.set_xticks(x + width * (len(by_model) - 1) / 2, present, fontsize=8)
-        ax.set_title(f"{target}: test scores (lower is better)"), ax.legend(fontsize=8)
+        directions = [better_direction(k, higher_is_better) for k in present]
+        shown = list(dict.fromkeys(directions))
+        if len(shown) == 1:
+            labels, title = present, f"{target}: test scores ({shown[0]} is better)"
+        else:  # the arrows explained on a second line
+            labels = [f"{k} {DIRECTION_MARKS[d]}" for k, d in zip(present, directions)]
+            title = f"{target}: test scores\n" + ", ".join(f"{DIRECTION_MARKS[d]} {d} is better" for d in shown)
+        ax.set_xticks(x + width * (len(by_model) - 1) / 2, labels, fontsize=8)
+        ax.set_title(title, fontsize=10 if len(shown) == 1 else 9), ax.legend(fontsize=8)
     return fig
 
 
 def save(fig: plt.Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (folders made as needed) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -2,7 +2,8 @@
 the same code, and write ``metrics.json``, prediction NetCDF and figures into a run directory.
 
 A task subclasses :class:`Evaluation` and fills in the hooks — :meth:`~Evaluation.baselines`,
-:meth:`~Evaluation.score_variable` (or :meth:`~Evaluation.score`), :meth:`~Evaluation.figures` — and is
+:meth:`~Evaluation.score_variable` (or :meth:`~Evaluation.score`), :meth:`~Evaluation.figures`,
+:meth:`~Evaluation.summary_figures` (``metrics.png`` and ``learning_curves.png``, drawn once per run) — and is
 chosen in the task's YAML under ``evaluation:``. ``metrics.json`` always has one shape:
 ``{variable: {"model": {...}, "<baseline>": {...}}}``.
 """
@@ -58,15 +59,19 @@ class Evaluation:
         comparison_keys: scores drawn in the model-vs-baselines bar figure.
         write_predictions: write ``<split>_predictions_<group>.nc`` (model and baselines, CF metadata).
         make_figures: draw the task's figures under ``figures/``.
+        higher_is_better: the comparison keys for which higher is better (the rest: lower, a bias: closer
+            to 0); null: skill scores and overlaps (r2, csi, iou, fss ...) by the rule of
+            :func:`climateml.plotting.better_direction`.
     """
 
     def __init__(self, split: str = "test", summary_keys: list[str] = ["rmse"], comparison_keys: list[str] = ["rmse"],
-                 write_predictions: bool = True, make_figures: bool = True):
+                 write_predictions: bool = True, make_figures: bool = True, higher_is_better: list[str] | None = None):
         self.split = split
         self.summary_keys = list(summary_keys)
         self.comparison_keys = list(comparison_keys)
         self.write_predictions = write_predictions
         self.make_figures = make_figures
+        self.higher_is_better = None if higher_is_better is None else list(higher_is_better)
 
     # ---- hooks a task fills in ----
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
@@ -99,6 +104,21 @@ class Evaluation:
         """The task's figures of one group; ``predictions`` holds "model" and each baseline; the DataModule
         being evaluated is ``self.datamodule``."""
 
+    def loss_label(self, models: Sequence[torch.nn.Module]) -> str:
+        """What the training loss is, as the learning curves' y label (e.g. "MSE on standardised tas")."""
+        return "loss (the training objective)"
+
+    def summary_figures(self, fig_dir: Path, result: dict, histories: Mapping[str, Path],
+                        models: Sequence[torch.nn.Module]) -> None:
+        """The run's summary figures, drawn once after scoring: ``metrics.png`` (the model against the
+        baselines on ``comparison_keys``, each panel saying which way is better) and, when there are
+        ``histories`` (name -> an existing CSVLogger ``metrics.csv``), ``learning_curves.png``."""
+        plotting.save(plotting.plot_metric_comparison(result, self.comparison_keys, self.higher_is_better),
+                      fig_dir / "metrics.png")
+        if histories:
+            plotting.save(plotting.plot_learning_curves(histories, self.loss_label(models)),
+                          fig_dir / "learning_curves.png")
+
     # ---- the run ----
     def run(self, models: Sequence[torch.nn.Module], datamodule, run_dir: str | Path,
             histories: Mapping[str, str | Path] | None = None, accelerator: str = "auto") -> dict:
@@ -125,10 +145,8 @@ class Evaluation:
         result = {v: {name: self.aggregate(s) for name, s in by.items()} for v, by in per_group.items()}
         write_text(json.dumps(result, indent=2, allow_nan=True), run_dir / "metrics.json")
         if self.make_figures:
-            plotting.save(plotting.plot_metric_comparison(result, self.comparison_keys), run_dir / "figures" / "metrics.png")
-            existing = {k: v for k, v in (histories or {}).items() if Path(v).exists()}
-            if existing:
-                plotting.save(plotting.plot_learning_curves(existing), run_dir / "figures" / "learning_curves.png")
+            existing = {k: Path(v) for k, v in (histories or {}).items() if Path(v).exists()}
+            self.summary_figures(run_dir / "figures", result, existing, models)
         return result
 
     def _write(self, path: Path, group: str, preds: dict[str, xr.Dataset], members: xr.Dataset) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from matplotlib.ticker import MaxNLocator
 
 from climateml import metrics, plotting
 from climateml.errors import ConfigError
@@ -96,19 +97,18 @@ class NowcastEvaluation(Evaluation):
             return per_group[0]
         return super().aggregate([{k: v for k, v in g.items() if k != "by_lead_time"} for g in per_group])
 
-    def run(self, models, datamodule, run_dir, histories=None, accelerator: str = "auto") -> dict:
-        """The generic run, then this task's own learning curves (its loss and the validation MAE in mm/h)
-        and score bars (errors: lower is better; CSI: higher is better) in place of the generic ones."""
-        result = super().run(models, datamodule, run_dir, histories, accelerator)
-        if self.make_figures:
-            fig_dir = Path(run_dir) / "figures"
-            plotting.save(plot_score_bars(result, self.thresholds), fig_dir / "metrics.png")
-            existing = {k: v for k, v in (histories or {}).items() if Path(v).exists()}
-            if existing:
-                hp = getattr(models[0], "hparams", {})
-                loss = str(hp.get("loss", "loss")) + (f" + {hp['csi_weight']:g} (1 - soft CSI)" if hp.get("csi_weight") else "")
-                plotting.save(plot_learning_curves(existing, loss), fig_dir / "learning_curves.png")
-        return result
+    def summary_figures(self, fig_dir: Path, result: dict, histories, models) -> None:
+        """This task's score bars (errors: lower is better; CSI: higher is better) as ``metrics.png`` and
+        learning curves (its loss and the validation MAE in mm/h) as ``learning_curves.png``."""
+        plotting.save(plot_score_bars(result, self.thresholds), fig_dir / "metrics.png")
+        if histories:
+            plotting.save(plot_learning_curves(histories, self.loss_label(models)), fig_dir / "learning_curves.png")
+
+    def loss_label(self, models) -> str:
+        """The model's loss from its hyperparameters, e.g. "logcosh + 0.5 (1 - soft CSI)" (on the transformed
+        rain scale, NaN masked: the learning curves' panel title says so)."""
+        hp = getattr(models[0], "hparams", {}) if models else {}
+        return str(hp.get("loss", "loss")) + (f" + {hp['csi_weight']:g} (1 - soft CSI)" if hp.get("csi_weight") else "")
 
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
                 members: xr.Dataset) -> None:
@@ -238,29 +238,23 @@ def plot_score_bars(result: dict, thresholds) -> plt.Figure:
     return fig
 
 
-def plot_learning_curves(histories: dict, loss: str = "loss") -> plt.Figure:
-    """Training and validation loss per epoch (the model's ``loss`` on the transformed scale) and the
-    validation MAE in mm/h, from Lightning CSVLogger ``metrics.csv`` files; the best epoch marked."""
-    import pandas as pd
-
+def plot_learning_curves(histories: dict, loss_label: str = "loss") -> plt.Figure:
+    """Training and validation loss per epoch (the model's loss on the transformed rain scale, NaN masked;
+    y label ``loss_label``, the lowest validation loss circled: the weights restored) and the training and
+    validation MAE in mm/h, from Lightning CSVLogger ``metrics.csv`` files."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
-    for i, (name, path) in enumerate(histories.items()):
-        df = pd.read_csv(path)
-        for key, style in (("train_loss", "-"), ("val_loss", "--")):
-            if key in df:
-                d = df.dropna(subset=[key]).groupby("epoch")[key].last()
-                axes[0].plot(d.index, d.values, style, color=f"C{i}", label=f"{name} {key.split('_')[0]}")
-                if key == "val_loss" and len(d):
-                    axes[0].plot(d.idxmin(), d.min(), "*", color=f"C{i}", ms=12, label=f"{name} best (restored)")
-        if "val_mae_mm_h" in df:
-            d = df.dropna(subset=["val_mae_mm_h"]).groupby("epoch")["val_mae_mm_h"].last()
-            axes[1].plot(d.index, d.values, "--", color=f"C{i}", label=f"{name} val")
-        if "train_mae_mm_h" in df:
-            d = df.dropna(subset=["train_mae_mm_h"]).groupby("epoch")["train_mae_mm_h"].last()
-            axes[1].plot(d.index, d.values, "-", color=f"C{i}", label=f"{name} train")
-    axes[0].set_title(f"loss ({loss} on the transformed scale, NaN masked)", fontsize=9)
+    plotting.plot_loss_panel(axes[0], histories, loss_label, mark_best=True)
+    for i, (name, hist) in enumerate(histories.items()):
+        df = plotting.read_history(hist)
+        for key, style, stage in (("val_mae_mm_h", "--", "val"), ("train_mae_mm_h", "-", "train")):
+            d = plotting.epoch_curve(df, key)
+            if d is not None:
+                axes[1].plot(d.index, d.values, style, color=f"C{i}", label=f"{name} {stage}")
+    axes[0].set_title("training and validation loss (transformed rain scale, NaN masked)", fontsize=9)
     axes[1].set_title("mean absolute error (mm/h)", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    axes[1].set_xlabel("epoch"), axes[1].set_ylabel("MAE (mm/h)"), axes[1].grid(alpha=0.3)
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    if axes[1].lines:
+        axes[1].legend(fontsize=8)
     fig.suptitle("Learning curves", fontsize=10)
     return fig

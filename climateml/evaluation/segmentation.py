@@ -49,17 +49,23 @@ class SegmentationEvaluation(Evaluation):
             names.add(d.tc_warm_core_field)
         return sorted(names)
 
-    def run(self, models, datamodule, run_dir, histories=None, accelerator: str = "auto") -> dict:
-        """The generic run, then the two summary figures drawn for segmentation: per-class scores
-        (``metrics.png``, higher is better) and loss plus validation IoU per epoch (``learning_curves.png``)."""
-        result = super().run(models, datamodule, run_dir, histories, accelerator)
-        if self.make_figures:
-            fig_dir = Path(run_dir) / "figures"
-            plotting.save(plot_scores(result), fig_dir / "metrics.png")
-            existing = {k: v for k, v in (histories or {}).items() if Path(v).exists()}
-            if existing:
-                plotting.save(plot_training_history(existing), fig_dir / "learning_curves.png")
-        return result
+    def summary_figures(self, fig_dir: Path, result: dict, histories, models) -> None:
+        """Per-class scores (``metrics.png``, higher is better) and loss plus validation IoU per epoch
+        (``learning_curves.png``)."""
+        plotting.save(plot_scores(result), fig_dir / "metrics.png")
+        if histories:
+            plotting.save(plot_training_history(histories, loss_label=self.loss_label(models)),
+                          fig_dir / "learning_curves.png")
+
+    def loss_label(self, models) -> str:
+        """The model's loss terms from its hyperparameters, e.g. "loss: cross entropy + jaccard"."""
+        loss = getattr(models[0], "hparams", {}).get("loss") if models else None
+        if not loss:
+            return super().loss_label(models)
+        terms = {loss: 1.0} if isinstance(loss, str) else dict(loss)
+        shown = " + ".join(("" if float(w) == 1 else f"{float(w):g} ") + name.replace("_", " ")
+                           for name, w in terms.items())
+        return f"loss: {shown}"
 
     def combine_members(self, members: xr.Dataset) -> xr.Dataset:
         """The ensemble's labels: argmax of the members' mean class probability."""
@@ -147,38 +153,29 @@ def plot_scores(result: dict, classes=("tc", "ar", "background"), variable: str 
     return fig
 
 
-def plot_training_history(histories: dict, classes=("tc", "ar")):
-    """Loss (training and validation) and validation IoU per class and mean, per epoch, from CSVLogger files."""
+def plot_training_history(histories: dict, classes=("tc", "ar"), loss_label: str = "loss (the training objective)"):
+    """Loss (training and validation, y label ``loss_label``) and validation IoU per class and mean, per
+    epoch, from CSVLogger files; the best mean IoU (the weights kept) is marked."""
     import matplotlib.pyplot as plt
-    import pandas as pd
-
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    # the kept weights are those of the best validation mean IoU (marked on the right), not of the lowest loss
+    plotting.plot_loss_panel(ax_loss, histories, loss_label, mark_best=False)
+    ax_loss.set_title("training and validation loss")
     for i, (name, hist) in enumerate(histories.items()):
-        df = hist if isinstance(hist, pd.DataFrame) else pd.read_csv(hist)
-
-        def curve(key):
-            return df.dropna(subset=[key]).groupby("epoch")[key].last() if key in df else None
-
-        for key, style in (("train_loss", "-"), ("val_loss", "--")):
-            d = curve(key)
-            if d is not None:
-                ax_loss.plot(d.index, d.values, style, color=f"C{i}", label=f"{name} {key.split('_')[0]}")
+        df = plotting.read_history(hist)
         for j, key in enumerate(["val_mean_iou", *[f"val_iou_{c}" for c in classes]]):
-            d = curve(key)
+            d = plotting.epoch_curve(df, key)
             if d is not None:
                 ax_iou.plot(d.index, d.values, ("-", "--", ":", "-.")[j % 4], color=f"C{i}",
                             label=f"{name} " + ("mean IoU" if key == "val_mean_iou" else f"IoU {key[8:].upper()}"))
                 if key == "val_mean_iou" and len(d):
                     best = d.idxmax()
                     ax_iou.plot([best], [d[best]], "o", color=f"C{i}", ms=5)
-    ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("loss (the training objective)")
-    ax_loss.set_title("training and validation loss")
     ax_iou.set_xlabel("epoch"), ax_iou.set_ylabel("validation IoU"), ax_iou.set_ylim(0, 1)
     ax_iou.set_title("validation IoU (dot: best epoch, its weights are kept)")
-    for ax in (ax_loss, ax_iou):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    ax_iou.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_iou.grid(alpha=0.3)
+    ax_iou.legend(fontsize=7)
     return fig

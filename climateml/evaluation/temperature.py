@@ -145,6 +145,12 @@ class TemperatureEvaluation(Evaluation):
                       "member_rmse_mean": float(np.mean(member_rmse)), "member_rmse_std": float(np.std(member_rmse))}
         return out
 
+    def loss_label(self, models) -> str:
+        """The emulator's loss (:class:`~climateml.models.TemperatureEmulator`): MSE on the standardised targets."""
+        spec = getattr(models[0], "spec", None) if models else None
+        targets = ", ".join(spec.outputs) if spec is not None else "targets"
+        return f"MSE on standardised {targets}"
+
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
                 members: xr.Dataset) -> None:
         for v in truth.data_vars:
