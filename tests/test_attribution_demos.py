@@ -100,7 +100,9 @@ def test_attribute_command_on_the_temperature_task(small_climatebench, tmp_path)
                  "--options", "{n_steps: 8}", "--out", str(tmp_path), "--n_figures", "1",
                  "--data.init_args.data_dir", str(small_climatebench), "--trainer.logger", "false"]) == 0
     ds = xr.load_dataset(tmp_path / "attribution_integrated_gradients_test.nc")
-    assert ds["attribution_integrated_gradients"].dims == ("sample", "dim_1")
-    assert list(ds["dim_1"].values) == ["CO2", "CH4"]
+    assert ds["attribution_integrated_gradients"].dims == ("sample", "feature")
+    assert list(ds["feature"].values) == ["CO2", "CH4"]
+    assert list(ds["year"].values[:2]) == [2015, 2016] and set(ds["scenario"].values) == {"ssp245"}
     assert "lat 30..60, lon -10..40" in ds.attrs["target"]
     assert (tmp_path / "figures" / "attribution_integrated_gradients_test_0.png").exists()
+    assert (tmp_path / "figures" / "attribution_integrated_gradients_test_features.png").exists()

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from climateml.attribution.core import METHOD_OPTIONS, METHODS, attribute
+from climateml.attribution.core import METHOD_OPTIONS, METHODS, attribute, input_layout
+from climateml.attribution.regions import horizontal_dims
 from climateml.attribution.targets import OutputIndex, RegionMean, as_target
 from climateml.errors import ConfigError
 
@@ -82,9 +83,11 @@ def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any 
     """Attribution maps of a task's model on ``n_samples`` samples of ``split``: NetCDF and figures.
 
     Writes ``<out_dir>/attribution_<method>_<split>.nc`` (the maps and the inputs, CF, atomic) and
-    ``<out_dir>/figures/attribution_<method>_<split>_<k>.png`` for the first ``n_figures`` samples; returns
-    the NetCDF path. ``target`` may be a config mapping (``{kind: region_mean, index: tas, lat: [30, 60]}``);
-    region targets get the DataModule's output grid and names unless they give their own.
+    ``<out_dir>/figures/attribution_<method>_<split>_<k>.png`` for the first ``n_figures`` samples (and, for
+    feature inputs such as the temperature lab's (sample, feature) emissions, ``..._features.png`` with every
+    sample: mean |attribution| per feature and each feature's attribution per year); returns the NetCDF path.
+    ``target`` may be a config mapping (``{kind: region_mean, index: tas, lat: [30, 60]}``); region targets
+    get the DataModule's output grid and names unless they give their own.
     """
     from climateml.attribution import plots
     from climateml.writers import write_cf
@@ -107,6 +110,10 @@ def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any 
     n = a.sizes[next(iter(a.dims))] if isinstance(a, xr.DataArray) else x.sizes[next(iter(x.dims))]
     for k in range(min(n_figures, n)):
         plots.save(plots.plot_attribution(a, x, sample=k), out_dir / "figures" / f"attribution_{method}_{split}_{k}.png")
+    flat = input_layout(a).template
+    if n_figures > 0 and flat.ndim == 2 and horizontal_dims(flat) is None:  # feature inputs: all samples at once
+        plots.save(plots.plot_feature_attribution(a),
+                   out_dir / "figures" / f"attribution_{method}_{split}_features.png")
     return path
 
 

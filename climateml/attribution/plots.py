@@ -1,5 +1,6 @@
 """Figures of attribution maps and diagnostics: per-channel overlays on the input's map, cluster means,
-importance bars, backwards-optimised inputs.
+importance bars, backwards-optimised inputs, and for feature inputs (sample, feature) bars per feature and
+lines per year.
 
 Attribution is always drawn with a diverging colour scale centred on zero (red raises the target, blue
 lowers it), symmetric about zero at a high percentile of |relevance| so one extreme cell does not wash
@@ -117,7 +118,11 @@ def plot_attribution(attr: xr.DataArray | xr.Dataset, x: xr.DataArray | xr.Datas
     x1 = _sample_sel(xs, sample) if xs is not None else None
     label = a.attrs.get("method", a1.name or "attribution")
     sample_value = a1[a.dims[0]].values if a.dims[0] in a1.coords else sample
-    title = title if title is not None else f"{label}, {a.dims[0]} {sample_value}: {a.attrs.get('target', '')}"
+    # other coordinates along the sample dim (e.g. scenario, year) name a sample better than its position
+    along = [f"{c} {a1[c].values}" for c in a.coords if c != a.dims[0] and a[c].dims == (a.dims[0],)]
+    position = [f"{a.dims[0]} {sample_value}"] if a.dims[0] in a.coords or not along else []
+    sample_label = ", ".join(position + along)
+    title = title if title is not None else f"{label}, {sample_label}: {a.attrs.get('target', '')}"
     hdims = horizontal_dims(a1)
     if hdims is None:
         flat = a1.values.reshape(-1)
@@ -152,6 +157,67 @@ def plot_attribution(attr: xr.DataArray | xr.Dataset, x: xr.DataArray | xr.Datas
                       title=f"attribution {name}" + (" (contours: input)" if inp is not None else ""), boxes=boxes)
     fig.colorbar(im, ax=axes[rows - 1, :].tolist(), shrink=0.8, label="attribution (red raises the target)")
     fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_feature_attribution(attr: xr.DataArray | xr.Dataset, sample_axis: str | None = None, title: str | None = None,
+                             panel_size: tuple[float, float] = (4.2, 2.6), max_cols: int = 3):
+    """The attribution of feature inputs (sample, feature) over all samples: bars of each feature's mean
+    |attribution| (its overall importance), and each feature's attribution along ``sample_axis`` (default the
+    ``year`` coordinate when the samples have one, else the sample dim) over the sum of all features (grey;
+    for integrated gradients and DeepLift it is target(x) - target(baseline)), one panel per ``scenario``
+    when the samples carry one (``max_cols`` panels a row, shared y axis).
+    """
+    a = input_layout(attr).template
+    if a.ndim != 2 or horizontal_dims(a) is not None:
+        raise ValueError(f"plot_feature_attribution needs (sample, feature) attribution, got {tuple(a.dims)}")
+    sdim, fdim = a.dims
+    names = [str(v) for v in a[fdim].values] if fdim in a.coords else [str(i) for i in range(a.sizes[fdim])]
+    along_samples = lambda c: c in a.coords and a[c].dims == (sdim,)  # noqa: E731
+    axis = sample_axis or ("year" if along_samples("year") else sdim)
+    xvals = a[axis].values if axis in a.coords else np.arange(a.sizes[sdim])
+    groups = a["scenario"].values.astype(str) if along_samples("scenario") else np.full(a.sizes[sdim], "")
+    values = a.values
+    label = a.attrs.get("method", a.name or "attribution")
+    meaning = str(a.attrs.get("meaning", ""))
+    units = meaning.rsplit("; ", 1)[-1] if "; " in meaning else ""  # e.g. "target units"
+    ylabel = "attribution" + (f" ({units})" if units else "")
+    title = title if title is not None else f"{label} over {a.sizes[sdim]} samples: {a.attrs.get('target', '')}"
+
+    order = list(dict.fromkeys(groups))
+    ncols = min(max_cols, len(order))
+    nrows = int(np.ceil(len(order) / ncols))
+    bar_width = 0.8  # the bar panel's width in panels
+    fig = plt.figure(figsize=(panel_size[0] * (ncols + bar_width), panel_size[1] * nrows + 1.0),
+                     constrained_layout=True)
+    grid = fig.add_gridspec(nrows, ncols + 1, width_ratios=[bar_width] + [1.0] * ncols)
+    ax0 = fig.add_subplot(grid[:, 0])
+    ax0.bar(range(len(names)), np.nanmean(np.abs(values), axis=0), color=[f"C{j % 10}" for j in range(len(names))])
+    long = len(names) > 4 or max(map(len, names)) > 6
+    ax0.set_xticks(range(len(names)), names, rotation=45 if long else 0, ha="right" if long else "center", fontsize=7)
+    ax0.set_ylabel("mean |attribution|" + (f" ({units})" if units else ""), fontsize=8)
+    ax0.set_title("importance per feature", fontsize=8)
+    ax0.tick_params(labelsize=7)
+    first = None
+    for k, group in enumerate(order):
+        ax = fig.add_subplot(grid[k // ncols, 1 + k % ncols], sharey=first)
+        first = first or ax
+        rows = np.flatnonzero(groups == group)
+        rows = rows[np.argsort(xvals[rows], kind="stable")]
+        ax.plot(xvals[rows], values[rows].sum(axis=1), color="0.7", lw=3.0, label="sum", zorder=1)
+        for j, name in enumerate(names):
+            ax.plot(xvals[rows], values[rows, j], color=f"C{j % 10}", lw=1.2, label=name, zorder=2)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(group or f"per {axis}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if k + ncols >= len(order):  # the lowest panel of its column
+            ax.set_xlabel(axis, fontsize=8)
+        if k % ncols == 0:
+            ax.set_ylabel(ylabel, fontsize=8)
+    handles, labels = first.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="above 0: raises\nthe target",
+               title_fontsize=7)
+    fig.suptitle("\n".join(textwrap.wrap(title, int(40 * (ncols + bar_width)))), fontsize=9)
     return fig
 
 

@@ -27,6 +27,13 @@ SERIES_INPUTS = ("CO2", "CH4")
 MAP_INPUTS = ("SO2", "BC")
 TRAIN_SCENARIOS = ["historical", "ssp126", "ssp370", "ssp585", "hist-GHG", "hist-aer"]
 SECONDS_PER_YEAR = 365.25 * 86400.0
+#: (units, long_name) of the inputs in the published ClimateBench files, used where a file's variable has none
+INPUT_ATTRS = {
+    "CO2": ("GtCO2", "cumulative anthropogenic CO2 emissions since 1850"),
+    "CH4": ("GtCH4 yr-1", "anthropogenic CH4 emissions"),
+    "SO2": ("kg m-2 s-1", "anthropogenic SO2 emission flux"),
+    "BC": ("kg m-2 s-1", "anthropogenic black carbon emission flux"),
+}
 
 
 @dataclass
@@ -147,6 +154,15 @@ class MapReducer:
         if self.method == "global_sum":
             return (total * SECONDS_PER_YEAR / 1e9)[:, None]  # kg s-1 -> Mt yr-1
         return (total / area.sum())[:, None]
+
+    def describe(self, units: str, long_name: str) -> list[tuple[str, str]]:
+        """(units, long_name) of each feature :meth:`transform` makes from maps of ``units`` and ``long_name``."""
+        if self.method == "global_sum":
+            return [("Mt yr-1", f"{long_name}, area-integrated over the globe")]
+        if self.method == "global_mean":
+            return [(units, f"{long_name}, area-weighted global mean")]
+        return [(units, f"{long_name}, principal component {k + 1} (area-weighted EOFs of the training years)")
+                for k in range(self.n_eofs)]
 
     def state_dict(self) -> dict:
         """Plain types and tensors only, so checkpoints load with torch.load(weights_only=True)."""
@@ -324,11 +340,17 @@ class ClimateBenchDataModule(ClimateDataModule):
         x_all = torch.cat([self.features(s) for s in train_names])
         y_all = torch.cat([self.target_tensor(s) for s in train_names])
         x, y = x_all[train_idx], y_all[train_idx]
+        origin_all = self._origins(train_names)
+        self.sample_origin = {"train": {k: v[train_idx.numpy()] for k, v in origin_all.items()},
+                              "test": self._origins(self.test_scenarios),
+                              "predict": self._origins(self.predict_scenarios)}
         if self.val_scenarios:
             x_val = torch.cat([self.features(s) for s in self.val_scenarios])
             y_val = torch.cat([self.target_tensor(s) for s in self.val_scenarios])
+            self.sample_origin["val"] = self._origins(self.val_scenarios)
         else:
             x_val, y_val = x_all[val_idx], y_all[val_idx]
+            self.sample_origin["val"] = {k: v[val_idx.numpy()] for k, v in origin_all.items()}
         self.normalization = Standardization.fit(x, y, len(self.targets))
         self.statistics = {k: getattr(self.normalization, k) for k in ("x_mean", "x_std", "y_mean", "y_std")}
         self.train_dataset = InMemorySamples(x=x.contiguous(), y=y.contiguous())
@@ -337,7 +359,49 @@ class ClimateBenchDataModule(ClimateDataModule):
                                             y=torch.cat([self.target_tensor(s) for s in self.test_scenarios]))
         self.predict_dataset = InMemorySamples(x=torch.cat([self.features(s) for s in self.predict_scenarios]))
 
+    def _origins(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """``scenario`` and ``year`` of every sample of the scenarios ``names``, in the order of their features."""
+        self._load()
+        years = [np.asarray(self.scenarios[s].inputs["time"].values) for s in names]
+        return {"scenario": np.concatenate([np.full(len(y), s, dtype=object) for s, y in zip(names, years)]),
+                "year": np.concatenate(years).astype(np.int64)}
+
     # ---- back to xarray ----
+    def feature_attrs(self) -> list[tuple[str, str]]:
+        """(units, long_name) of every input column, in :attr:`feature_names` order: from the files' variables
+        (the first training scenario), else ClimateBench's; reduced maps say how they were reduced."""
+        self._load()
+        ref = self.scenarios[self.train_scenarios[0]].inputs
+        out = []
+        for v in self.inputs:
+            units = str(ref[v].attrs.get("units", INPUT_ATTRS[v][0]))
+            long_name = str(ref[v].attrs.get("long_name", INPUT_ATTRS[v][1]))
+            out += [(units, long_name)] if v in SERIES_INPUTS else self.reducer.describe(units, long_name)
+        return out
+
+    def inputs_xarray(self, split: str) -> xr.DataArray:
+        """The split's model inputs on (sample, feature) in physical units, exactly the ``x`` the split's loader
+        feeds the model (maps reduced, not standardised), for attribution labelled with the inputs' names.
+
+        ``feature`` holds :attr:`feature_names` (CO2, CH4, SO2 or SO2_eof1 ...), with ``feature_units`` and
+        ``feature_long_name`` beside it; every sample carries its ``scenario`` and ``year`` (plain coordinates,
+        so the array writes to NetCDF as it is; ``.set_index(sample=["scenario", "year"])`` selects by them).
+        ``split``: train, val, test or predict; train and val samples come in their datasets' order (years drawn
+        at random for val unless ``val_scenarios``)."""
+        check_choice("split", split, ("train", "val", "test", "predict"))
+        x = self.dataset(split).tensors["x"]
+        origin = self.sample_origin[split]
+        units, long_names = zip(*self.feature_attrs())
+        return xr.DataArray(
+            x.detach().cpu().numpy().copy(), dims=("sample", "feature"), name="emissions",
+            coords={"feature": ("feature", self.feature_names, {"long_name": "model input"}),
+                    "feature_units": ("feature", list(units)),
+                    "feature_long_name": ("feature", list(long_names)),
+                    "scenario": ("sample", origin["scenario"].astype(str), {"long_name": "scenario"}),
+                    "year": ("sample", origin["year"], {"long_name": "year", "units": "year"})},
+            attrs={"long_name": "model inputs (emissions)",
+                   **({"map_reduction": self.reducer.method} if set(self.inputs) & set(MAP_INPUTS) else {})})
+
     def groups(self, split: str) -> list[str]:
         """The scenarios of the test or predict split, in the order their samples come."""
         if split == "test":
