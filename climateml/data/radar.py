@@ -342,6 +342,15 @@ class RadarReader:
                     handle.close()
             self._handles, self._pid = OrderedDict(), os.getpid()
 
+    def __del__(self):
+        # netCDF4 closes a file when its Dataset is deallocated, and the garbage collector may do that in any
+        # thread, outside the lock, while another thread reads (a crash in HDF5). A dropped reader's open files
+        # are therefore handed to the next read, which closes them under the lock.
+        handles = self.__dict__.get("_handles")
+        if handles and self.__dict__.get("_pid") == os.getpid() and _UNCLOSED is not None:  # None: interpreter exit
+            _UNCLOSED.extend(handles.values())
+            handles.clear()
+
     def __getstate__(self):
         return {**self.__dict__, "_handles": OrderedDict(), "_pid": None, "_cache": OrderedDict(), "_cached_bytes": 0}
 
@@ -352,6 +361,8 @@ class RadarReader:
         (dask's threaded scheduler): file access and the cache's bookkeeping take one lock in turn."""
         frame = int(frame)
         with _FILE_LOCK:
+            while _UNCLOSED:
+                _UNCLOSED.pop().close()
             if self.cache_bytes <= 0:
                 return self._read_file(frame, rows, cols)
             full = self._cache.get(frame)
@@ -431,6 +442,7 @@ class RadarReader:
 
 
 _INHERITED: list = []  # handles a forked process inherited: kept referenced so they are never closed there
+_UNCLOSED: list = []  # open files of readers that were dropped, closed by the next read (under the lock)
 
 
 def open_radar(
