@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +12,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("nbformat")
+pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("captum")
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel  # noqa: E402
+from notebook_runner import committed_code_cells, run_notebook, tagged_text  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_clever_hans_attribution.ipynb"
 SAMPLES, EPOCHS, N_ATTRIBUTION, FIDELITY_SAMPLES = 600, 8, 100, 8000
@@ -29,47 +27,6 @@ SETTINGS = ("CLIMATEML_CH_SAMPLES", "CLIMATEML_CH_EPOCHS", "CLIMATEML_CH_ATTRIBU
             "CLIMATEML_CH_OUT", "CLIMATEML_CH_THREADS")
 
 
-def _kernel_python() -> str | None:
-    """The interpreter the 'python3' kernelspec starts (jupyter_client runs a bare 'python' as sys.executable)."""
-    try:
-        argv = KernelSpecManager().get_kernel_spec("python3").argv
-    except NoSuchKernel:
-        return None
-    bare = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
-    return sys.executable if argv[0] in bare else argv[0]
-
-
-def _runs_this_environment(python: str | None) -> bool:
-    """Whether ``python`` has this interpreter's sys.prefix (a venv's python is a symlink, so paths would not tell)."""
-    if python is None:
-        return False
-    try:
-        out = subprocess.run([python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True,
-                             timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and out.stdout.strip() == sys.prefix
-
-
-def _use_this_python_as_kernel(tmp_path: Path, monkeypatch) -> None:
-    """Make 'python3' start this interpreter (which has climateml): a private kernelspec first on JUPYTER_PATH."""
-    if _runs_this_environment(_kernel_python()):
-        return
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (climateml tests)", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    assert _runs_this_environment(_kernel_python()), "could not point the python3 kernel at this interpreter"
-
-
-def _tagged_text(nb, tag: str) -> str:
-    cells = [c for c in nb.cells if tag in c.metadata.get("tags", [])]
-    assert len(cells) == 1, f"expected one cell tagged {tag!r}"
-    return "".join(o.get("text", "") for o in cells[0].outputs if o.output_type == "stream" and o.name == "stdout")
-
-
 def _table(text: str) -> pd.DataFrame:
     """A DataFrame printed with to_string() (row labels without spaces), possibly after lines of prose."""
     lines = text.strip("\n").splitlines()
@@ -78,12 +35,7 @@ def _table(text: str) -> pd.DataFrame:
 
 
 def test_committed_notebook_is_valid_and_has_no_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(nb)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code, "the notebook has no code cells"
-    for cell in code:
-        assert cell.outputs == [] and cell.execution_count is None, f"cell {cell.id} was committed with outputs"
+    code = committed_code_cells(NOTEBOOK)
     source = "\n".join(c.source for c in code)
     for name in SETTINGS:
         assert name in source, f"the settings cell does not read {name}"
@@ -97,42 +49,32 @@ def test_committed_notebook_is_valid_and_has_no_outputs():
 
 def test_clever_hans_notebook_runs_on_small_data(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    for name, value in {"CLIMATEML_CH_SAMPLES": SAMPLES, "CLIMATEML_CH_EPOCHS": EPOCHS,
-                        "CLIMATEML_CH_ATTRIBUTION": N_ATTRIBUTION, "CLIMATEML_CH_FIDELITY_SAMPLES": FIDELITY_SAMPLES,
-                        "CLIMATEML_CH_OUT": out, "CLIMATEML_CH_THREADS": 1, "MPLBACKEND": "Agg"}.items():
-        monkeypatch.setenv(name, str(value))
-    _use_this_python_as_kernel(tmp_path, monkeypatch)
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute()  # raises CellExecutionError, with the traceback, if a cell fails
-
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors, errors
-    assert all(c.execution_count for c in nb.cells if c.cell_type == "code"), "a code cell did not run"
+    settings = {"CLIMATEML_CH_SAMPLES": SAMPLES, "CLIMATEML_CH_EPOCHS": EPOCHS,
+                "CLIMATEML_CH_ATTRIBUTION": N_ATTRIBUTION, "CLIMATEML_CH_FIDELITY_SAMPLES": FIDELITY_SAMPLES,
+                "CLIMATEML_CH_OUT": out, "CLIMATEML_CH_THREADS": 1, "MPLBACKEND": "Agg"}
+    nb = run_notebook(NOTEBOOK, settings, tmp_path, monkeypatch)
 
     # the confounded model beats the clean one on validation data (the cue is there) and fails on test data
-    skill = _table(_tagged_text(nb, "skill"))
+    skill = _table(tagged_text(nb, "skill"))
     assert list(skill.index) == ["confounded", "clean"] and list(skill) == ["r2_train", "r2_val", "r2_test"]
     assert skill.loc["confounded", "r2_val"] > 0.85 and skill.loc["confounded", "r2_val"] > skill.loc["clean", "r2_val"]
     assert skill.loc["clean", "r2_test"] > 0.4
     assert skill.loc["confounded", "r2_test"] < skill.loc["clean", "r2_test"] - 0.5
 
     # attribution maps keep the input's variables, dims and coordinates
-    coords = _tagged_text(nb, "coords")
+    coords = tagged_text(nb, "coords")
     assert "same variables, dims and coordinates as the input: True" in coords
     assert f"sizes: {{'sample': {N_ATTRIBUTION}, 'lat': 16, 'lon': 24}}" in coords
 
     # relevance mass on the cue: the confounded model's is several times the clean model's for every method
     # that attributes per variable (Grad-CAM draws one map for all variables, so it cannot single out the cue)
-    mass = _table(_tagged_text(nb, "relevance_mass"))
+    mass = _table(tagged_text(nb, "relevance_mass"))
     assert list(mass.index) == METHODS and list(mass) == ["confounded", "clean", "ratio"]
     assert mass.loc["integrated_gradients", "confounded"] >= 2.5 * mass.loc["integrated_gradients", "clean"]
     for method in ("input_x_gradient", "deeplift", "gradient_shap", "occlusion", "saliency"):
         assert mass.loc[method, "confounded"] >= 2 * mass.loc[method, "clean"], method
     np.testing.assert_allclose(mass["ratio"], mass["confounded"] / mass["clean"], rtol=0.02)
-    detail = _table(_tagged_text(nb, "relevance_ig"))
+    detail = _table(tagged_text(nb, "relevance_ig"))
     assert list(detail) == ["mass_cue", "mass_cue_oriented", "rank_cue", "mass_signal_region"]
     assert detail.loc["confounded", "mass_cue"] == pytest.approx(mass.loc["integrated_gradients", "confounded"],
                                                                 abs=1e-3)
@@ -141,7 +83,7 @@ def test_clever_hans_notebook_runs_on_small_data(tmp_path, monkeypatch):
     assert detail.loc["clean", "mass_signal_region"] > 2 * detail.loc["confounded", "mass_signal_region"]
 
     # ablating the cue ruins the confounded model's skill; the clean model's stays within noise
-    abl = _table(_tagged_text(nb, "ablation"))
+    abl = _table(tagged_text(nb, "ablation"))
     assert list(abl) == ["skill", "skill_cue_climatology", "skill_cue_shuffled", "shuffle_std", "skill_drop"]
     np.testing.assert_allclose(abl["skill"], skill["r2_val"], atol=2e-3)
     assert abl.loc["confounded", "skill_drop"] > 0.5
@@ -151,20 +93,20 @@ def test_clever_hans_notebook_runs_on_small_data(tmp_path, monkeypatch):
     assert abs(abl.loc["clean", "skill_cue_shuffled"] - abl.loc["clean", "skill"]) < 0.05
 
     # permutation importance: station density for the confounded model, temperature for the clean one
-    imp = _table(_tagged_text(nb, "importance"))
+    imp = _table(tagged_text(nb, "importance"))
     assert list(imp.index) == ["tas", "psl", "station_density"] and list(imp) == ["confounded", "clean"]
     assert imp.loc["station_density", "confounded"] > 0.5 and abs(imp.loc["station_density", "clean"]) < 0.05
     assert imp["confounded"].idxmax() == "station_density" and imp["clean"].idxmax() == "tas"
 
     # SpRAy: every explained sample in exactly one cluster
-    found = re.findall(r"^(\w+): (\d+) clusters, members \[([\d, ]+)\]", _tagged_text(nb, "spray"), re.M)
+    found = re.findall(r"^(\w+): (\d+) clusters, members \[([\d, ]+)\]", tagged_text(nb, "spray"), re.M)
     assert [twin for twin, _, _ in found] == ["confounded", "clean"]
     for twin, n, members in found:
         counts = [int(v) for v in members.split(",")]
         assert len(counts) == int(n) >= 1 and sum(counts) == N_ATTRIBUTION, twin
 
     # fidelity: integrated gradients and input x gradient follow the ground truth, the plain gradient does not
-    fid = _table(_tagged_text(nb, "fidelity"))
+    fid = _table(tagged_text(nb, "fidelity"))
     assert {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad"} <= set(fid.index)
     assert fid.loc["integrated_gradients", "correlation"] >= 0.75
     assert fid.loc["input_x_gradient", "correlation"] >= 0.75
@@ -176,7 +118,7 @@ def test_clever_hans_notebook_runs_on_small_data(tmp_path, monkeypatch):
     assert (out / "fidelity" / "figures" / "fidelity_correlation.png").exists()
 
     # the NetCDF file: maps, inputs and clusters of both models on the data's own grid
-    assert "read back identical: True" in _tagged_text(nb, "netcdf")
+    assert "read back identical: True" in tagged_text(nb, "netcdf")
     with xr.open_dataset(out / "clever_hans_attribution.nc") as ds:
         for v in ("tas", "psl", "station_density"):
             assert ds[f"attribution_{v}"].dims == ("model", "sample", "lat", "lon"), v

@@ -113,6 +113,87 @@ def test_plateau_schedule_works_with_validation_every_n_steps(short_series, tmp_
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 / 2 ** 4)
 
 
+# ---- the plateau schedule's counters travel in the checkpoint: a resumed run carries on with the interrupted
+# run's counts instead of restarting them at 0
+RESUME_PLATEAU = {"lr_scheduler": "plateau", "lr_scheduler_options": {"patience": 0, "factor": 0.5, "threshold": 10.0}}
+
+
+class SaveAtStep(L.Callback):
+    """Saves a checkpoint at the end of optimiser step ``step`` (mid-epoch, as ResumeCheckpoint does) and notes
+    the module's plateau counters at that moment."""
+
+    def __init__(self, step: int, path: Path):
+        self.step, self.path, self.counters = step, path, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            self.counters = (pl_module._validations, pl_module._plateau_steps)
+
+
+def _setup_plateau(data_dir: Path, callbacks: list, val_every: int = 5, max_steps: int = 20):
+    """A tiny plateau-scheduled emulator on ``data_dir`` (batches of 8: 9 optimiser steps per epoch of 69 years)."""
+    config = load_config(CONFIG)
+    L.seed_everything(0)
+    dm = instantiate(config["data"], data_dir=str(data_dir), train_scenarios=["ssp370"], test_scenarios=["ssp245"],
+                     synthesize_if_missing=False, batch_size=8)
+    model = TemperatureEmulator(dm.spec, hidden_sizes=[8], **RESUME_PLATEAU)
+    trainer = build_trainer(config, logger=False, callbacks=callbacks, enable_checkpointing=False,
+                            max_steps=max_steps, val_check_interval=val_every, check_val_every_n_epoch=None,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    return dm, model, trainer
+
+
+def test_resumed_run_restores_the_plateau_counters(short_series, tmp_path, one_thread):
+    """Epochs of p steps, validation every 5 steps, a checkpoint one step after the first validation (mid-epoch, as
+    ResumeCheckpoint writes it), so it holds a validation the schedule has not yet stepped for. A fresh module
+    resumed from it through ``trainer.fit(ckpt_path=...)`` starts with the saved counters and ends with those of
+    the uninterrupted run (restarted at 0 they would lag it by the validations before the checkpoint)."""
+    dm, _, _ = _setup_plateau(short_series, [])
+    dm.setup("fit")
+    assert len(dm.train_dataloader()) > 6, "the checkpoint must fall inside the first epoch, before its last step"
+    val_every, max_steps = 5, 20
+
+    save = SaveAtStep(val_every + 1, tmp_path / "mid.ckpt")
+    dm, model, trainer = _setup_plateau(short_series, [save], val_every, max_steps)
+    trainer.fit(model, dm)
+    assert save.counters == (1, 0), "the checkpoint must hold a validation the schedule has not stepped for yet"
+    full_counters = (model._validations, model._plateau_steps)
+    assert full_counters[0] == max_steps // val_every
+
+    checkpoint = torch.load(save.path, map_location="cpu", weights_only=True)
+    assert checkpoint[TemperatureEmulator.PLATEAU_COUNTERS_KEY] == {"validations": 1, "plateau_steps": 0}
+
+    restored = {}
+
+    class Spy(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            restored["counters"] = (pl_module._validations, pl_module._plateau_steps)
+
+    dm, resumed, trainer = _setup_plateau(short_series, [Spy()], val_every, max_steps)
+    trainer.fit(resumed, dm, ckpt_path=str(save.path))
+    assert trainer.global_step == max_steps
+    assert restored["counters"] == save.counters
+    assert (resumed._validations, resumed._plateau_steps) == full_counters
+
+
+def test_plateau_counters_round_trip_and_old_checkpoints_start_at_zero(short_series):
+    config = load_config(CONFIG)
+    dm = instantiate(config["data"], data_dir=str(short_series), train_scenarios=["ssp370"], test_scenarios=["ssp245"],
+                     synthesize_if_missing=False)
+    saved = TemperatureEmulator(dm.spec, hidden_sizes=[8], **RESUME_PLATEAU)
+    saved._validations, saved._plateau_steps = 7, 5
+    checkpoint: dict = {}
+    saved.on_save_checkpoint(checkpoint)
+
+    fresh = TemperatureEmulator(dm.spec, hidden_sizes=[8], **RESUME_PLATEAU)
+    fresh.on_load_checkpoint(checkpoint)
+    assert (fresh._validations, fresh._plateau_steps) == (7, 5)
+
+    fresh.on_load_checkpoint({})  # written before the counters were saved
+    assert (fresh._validations, fresh._plateau_steps) == (0, 0)
+
+
 # ================================================================ 2. maps a scientist would publish
 
 def _tick_labels(ax, draw: bool = True) -> tuple[list[str], list[str]]:

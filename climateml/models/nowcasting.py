@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
+from climateml.callbacks import TorchThreads  # noqa: F401  (moved; old configs name it here)
 from climateml.data.radar import RainTransform
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 from climateml.models.base import ClimateTask
@@ -44,25 +44,6 @@ def soft_csi(pred_event: torch.Tensor, obs_event: torch.Tensor, valid: torch.Ten
     p, o = pred_event * valid, obs_event * valid
     hits = (p * o).sum()
     return hits / (p.sum() + o.sum() - hits).clamp(min=1e-6)
-
-
-class TorchThreads(L.Callback):
-    """Sets torch's CPU threads for the run (``threads`` > 0; 0 leaves torch's default, one per core).
-
-    On a small machine shared with other jobs, one thread is much faster than two: torch's threads wait
-    for each other at every operation, and a descheduled one stalls the rest (measured on the 2-core
-    development machine under a load of 9: 0.3 s against 5 s per training step of the default U-Net).
-    """
-
-    def __init__(self, threads: int = 1):
-        super().__init__()
-        if threads < 0:
-            raise ConfigError(f"TorchThreads.threads must be >= 0, got {threads}")
-        self.threads = int(threads)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.threads > 0:
-            torch.set_num_threads(self.threads)
 
 
 class NowcastModel(ClimateTask):

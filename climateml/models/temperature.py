@@ -229,3 +229,19 @@ class TemperatureEmulator(ClimateTask):
                 return
             self._plateau_steps = self._validations
         super().lr_scheduler_step(scheduler, metric)
+
+    # the plateau counters travel in the checkpoint: a resumed run (the CLI resumes from one) carries on with the
+    # interrupted run's counts, including a validation saved before the schedule had stepped for it
+    PLATEAU_COUNTERS_KEY = "temperature_plateau_counters"
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[self.PLATEAU_COUNTERS_KEY] = {"validations": int(self._validations),
+                                                 "plateau_steps": int(self._plateau_steps)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the plateau counters; a checkpoint written before they were saved starts them at 0."""
+        super().on_load_checkpoint(checkpoint)
+        counters = checkpoint.get(self.PLATEAU_COUNTERS_KEY) or {}
+        self._validations = int(counters.get("validations", 0))
+        self._plateau_steps = int(counters.get("plateau_steps", 0))
