@@ -196,59 +196,58 @@ class ClimateCLI(LightningCLI):
         self._finish_run()
 
 
+def _synth_parser(layout: str, description: str, grid: tuple[str, int, str, int]) -> argparse.ArgumentParser:
+    """A layout's argument parser with the options every generator shares: --out, --seed and the grid size
+    (``grid``: the two dimension names and their default sizes)."""
+    parser = argparse.ArgumentParser(prog=f"climateml synth {layout}", description=description)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same files)")
+    for name, size in (grid[:2], grid[2:]):
+        parser.add_argument(f"--{name}", type=int, default=size, help=f"grid size along {name[1:]} (default {size})")
+    return parser
+
+
+def _wrote(paths: list, out: str) -> int:
+    print(f"wrote {len(paths)} files to {out}")
+    return 0
+
+
 def _synth_climatebench(argv: list[str]) -> int:
     from climateml.data.synthetic import Grid, generate_climatebench
     from climateml.data.synthetic.climatebench import SCENARIOS
 
-    parser = argparse.ArgumentParser(prog="climateml synth climatebench",
-                                     description="Write sample data in the ClimateBench layout.")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = _synth_parser("climatebench", "Write sample data in the ClimateBench layout.", ("nlat", 96, "nlon", 144))
     parser.add_argument("--format", choices=["netcdf", "zarr"], default="netcdf")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--members", type=int, default=None, help="members per scenario (default: as ClimateBench)")
-    parser.add_argument("--nlat", type=int, default=96)
-    parser.add_argument("--nlon", type=int, default=144)
     args = parser.parse_args(argv)
-    paths = generate_climatebench(args.out, args.scenarios, Grid(args.nlat, args.nlon), args.seed, args.format, args.members)
-    print(f"wrote {len(paths)} files to {args.out}")
-    return 0
+    return _wrote(generate_climatebench(args.out, args.scenarios, Grid(args.nlat, args.nlon), args.seed, args.format,
+                                        args.members), args.out)
 
 
 def _synth_climatenet(argv: list[str]) -> int:
     from climateml.data.synthetic import generate_climatenet
 
-    parser = argparse.ArgumentParser(prog="climateml synth climatenet",
-                                     description="Write sample data in the ClimateNet layout (data-YYYY-MM-DD-01-1_N.nc).")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser = _synth_parser("climatenet", "Write sample data in the ClimateNet layout (data-YYYY-MM-DD-01-1_N.nc).",
+                           ("nlat", 96, "nlon", 144))
     parser.add_argument("--n", type=int, default=20, help="number of dates (snapshots)")
-    parser.add_argument("--nlat", type=int, default=96)
-    parser.add_argument("--nlon", type=int, default=144)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--double-labelled", type=int, default=3, help="dates with a second expert labelling")
     args = parser.parse_args(argv)
-    paths = generate_climatenet(args.out, n_dates=args.n, nlat=args.nlat, nlon=args.nlon, seed=args.seed,
-                                n_double_labelled=min(args.double_labelled, args.n))
-    print(f"wrote {len(paths)} files to {args.out}")
-    return 0
+    return _wrote(generate_climatenet(args.out, n_dates=args.n, nlat=args.nlat, nlon=args.nlon, seed=args.seed,
+                                      n_double_labelled=min(args.double_labelled, args.n)), args.out)
 
 
 def _synth_nowcasting(argv: list[str]) -> int:
     from climateml.data.synthetic.radar import generate_radar
 
-    parser = argparse.ArgumentParser(prog="climateml synth nowcasting",
-                                     description="Write sample radar frames, one CF NetCDF file per frame.")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--n-frames", type=int, default=1152, help="frames at the time step; the default, 4 days at 5 min, fits the periods of configs/nowcasting.yaml")
-    parser.add_argument("--ny", type=int, default=64)
-    parser.add_argument("--nx", type=int, default=64)
+    parser = _synth_parser("nowcasting", "Write sample radar frames, one CF NetCDF file per frame.",
+                           ("ny", 64, "nx", 64))
+    parser.add_argument("--n-frames", type=int, default=1152, help="frames at the time step; the default, 4 days at "
+                        "5 min, fits the periods of configs/nowcasting.yaml")
     parser.add_argument("--timestep-minutes", type=float, default=5.0)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    paths = generate_radar(args.out, n_frames=args.n_frames, ny=args.ny, nx=args.nx,
-                           timestep_minutes=args.timestep_minutes, seed=args.seed)
-    print(f"wrote {len(paths)} files to {args.out}")
-    return 0
+    return _wrote(generate_radar(args.out, n_frames=args.n_frames, ny=args.ny, nx=args.nx,
+                                 timestep_minutes=args.timestep_minutes, seed=args.seed), args.out)
 
 
 def _synth_confounded(argv: list[str]) -> int:
