@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,8 +121,38 @@ def test_reader_is_safe_from_many_threads(archive):
         for k, frame in zip(order, frames):
             np.testing.assert_array_equal(frame, reference[k])
         assert len(shared._handles) == 1 and shared._cached_bytes <= shared.cache_bytes
+        with ThreadPoolExecutor(4) as pool:  # opening an archive (reading every file's header) while others read
+            work = [(lambda: len(RadarReader(out, "precipitation_amount"))) if i % 50 == 0 else
+                    (lambda k=int(k): float(np.nansum(shared.read(k)))) for i, k in enumerate(order[:300])]
+            done = list(pool.map(lambda f: f(), work))
+        assert done[0] == 58 and done[1] == pytest.approx(float(np.nansum(reference[order[1]])))
     lazy = open_radar(out, "precipitation_amount").chunk({"time": 1})
     np.testing.assert_array_equal(lazy.compute(scheduler="threads", num_workers=8).values, reference)
+
+
+def _open_files_under(folder) -> int:
+    fds = Path("/proc/self/fd")
+    return sum(str(os.path.realpath(fd)).startswith(str(folder)) for fd in fds.iterdir()) if fds.exists() else 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts open files through /proc")
+def test_dropped_reader_closes_its_files(tmp_path):
+    """A reader that is dropped closes its open files at once (not at some later read), so the archive's
+    files can be rewritten or deleted; a reader closed explicitly too."""
+    paths = generate_radar(tmp_path, n_frames=6, ny=8, nx=8, missing=(), progress=False)
+    before = _open_files_under(tmp_path)
+    reader = RadarReader(tmp_path, "precipitation_amount")
+    reader.read_frames(range(6))
+    assert _open_files_under(tmp_path) - before == 6
+    del reader
+    gc.collect()
+    assert _open_files_under(tmp_path) == before
+    rain = open_radar(tmp_path, "precipitation_amount")
+    rain.values  # reads every frame through a reader held by the dask graph
+    del rain
+    gc.collect()
+    assert _open_files_under(tmp_path) == before
+    xr.Dataset({"x": ("t", [1.0])}).to_netcdf(paths[0], mode="w")  # the file can be replaced
 
 
 def _single_file(tmp_path, values, attrs, name="rain", times=None, suffix=".nc", **extra):

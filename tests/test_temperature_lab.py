@@ -19,6 +19,7 @@ import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from climateml import plotting  # noqa: E402
+from climateml.callbacks import ResumedSchedules  # noqa: E402
 from climateml.cli import main  # noqa: E402
 from climateml.config import build_trainer, instantiate, load_config  # noqa: E402
 from climateml.data import ClimateBenchDataModule, DataError  # noqa: E402
@@ -131,13 +132,13 @@ class SaveAtStep(L.Callback):
             self.counters = (pl_module._validations, pl_module._plateau_steps)
 
 
-def _setup_plateau(data_dir: Path, callbacks: list, val_every: int = 5, max_steps: int = 20):
+def _setup_plateau(data_dir: Path, callbacks: list, val_every: int = 5, max_steps: int = 20, schedule=None):
     """A tiny plateau-scheduled emulator on ``data_dir`` (batches of 8: 9 optimiser steps per epoch of 69 years)."""
     config = load_config(CONFIG)
     L.seed_everything(0)
     dm = instantiate(config["data"], data_dir=str(data_dir), train_scenarios=["ssp370"], test_scenarios=["ssp245"],
                      synthesize_if_missing=False, batch_size=8)
-    model = TemperatureEmulator(dm.spec, hidden_sizes=[8], **RESUME_PLATEAU)
+    model = TemperatureEmulator(dm.spec, hidden_sizes=[8], **(schedule or RESUME_PLATEAU))
     trainer = build_trainer(config, logger=False, callbacks=callbacks, enable_checkpointing=False,
                             max_steps=max_steps, val_check_interval=val_every, check_val_every_n_epoch=None,
                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
@@ -160,9 +161,11 @@ def test_resumed_run_restores_the_plateau_counters(short_series, tmp_path, one_t
     assert save.counters == (1, 0), "the checkpoint must hold a validation the schedule has not stepped for yet"
     full_counters = (model._validations, model._plateau_steps)
     assert full_counters[0] == max_steps // val_every
+    full_lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     checkpoint = torch.load(save.path, map_location="cpu", weights_only=True)
     assert checkpoint[TemperatureEmulator.PLATEAU_COUNTERS_KEY] == {"validations": 1, "plateau_steps": 0}
+    assert set(checkpoint[ResumedSchedules.KEY]) == {"val_loss"}
 
     restored = {}
 
@@ -175,6 +178,25 @@ def test_resumed_run_restores_the_plateau_counters(short_series, tmp_path, one_t
     assert trainer.global_step == max_steps
     assert restored["counters"] == save.counters
     assert (resumed._validations, resumed._plateau_steps) == full_counters
+    # the schedule itself: the resumed run steps for the validation saved in the checkpoint, as the full run did
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(full_lr)
+    assert full_lr < model.hparams.lr, "the schedule must have reduced the rate for the test to mean anything"
+
+
+def test_resumed_run_keeps_an_epoch_schedule_on_course(short_series, tmp_path, one_thread):
+    """A step schedule (halve the rate every epoch), a checkpoint mid-way through the first epoch: Lightning
+    updates non-plateau schedules itself at the end of a resumed epoch, so ResumedSchedules, which catches up
+    the plateau update Lightning skips there, must not step them a second time."""
+    schedule = {"lr_scheduler": "step", "lr_scheduler_options": {"step_size": 1, "gamma": 0.5}}
+    save = SaveAtStep(4, tmp_path / "mid.ckpt")
+    dm, model, trainer = _setup_plateau(short_series, [save], 5, 20, schedule)
+    trainer.fit(model, dm)
+    full_lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert full_lr == pytest.approx(model.hparams.lr * 0.25)  # two epoch ends within 20 steps of 9 per epoch
+    dm, resumed, trainer = _setup_plateau(short_series, [], 5, 20, schedule)
+    trainer.fit(resumed, dm, ckpt_path=str(save.path))
+    assert trainer.global_step == 20
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(full_lr)
 
 
 def test_plateau_counters_round_trip_and_old_checkpoints_start_at_zero(short_series):
@@ -343,6 +365,38 @@ def test_training_metrics_are_the_epochs_area_weighted_scores(small_climatebench
     expected_rmse = torch.sqrt((err2 @ (w / w.sum())).mean()).item()
     assert trainer.callback_metrics["train_rmse_tas"].item() == pytest.approx(expected_rmse, rel=1e-4)
     assert trainer.callback_metrics["train_loss"].item() == pytest.approx(std_err2.mean().item(), rel=1e-4)
+
+
+def test_training_metrics_stay_exact_under_mixed_precision(small_climatebench, one_thread):
+    """Under bf16 autocast the epoch sums must not be computed in bf16: the logged train_loss is the
+    sample-weighted mean of the losses the steps returned, and a target with a tiny variance (pr, ~1e-10
+    (kg m-2 s-1)^2) still gets its RMSE."""
+
+    class StepLosses(L.Callback):
+        total, samples = 0.0, 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.total += float(loss) * len(batch["x"])
+            self.samples += len(batch["x"])
+
+    L.seed_everything(0)
+    dm = ClimateBenchDataModule(str(small_climatebench), batch_size=7, target=["tas", "pr"])
+    model = TemperatureEmulator(dm.spec, hidden_sizes=[8], optimizer="sgd", lr=1e-12)
+    steps = StepLosses()
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        precision="bf16-mixed", callbacks=[steps])
+    trainer.fit(model, dm)
+    logged = trainer.callback_metrics
+    assert logged["train_loss"].item() == pytest.approx(steps.total / steps.samples, rel=1e-5)
+    x, y = dm.train_dataset.tensors["x"], dm.train_dataset.tensors["y"]
+    with torch.no_grad():
+        err2 = ((model(x) - y).double() ** 2).view(len(x), 2, -1)[:, 1]  # pr, in fp32 outside autocast
+    lat = dm.truth("test")["ssp245"]["lat"].values
+    w = torch.as_tensor(np.cos(np.deg2rad(lat)))[:, None].expand(8, 12).reshape(-1)
+    expected_pr = torch.sqrt((err2 @ (w / w.sum())).mean()).item()
+    assert logged["train_rmse_pr"].item() == pytest.approx(expected_pr, rel=0.03)  # bf16 forward, fp32 sums
 
 
 # ================================================================ 5. bad input: one clear line

@@ -142,7 +142,7 @@ def _netcdf_header(path: Path) -> dict:
         open_dataset(path)  # raises its clear DataError
     try:
         header = {}
-        with netCDF4.Dataset(path, "r") as nc:
+        with _FILE_LOCK, netCDF4.Dataset(path, "r") as nc:  # HDF5 is not thread-safe: see RadarReader.read
             for name, var in nc.variables.items():
                 attrs = {k: var.getncattr(k) for k in var.ncattrs()}
                 values = None
@@ -338,18 +338,27 @@ class RadarReader:
         """Close this process's open files (they are reopened on the next read); the frame cache stays."""
         with _FILE_LOCK:
             if self._pid == os.getpid():
-                for handle in self._handles.values():
-                    handle.close()
+                _close_all(list(self._handles.values()))
             self._handles, self._pid = OrderedDict(), os.getpid()
+            _close_unclosed()
 
     def __del__(self):
         # netCDF4 closes a file when its Dataset is deallocated, and the garbage collector may do that in any
         # thread, outside the lock, while another thread reads (a crash in HDF5). A dropped reader's open files
         # are therefore handed to the next read, which closes them under the lock.
         handles = self.__dict__.get("_handles")
-        if handles and self.__dict__.get("_pid") == os.getpid() and _UNCLOSED is not None:  # None: interpreter exit
-            _UNCLOSED.extend(handles.values())
-            handles.clear()
+        if not handles or _UNCLOSED is None:  # nothing open, or the interpreter is exiting
+            return
+        if self.__dict__.get("_pid") != os.getpid():  # a forked worker's inherited handles: never closed here
+            _INHERITED.append(dict(handles))
+        elif _FILE_LOCK.acquire(blocking=False):  # no read under way (in this thread or another): close now
+            try:
+                _close_all(list(handles.values()))
+            finally:
+                _FILE_LOCK.release()
+        else:
+            _UNCLOSED.extend((os.getpid(), h) for h in handles.values())
+        handles.clear()
 
     def __getstate__(self):
         return {**self.__dict__, "_handles": OrderedDict(), "_pid": None, "_cache": OrderedDict(), "_cached_bytes": 0}
@@ -361,8 +370,8 @@ class RadarReader:
         (dask's threaded scheduler): file access and the cache's bookkeeping take one lock in turn."""
         frame = int(frame)
         with _FILE_LOCK:
-            while _UNCLOSED:
-                _UNCLOSED.pop().close()
+            if _UNCLOSED:
+                _close_unclosed()
             if self.cache_bytes <= 0:
                 return self._read_file(frame, rows, cols)
             full = self._cache.get(frame)
@@ -442,7 +451,26 @@ class RadarReader:
 
 
 _INHERITED: list = []  # handles a forked process inherited: kept referenced so they are never closed there
-_UNCLOSED: list = []  # open files of readers that were dropped, closed by the next read (under the lock)
+_UNCLOSED: list = []  # (pid, handle): open files of readers dropped during a read, closed by the next read
+
+
+def _close_all(handles) -> None:
+    """Close files, ignoring a failure to close one (a file of a dropped reader must not fail another read)."""
+    for handle in handles:
+        try:
+            handle.close()
+        except Exception:  # noqa: BLE001 (already closed, or its file is gone: nothing left to release)
+            pass
+
+
+def _close_unclosed() -> None:
+    """Close this process's files of dropped readers (the caller holds the lock); a forked process keeps its
+    parent's."""
+    pid = os.getpid()
+    mine = [h for p, h in _UNCLOSED if p == pid]
+    _INHERITED.extend(h for p, h in _UNCLOSED if p != pid)
+    _UNCLOSED.clear()
+    _close_all(mine)
 
 
 def open_radar(

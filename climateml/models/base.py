@@ -16,6 +16,7 @@ import lightning as L
 import torch
 import torchmetrics
 
+from climateml.callbacks import ResumedSchedules
 from climateml.data.base import DataSpec
 from climateml.errors import ConfigError, check_choice, check_positive
 
@@ -125,6 +126,11 @@ class ClimateTask(L.LightningModule):
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         return self(batch["x"])
+
+    def configure_callbacks(self):
+        """Callbacks every task needs whatever the config says: learning-rate schedules that stay on course
+        across a resume (see :class:`climateml.callbacks.ResumedSchedules`)."""
+        return [ResumedSchedules()]
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -112,16 +112,16 @@ class TemperatureEmulator(ClimateTask):
         self.__dict__["_scaling"] = scaling if self.training else None
         return scaling
 
-    def _epoch_matrix(self) -> torch.Tensor:
+    def _epoch_matrix(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(n_outputs, n_targets + 1): column t holds target t's area weights times its variance (zero elsewhere),
         the last column 1 / n_outputs. The batch's column sums of squared standardised errors times this matrix
         give, in one small product, each target's area-weighted squared error in physical units (K^2; sum_c w_c
         (r_c s_c)^2 = sum_c r_c^2 (w_c s_c^2)) and the loss times the batch size."""
         cached = self.__dict__.get("_matrix")
-        if cached is not None and cached.device == self.y_std.device:
+        if cached is not None and cached.device == self.y_std.device and cached.dtype == dtype:
             return cached
         n_t = len(self.spec.outputs)
-        weights = (self.cell_weights * self.y_std.view(n_t, -1) ** 2)  # (n_t, cells)
+        weights = (self.cell_weights.to(dtype) * self.y_std.to(dtype).view(n_t, -1) ** 2)  # (n_t, cells)
         cells = weights.shape[1]
         matrix = torch.zeros(n_t * cells, n_t + 1, dtype=weights.dtype, device=weights.device)
         for t in range(n_t):
@@ -167,8 +167,13 @@ class TemperatureEmulator(ClimateTask):
         squared = nn.functional.mse_loss(out, target, reduction="none")  # (batch, n_outputs), one fused pass
         # the mean, as sum / count: the backward of a sum is a free broadcast, that of a mean a full-size division
         loss = squared.sum() * (1.0 / squared.numel())
-        with torch.no_grad():  # the epoch's sums from the same squared errors: one pass and one small product
-            self.train_sums[:-1] += squared.detach().sum(0) @ self._epoch_matrix()
+        # the epoch's sums from the same squared errors: one pass and one small product, in full precision also
+        # under mixed precision (autocast would run the product in bf16/fp16, where a small variance underflows)
+        with torch.no_grad(), torch.autocast(squared.device.type, enabled=False):
+            sq = squared.detach()
+            if sq.dtype in (torch.float16, torch.bfloat16):
+                sq = sq.float()
+            self.train_sums[:-1] += sq.sum(0) @ self._epoch_matrix(sq.dtype)
             self.train_sums[-1] += len(squared)
         return loss
 
@@ -231,7 +236,8 @@ class TemperatureEmulator(ClimateTask):
         super().lr_scheduler_step(scheduler, metric)
 
     # the plateau counters travel in the checkpoint: a resumed run (the CLI resumes from one) carries on with the
-    # interrupted run's counts, including a validation saved before the schedule had stepped for it
+    # interrupted run's counts, so a validation saved before the schedule had stepped for it is still stepped for
+    # (the monitored value itself and the step Lightning skips after a resume: climateml.callbacks.ResumedSchedules)
     PLATEAU_COUNTERS_KEY = "temperature_plateau_counters"
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
