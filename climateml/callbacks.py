@@ -7,8 +7,6 @@
   and renamed, so a kill never leaves a truncated checkpoint (the CLI installs it).
 - :class:`TrainingSpeed`: samples per second and the share of a step spent waiting for data.
 - :class:`TorchThreads`: torch's CPU threads for the run (one is fastest on a small, shared machine).
-- :class:`ResumedSchedules`: epoch-interval learning-rate schedules stay on course across a resume (every
-  :class:`~climateml.models.base.ClimateTask` adds it itself).
 """
 
 from __future__ import annotations
@@ -415,55 +413,3 @@ class TorchThreads(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.threads > 0:
             torch.set_num_threads(self.threads)
-
-
-class ResumedSchedules(L.Callback):
-    """Keeps epoch-interval learning-rate schedules on the uninterrupted run's course across a resume.
-
-    Lightning (2.x) does not update epoch-interval plateau schedules (``ReduceLROnPlateau``) at the end of
-    the epoch a run resumed in (its fit loop is still "restarting" then: always, when ``max_steps`` is set),
-    and keeps logged metrics out of checkpoints, so a plateau schedule has nothing to compare after a resume
-    until the next validation. An interrupted run would therefore miss one schedule step, and its learning
-    rate, and with it the final metrics, would differ from an uninterrupted run's. (Other epoch schedules are
-    updated by Lightning's epoch loop and need nothing.) This callback
-
-    - saves the last value of every metric a plateau schedule monitors in the checkpoint
-      (``checkpoint["climateml_monitored"]``) and puts it back among the trainer's metrics when the
-      resumed run starts (unless the run has logged a newer one);
-    - at the end of the resumed epoch, updates the epoch-interval plateau schedules where Lightning's fit
-      loop would have, had the run not been interrupted.
-    """
-
-    KEY = "climateml_monitored"
-
-    def __init__(self):
-        self._restored: dict[str, float] = {}
-
-    @staticmethod
-    def _plateau_monitors(trainer: L.Trainer) -> list[str]:
-        return [c.monitor for c in getattr(trainer, "lr_scheduler_configs", None) or []
-                if isinstance(c.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and c.monitor]
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        logged = trainer.callback_metrics
-        checkpoint[self.KEY] = {k: float(logged[k]) for k in self._plateau_monitors(trainer) if k in logged}
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        self._restored = dict(checkpoint.get(self.KEY) or {})
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        logged = trainer.callback_metrics
-        for key, value in self._restored.items():
-            logged.setdefault(key, torch.tensor(value))
-        self._restored = {}
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        loop = trainer.fit_loop
-        epoch_loop = getattr(loop, "epoch_loop", None)
-        update = getattr(epoch_loop, "update_lr_schedulers", None)
-        ready = getattr(epoch_loop, "_num_ready_batches_reached", None)
-        if not loop.restarting or update is None or ready is None:
-            return  # not a resumed epoch, or a Lightning whose loop this callback does not know: leave it alone
-        if ready():  # the condition under which the fit loop updates them at an epoch's end
-            update("epoch", update_plateau_schedulers=True)
-

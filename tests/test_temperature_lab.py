@@ -19,7 +19,6 @@ import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from climateml import plotting  # noqa: E402
-from climateml.callbacks import ResumedSchedules  # noqa: E402
 from climateml.cli import main  # noqa: E402
 from climateml.config import build_trainer, instantiate, load_config  # noqa: E402
 from climateml.data import ClimateBenchDataModule, DataError  # noqa: E402
@@ -165,7 +164,7 @@ def test_resumed_run_restores_the_plateau_counters(short_series, tmp_path, one_t
 
     checkpoint = torch.load(save.path, map_location="cpu", weights_only=True)
     assert checkpoint[TemperatureEmulator.PLATEAU_COUNTERS_KEY] == {"validations": 1, "plateau_steps": 0}
-    assert set(checkpoint[ResumedSchedules.KEY]) == {"val_loss"}
+    assert set(checkpoint[TemperatureEmulator.MONITORED_KEY]) == {"val_loss"}
 
     restored = {}
 
@@ -185,8 +184,8 @@ def test_resumed_run_restores_the_plateau_counters(short_series, tmp_path, one_t
 
 def test_resumed_run_keeps_an_epoch_schedule_on_course(short_series, tmp_path, one_thread):
     """A step schedule (halve the rate every epoch), a checkpoint mid-way through the first epoch: Lightning
-    updates non-plateau schedules itself at the end of a resumed epoch, so ResumedSchedules, which catches up
-    the plateau update Lightning skips there, must not step them a second time."""
+    updates non-plateau schedules itself at the end of a resumed epoch, so the module, which catches up the
+    plateau update Lightning skips there, must not step them a second time."""
     schedule = {"lr_scheduler": "step", "lr_scheduler_options": {"step_size": 1, "gamma": 0.5}}
     save = SaveAtStep(4, tmp_path / "mid.ckpt")
     dm, model, trainer = _setup_plateau(short_series, [save], 5, 20, schedule)

@@ -16,7 +16,6 @@ import lightning as L
 import torch
 import torchmetrics
 
-from climateml.callbacks import ResumedSchedules
 from climateml.data.base import DataSpec
 from climateml.errors import ConfigError, check_choice, check_positive
 
@@ -127,10 +126,43 @@ class ClimateTask(L.LightningModule):
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         return self(batch["x"])
 
-    def configure_callbacks(self):
-        """Callbacks every task needs whatever the config says: learning-rate schedules that stay on course
-        across a resume (see :class:`climateml.callbacks.ResumedSchedules`)."""
-        return [ResumedSchedules()]
+    # ---- plateau schedules across a resume ----
+    # Lightning (2.x) does not update plateau schedules (ReduceLROnPlateau) at the end of the epoch a run
+    # resumed in (its fit loop is still "restarting" then; always, when max_steps is set), and keeps logged
+    # metrics out of checkpoints, so a plateau schedule has nothing to compare after a resume until the next
+    # validation. A resumed run would miss one schedule step, and its learning rate, and with it the final
+    # metrics, would differ from an uninterrupted run's. So the last value of each monitored metric travels
+    # in the checkpoint and is put back when the resumed run starts (unless a newer one was logged), and the
+    # plateau update Lightning skips is made at the end of the resumed epoch. (Other epoch schedules are
+    # updated by Lightning's epoch loop and need nothing.) Written as module hooks, not a callback: every
+    # callback costs Lightning several hook calls per step. Subclasses that override these hooks call super().
+    MONITORED_KEY = "climateml_monitored"
+
+    def _plateau_monitors(self) -> list[str]:
+        configs = getattr(self._trainer, "lr_scheduler_configs", None) or []
+        return [c.monitor for c in configs
+                if isinstance(c.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and c.monitor]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None:
+            logged = self._trainer.callback_metrics
+            checkpoint[self.MONITORED_KEY] = {k: float(logged[k]) for k in self._plateau_monitors() if k in logged}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_monitored = dict(checkpoint.get(self.MONITORED_KEY) or {})
+
+    def on_train_start(self) -> None:
+        logged = self.trainer.callback_metrics
+        for key, value in self.__dict__.pop("_restored_monitored", {}).items():
+            logged.setdefault(key, torch.tensor(value))
+
+    def on_train_epoch_end(self) -> None:
+        loop = self.trainer.fit_loop
+        epoch_loop = getattr(loop, "epoch_loop", None)
+        update = getattr(epoch_loop, "update_lr_schedulers", None)
+        ready = getattr(epoch_loop, "_num_ready_batches_reached", None)
+        if loop.restarting and update is not None and ready is not None and ready():
+            update("epoch", update_plateau_schedulers=True)  # where the fit loop would have, uninterrupted
 
     def configure_optimizers(self):
         hp = self.hparams

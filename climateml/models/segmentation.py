@@ -90,6 +90,7 @@ class SegmentationModel(ClimateTask):
 
     def on_train_epoch_end(self) -> None:
         self._log_scores("train")
+        super().on_train_epoch_end()
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")

@@ -195,6 +195,7 @@ class TemperatureEmulator(ClimateTask):
         self.log("train_loss", (sums[-2] / n).float(), prog_bar=True, sync_dist=False)  # already summed over processes
         for i, t in enumerate(self.spec.outputs):
             self.log(f"train_rmse_{t}", torch.sqrt(sums[i] / n).float(), sync_dist=False)
+        super().on_train_epoch_end()
 
     # ---- validation and test: torchmetrics over the whole split ----
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
@@ -237,7 +238,7 @@ class TemperatureEmulator(ClimateTask):
 
     # the plateau counters travel in the checkpoint: a resumed run (the CLI resumes from one) carries on with the
     # interrupted run's counts, so a validation saved before the schedule had stepped for it is still stepped for
-    # (the monitored value itself and the step Lightning skips after a resume: climateml.callbacks.ResumedSchedules)
+    # (the monitored value itself and the step Lightning skips after a resume: ClimateTask)
     PLATEAU_COUNTERS_KEY = "temperature_plateau_counters"
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
