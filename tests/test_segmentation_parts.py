@@ -65,6 +65,24 @@ def test_generator_writes_the_climatenet_layout(tmp_path):
     assert ds["lon"].values[0] == 0.0 and ds["lon"].values[-1] == pytest.approx(350.0)
 
 
+def test_snapshots_read_from_many_threads_at_once(tmp_path):
+    """Eight threads read the same few files at once (each opened many times over): netCDF4/HDF5 is not
+    thread-safe, and HDF5 crashes when one file's open copies are closed and reopened in turn, so each file
+    read holds the HDF5 lock from opening to closing. Every read must come back right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from climateml.data.climatenet import read_snapshot
+
+    paths = generate_climatenet(tmp_path, n_dates=4, nlat=16, nlon=24, n_double_labelled=0, seed=3, progress=False)
+    channels = ["TMQ", "U850", "PSL"]
+    reference = [read_snapshot(p, channels) for p in paths]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: read_snapshot(paths[i % 4], channels), range(400)))
+    for i, (fields, labels) in enumerate(got):
+        np.testing.assert_array_equal(fields, reference[i % 4][0])
+        np.testing.assert_array_equal(labels, reference[i % 4][1])
+
+
 def test_alternative_labelling_shares_fields_and_differs_in_labels(climatenet_dir):
     pairs = sorted(climatenet_dir.glob("data-*_1.nc"))
     assert len(pairs) == 3

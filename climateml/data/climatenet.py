@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec
-from climateml.data.io import DataError, grid_difference, open_dataset
+from climateml.data.io import HDF5_LOCK, DataError, grid_difference, open_dataset
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 
 FILE_PATTERN = re.compile(r"^data-(\d{4}-\d{2}-\d{2})-01-1_(\d+)\.nc$")
@@ -58,24 +58,42 @@ class _SnapshotFile:
     xarray Dataset (coordinate decoding and indexes are not needed to pull out a few arrays). A file that
     netCDF4 cannot open goes through :func:`climateml.data.io.open_dataset`, which reads Zarr or raises
     the package's DataError (missing, empty, corrupt file).
+
+    netCDF4/HDF5 is not thread-safe, and HDF5 (2.2 as bundled with netCDF4 1.7.5) can crash when one file
+    is open several times at once and the copies are closed and reopened in turn, even in one thread. So a
+    file opened through netCDF4 holds :data:`climateml.data.io.HDF5_LOCK` (xarray's) from opening to closing:
+    reads from several threads take turns file by file. Use it in a ``with`` block (the lock is released on
+    leaving it), and open no other file inside it.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._nc = self._xr = None
+        HDF5_LOCK.acquire()
         try:
             import netCDF4
 
             self._nc = netCDF4.Dataset(self.path, "r")
             self._nc.set_auto_mask(False)  # fill values stay as stored (NaN for xarray-written floats): checked below
         except Exception:
+            if self._nc is not None:
+                self._nc.close()
+                self._nc = None
+            HDF5_LOCK.release()  # xarray takes the lock itself
             self._xr = open_dataset(self.path)  # DataError naming the file if it cannot be read at all
 
     def __enter__(self) -> "_SnapshotFile":
         return self
 
     def __exit__(self, *exc) -> None:
-        (self._nc or self._xr).close()
+        if self._nc is not None:
+            try:
+                self._nc.close()
+            finally:
+                self._nc = None
+                HDF5_LOCK.release()
+        elif self._xr is not None:
+            self._xr.close()
 
     @property
     def variables(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,12 @@ from climateml.errors import DataError  # noqa: F401  (re-exported: climateml.da
 from climateml.writers import write_dataset  # noqa: F401  (re-exported for the readers and generators)
 
 SUFFIXES = (".nc", ".zarr")
+
+try:  # xarray's own lock around HDF5 calls: netCDF4/HDF5 is not thread-safe, so our direct netCDF4 reads and
+    # xarray's take turns. Not re-entrant: take it around netCDF4 calls only, never around an xarray open.
+    from xarray.backends.locks import HDF5_LOCK
+except ImportError:  # pragma: no cover (an xarray without it)
+    HDF5_LOCK = threading.Lock()
 
 
 def open_dataset(path: str | Path) -> xr.Dataset:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import glob
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,12 +22,8 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from climateml.data.io import HDF5_LOCK as _FILE_LOCK  # netCDF4/HDF5 is not thread-safe: reads take turns
 from climateml.data.io import DataError, open_dataset
-
-try:  # xarray's own lock around HDF5 calls: netCDF4/HDF5 is not thread-safe, so our reads and xarray's take turns
-    from xarray.backends.locks import HDF5_LOCK as _FILE_LOCK
-except ImportError:  # pragma: no cover (older or newer xarray without it)
-    _FILE_LOCK = threading.Lock()
 
 SPATIAL_DIMS = (("y", "x"), ("lat", "lon"))
 RENAMES = {"latitude": "lat", "longitude": "lon"}
