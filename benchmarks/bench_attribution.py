@@ -102,7 +102,7 @@ def measure_memory(args) -> None:
     """In a fresh interpreter: growth of the peak resident set (and CUDA peak) during one run of ``args.memory``."""
     import torch
 
-    torch.set_num_threads(args.threads)
+    _common.set_threads(args.threads)
     model, x, target = build(args)
     fn = batched if args.memory == "batched" else per_sample
     fn(model, x.isel({x.dims[0]: slice(0, 2)}), target, args)  # one-off allocations outside the measurement
@@ -193,7 +193,7 @@ def main() -> None:
     import torch
 
     _common.quiet_lightning()
-    torch.set_num_threads(args.threads)
+    _common.set_threads(args.threads)
     _common.header("attribution: batched integrated gradients vs Captum one sample at a time")
     ratios = {}
     for w in (WORKLOADS if args.workload == "all" else [args.workload]):

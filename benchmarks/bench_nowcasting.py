@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
-from _common import footer, header, median, quiet_lightning, summary, timed
+from _common import footer, header, median, quiet_lightning, set_threads, summary, timed
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     from climateml.data.nowcasting import NowcastingDataModule
     from climateml.data.radar import RadarReader
@@ -100,15 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
         cached_dm.setup()
         cached_loader = cached_dm.train_dataloader()
 
-        def run_loader():
-            for _ in range(args.epochs):
-                for batch in loader:
-                    pass
+        def epochs_of(batches):
+            def run():
+                for _ in range(args.epochs):
+                    for batch in batches:
+                        pass
+            return run
 
-        def run_cached():
-            for _ in range(args.epochs):
-                for batch in cached_loader:
-                    pass
+        run_loader, run_cached = epochs_of(loader), epochs_of(cached_loader)
 
         def run_memory():
             for _ in range(args.epochs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -51,4 +52,24 @@ def rcmip() -> dict[str, dict[str, np.ndarray]]:
         a = np.array(v)
         out[s] = {"year": a[:, 0].astype(int), "co2": a[:, 1], "ch4": a[:, 2], "so2": a[:, 3], "bc": a[:, 4]}
     return out
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(args) -> (exit code, stderr lines)``: ``climateml <args>`` run in this process, its stderr
+    without Python warnings (pytest shows them) and Lightning's "Seed set" line."""
+    from climateml.cli import main
+
+    warning = re.compile(r"^\S+\.py:\d+: ")
+
+    def run(args: list[str]) -> tuple[int, list[str]]:
+        try:
+            rc = main(list(args))
+        except SystemExit as exc:  # jsonargparse's own errors (wrong types) exit after printing
+            rc = exc.code
+        err = capsys.readouterr().err
+        return rc, [line for line in err.splitlines()
+                    if line.strip() and "Seed set" not in line and not warning.match(line)]
+
+    return run
 

@@ -297,9 +297,10 @@ def test_modes_train_and_predict_mm_h(frames_dir, mode, extra):
     dm = _dm(frames_dir)
     model = _train(dm, mode=mode, **extra)
     batch = next(iter(dm.test_dataloader()))
-    before = model.net.head.weight.detach().clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         out = model.eval()(batch["x"])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # inference changes no state
     assert out.shape == batch["y"].shape and torch.isfinite(out).all() and (out >= 0).all()
     z = model.predict_network(model.to_network(batch["x"]))
     torch.testing.assert_close(model.transform.inverse(z.double()).float(), out, rtol=1e-5, atol=1e-6)
@@ -307,7 +308,6 @@ def test_modes_train_and_predict_mm_h(frames_dir, mode, extra):
     loss = model.compute_loss(z, batch["y"])
     loss.backward()
     assert torch.isfinite(loss) and model.net.head.weight.grad.abs().sum() > 0
-    assert torch.equal(before, model.net.head.weight.detach())
 
 
 def test_evaluation_metrics_shape_and_prediction_file(frames_dir, tmp_path):
@@ -331,6 +331,24 @@ def test_evaluation_metrics_shape_and_prediction_file(frames_dir, tmp_path):
     np.testing.assert_allclose(persistence.isel(lead_time=1).values, last, rtol=1e-6)
     mae = float(np.abs(preds["rain_rate"].sel(model="model") - truth).mean())
     assert mae == pytest.approx(on_disk["rain_rate"]["model"]["mae"], rel=1e-4)  # NaN masked from the scores
+    # categorical scores by hand with numpy: events rain >= threshold, NaN cells left out, per lead time over all
+    # issue times and cells, then the mean over lead times (NaN where no event was forecast or seen)
+    def close(value):
+        return pytest.approx(np.mean(value), rel=1e-6, nan_ok=True)
+
+    for name in ("model", "persistence"):
+        p, o = preds["rain_rate"].sel(model=name).values, truth.transpose(*preds["rain_rate"].dims[1:]).values
+        valid = np.isfinite(p) & np.isfinite(o)
+        assert np.isfinite(on_disk["rain_rate"][name]["csi_1.0"])
+        for t in (1.0, 5.0):
+            hits = ((p >= t) & (o >= t) & valid).sum(axis=(0, 2, 3))
+            misses = ((p < t) & (o >= t) & valid).sum(axis=(0, 2, 3))
+            false_alarms = ((p >= t) & (o < t) & valid).sum(axis=(0, 2, 3))
+            scores = on_disk["rain_rate"][name]
+            assert scores[f"csi_{t}"] == close(hits / (hits + misses + false_alarms))
+            if t == 1.0:
+                assert scores["pod_1.0"] == close(hits / (hits + misses))
+                assert scores["far_1.0"] == close(false_alarms / (hits + false_alarms))
     for name in ("sequence_test", "skill_by_lead_time_test", "metrics"):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 10_000
 
@@ -376,14 +394,14 @@ def test_cli_fit_generates_data_and_writes_metrics(tmp_path):
     assert (run / "figures" / "learning_curves.png").stat().st_size > 10_000
 
 
-def test_cli_bad_archive_is_one_line(tmp_path, capsys):
+def test_cli_bad_archive_is_one_line(tmp_path, cli_error):
     folder = tmp_path / "radar"
     paths = _frames(folder)
     _frame(paths[3], "2024-06-01T00:15", var="rainfall")
-    rc = main(["fit", "--config", CONFIG, "--data.paths", str(folder), "--data.synthesize_if_missing", "false",
-               "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
-    err = capsys.readouterr().err
-    assert rc == 2 and "f003.nc" in err and "is missing" in err
+    rc, lines = cli_error(["fit", "--config", CONFIG, "--data.paths", str(folder), "--data.synthesize_if_missing",
+                           "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("climateml: error: ")
+    assert "f003.nc" in lines[0] and "is missing" in lines[0]
 
 
 def test_attribution_maps_of_a_nowcast_keep_the_archive_coordinates(frames_dir):
