@@ -220,3 +220,46 @@ def test_task_summary_figures_replace_the_generic_ones(task, tmp_path, monkeypat
     saved = _run(evaluation, truth, prediction, tmp_path, monkeypatch, hparams)
     assert _counts(saved) == {"metrics.png": 1, "learning_curves.png": 1}
     assert dict(saved)["learning_curves.png"][0] == loss_label
+
+
+# ---------------------------------------------------------------- the scores a run writes
+
+
+def test_aggregate_averages_nested_scores_key_by_key():
+    groups = [{"mae": 1.0, "only_here": 3.0, "by_lead_time": {"5min": {"mae": 1.0}, "10min": {"mae": 2.0}}},
+              {"mae": 3.0, "by_lead_time": {"5min": {"mae": 3.0}, "10min": {"mae": 4.0}}}]
+    assert Evaluation().aggregate(groups) == {"mae": 2.0, "by_lead_time": {"5min": {"mae": 2.0}, "10min": {"mae": 3.0}}}
+    assert Evaluation().aggregate(groups[:1]) == {k: v for k, v in groups[0].items()}
+
+
+def _rain(rng, n_time: int = 3) -> xr.Dataset:
+    coords = {"lead_time": np.array([5, 10], dtype="timedelta64[m]").astype("timedelta64[ns]"),
+              "y": np.arange(6.0), "x": np.arange(6.0)}
+    return xr.Dataset({"rain_rate": (("time", "lead_time", "y", "x"), rng.gamma(0.5, 2.0, size=(n_time, 2, 6, 6)))},
+                      coords=coords)
+
+
+@pytest.mark.parametrize("n_groups", [1, 2])
+def test_nowcast_scores_keep_one_shape_and_the_figures_reuse_them(n_groups, tmp_path, monkeypatch):
+    """metrics.json has ``by_lead_time`` and an int ``ensemble_size`` whatever the number of groups; the
+    figures are handed the scores the run computed (no second scoring); nothing is kept after the run."""
+    rng = np.random.default_rng(1)
+    truth = {f"g{i}": _rain(rng) for i in range(n_groups)}
+    monkeypatch.setattr(base, "predict",
+                        lambda model, datamodule, split, accelerator: {g: t * 0.8 for g, t in truth.items()})
+    handed = {}
+    monkeypatch.setattr(NowcastEvaluation, "figures",
+                        lambda self, fig_dir, group, truth, preds, members, scores: handed.update({group: scores}))
+    evaluation = NowcastEvaluation(baselines=[], thresholds=[1.0, 5.0], fss_scales_km=[1, 2], write_predictions=False)
+    calls = []
+    score_variable = NowcastEvaluation.score_variable
+    monkeypatch.setattr(NowcastEvaluation, "score_variable",
+                        lambda self, *a: calls.append(1) or score_variable(self, *a))
+    result = evaluation.run([SimpleNamespace(hparams={})], _FakeData(truth), tmp_path / "run")
+    model = result["rain_rate"]["model"]
+    assert list(model["by_lead_time"]) == ["5min", "10min"] and "csi_1.0" in model["by_lead_time"]["5min"]
+    assert {"csi_1.0", "pod_5.0", "far_5.0", "fss_2km"} <= set(model)
+    assert model["ensemble_size"] == 1 and isinstance(model["ensemble_size"], int)
+    assert len(calls) == n_groups  # one scoring of the model per group, none for the figures
+    assert set(handed) == set(truth) and "by_lead_time" in handed["g0"]["model"]["rain_rate"]
+    assert evaluation.run_state == {}

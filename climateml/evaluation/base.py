@@ -72,6 +72,7 @@ class Evaluation:
         self.write_predictions = write_predictions
         self.make_figures = make_figures
         self.higher_is_better = None if higher_is_better is None else list(higher_is_better)
+        self.run_state: dict = {}  # what hooks keep for the rest of one run (e.g. a figure's inputs); emptied after it
 
     # ---- hooks a task fills in ----
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
@@ -94,14 +95,17 @@ class Evaluation:
         """Extra model scores that need the members (spread, member RMSE); none by default."""
         return {}
 
-    def aggregate(self, per_group: list[dict[str, float]]) -> dict[str, float]:
-        """One set of scores from the groups' (e.g. scenarios'): the mean of each score present in all of them."""
+    def aggregate(self, per_group: list[dict]) -> dict:
+        """One set of scores from the groups' (e.g. scenarios'): the mean of each score present in all of them;
+        nested scores (e.g. ``by_lead_time``) averaged the same way, key by key."""
         keys = [k for k in per_group[0] if all(k in d for d in per_group)]
-        return {k: float(np.mean([d[k] for d in per_group])) for k in keys}
+        return {k: self.aggregate([d[k] for d in per_group]) if all(isinstance(d[k], Mapping) for d in per_group)
+                else float(np.mean([d[k] for d in per_group])) for k in keys}
 
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
-                members: xr.Dataset) -> None:
-        """The task's figures of one group; ``predictions`` holds "model" and each baseline; the DataModule
+                members: xr.Dataset, scores: dict[str, dict[str, dict]]) -> None:
+        """The task's figures of one group; ``predictions`` holds "model" and each baseline, ``scores`` their
+        scores in this group ({name: {variable: scores}}, as computed for ``metrics.json``); the DataModule
         being evaluated is ``self.datamodule``."""
 
     def loss_label(self, models: Sequence[torch.nn.Module]) -> str:
@@ -125,6 +129,7 @@ class Evaluation:
         """Score ``models`` (an ensemble of one or more) and the baselines; write metrics.json, predictions, figures."""
         run_dir = Path(run_dir)
         self.datamodule = datamodule  # for hooks that need the inputs (e.g. fields under a mask figure)
+        self.run_state = {}
         datamodule.setup("test")
         members = _members([predict(m, datamodule, self.split, accelerator) for m in models])
         baselines = self.baselines(datamodule)
@@ -132,17 +137,20 @@ class Evaluation:
         per_group: dict[str, dict[str, list]] = {}
         for group, member_ds in members.items():
             preds = {"model": self.combine_members(member_ds), **{b: p[group] for b, p in baselines.items()}}
-            for name, pred in preds.items():
-                for variable, scores in self.score(pred, truth[group]).items():
-                    if name == "model":
-                        scores = {**scores, **self.member_scores(member_ds, truth[group]).get(variable, {}),
-                                  "ensemble_size": len(models)}
-                    per_group.setdefault(variable, {}).setdefault(name, []).append(scores)
+            scores = {name: self.score(pred, truth[group]) for name, pred in preds.items()}
+            extra = self.member_scores(member_ds, truth[group])
+            scores["model"] = {v: {**s, **extra.get(v, {})} for v, s in scores["model"].items()}
+            for name, by_variable in scores.items():
+                for variable, s in by_variable.items():
+                    per_group.setdefault(variable, {}).setdefault(name, []).append(s)
             if self.write_predictions:
                 self._write(run_dir / f"{self.split}_predictions_{group}.nc", group, preds, member_ds)
             if self.make_figures:
-                self.figures(run_dir / "figures", group, truth[group], preds, member_ds)
+                self.figures(run_dir / "figures", group, truth[group], preds, member_ds, scores)
+        self.run_state = {}  # what the hooks kept for this run's figures is not kept past it
         result = {v: {name: self.aggregate(s) for name, s in by.items()} for v, by in per_group.items()}
+        for by_name in result.values():
+            by_name["model"]["ensemble_size"] = len(models)
         write_text(json.dumps(result, indent=2, allow_nan=True), run_dir / "metrics.json")
         if self.make_figures:
             existing = {k: Path(v) for k, v in (histories or {}).items() if Path(v).exists()}

@@ -56,7 +56,8 @@ class NowcastEvaluation(Evaluation):
 
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
         past = datamodule.past_frames(self.split)
-        self._past = past  # the figures show the last input frame
+        if past is not None:  # the figures show the last input frame; the run empties run_state when it ends
+            self.run_state["last_input"] = past[:, -1].copy()
         out = {}
         for name in self.baseline_names:
             if name == "persistence":
@@ -78,24 +79,18 @@ class NowcastEvaluation(Evaluation):
                     "rmse": metrics.rmse(pred, truth, dim=reduce, weights=None)}
         for t in self.thresholds:
             table = categorical.contingency(pred, truth, t, dim=reduce)
-            per_lead[f"csi_{t:g}"] = categorical.csi_from_table(table)
-            per_lead[f"pod_{t:g}"] = categorical.pod_from_table(table)
-            per_lead[f"far_{t:g}"] = categorical.far_from_table(table)
+            per_lead[_threshold_key("csi", t)] = categorical.csi_from_table(table)
+            per_lead[_threshold_key("pod", t)] = categorical.pod_from_table(table)
+            per_lead[_threshold_key("far", t)] = categorical.far_from_table(table)
         spacing = float(np.mean([np.abs(np.diff(truth[d].values)).mean() for d in spatial]))
         for km, cells in zip(self.fss_scales_km, categorical.fss_scales_km(self.fss_scales_km, spacing)):
             per_lead[f"fss_{km:g}km"] = categorical.fss(pred, truth, self.fss_threshold, cells, spatial_dims=spatial,
                                                         dim="time")
         minutes = (truth["lead_time"].values / np.timedelta64(1, "m")).astype(float)
         out: dict = {k: float(v.mean("lead_time")) for k, v in per_lead.items()}
-        out = {_key(k): v for k, v in out.items()}
-        out["by_lead_time"] = {f"{m:g}min": {_key(k): float(v.isel(lead_time=i)) for k, v in per_lead.items()}
+        out["by_lead_time"] = {f"{m:g}min": {k: float(v.isel(lead_time=i)) for k, v in per_lead.items()}
                                for i, m in enumerate(minutes)}
         return out
-
-    def aggregate(self, per_group: list[dict]) -> dict:
-        if len(per_group) == 1:
-            return per_group[0]
-        return super().aggregate([{k: v for k, v in g.items() if k != "by_lead_time"} for g in per_group])
 
     def summary_figures(self, fig_dir: Path, result: dict, histories, models) -> None:
         """This task's score bars (errors: lower is better; CSI: higher is better) as ``metrics.png`` and
@@ -111,30 +106,31 @@ class NowcastEvaluation(Evaluation):
         return str(hp.get("loss", "loss")) + (f" + {hp['csi_weight']:g} (1 - soft CSI)" if hp.get("csi_weight") else "")
 
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
-                members: xr.Dataset) -> None:
+                members: xr.Dataset, scores: dict[str, dict[str, dict]]) -> None:
         v = "rain_rate"
         wet = (truth[v] >= self.figure_threshold).sum([d for d in truth[v].dims if d != "time"]).values
         case = int(np.argmax(wet))
-        past = getattr(self, "_past", None)
-        last_input = None if past is None else truth[v].isel(time=case, lead_time=0).copy(data=past[case, -1])
+        last = self.run_state.get("last_input")
+        last_input = None if last is None else truth[v].isel(time=case, lead_time=0).copy(data=last[case])
         plotting.save(plot_sequences(truth[v].isel(time=case), {n: p[v].isel(time=case) for n, p in predictions.items()},
                                      last_input=last_input),
                       fig_dir / f"sequence_{group}.png")
-        plotting.save(self._skill_figure(truth[v], {n: p[v] for n, p in predictions.items()}),
+        plotting.save(self._skill_figure(truth[v], {n: s[v]["by_lead_time"] for n, s in scores.items()}),
                       fig_dir / f"skill_by_lead_time_{group}.png")
 
-    def _skill_figure(self, truth: xr.DataArray, predictions: dict[str, xr.DataArray]) -> plt.Figure:
+    def _skill_figure(self, truth: xr.DataArray, by_lead_time: dict[str, dict[str, dict[str, float]]]) -> plt.Figure:
+        """Scores per lead time of each prediction (``by_lead_time``: {name: its scores' ``by_lead_time``})."""
         t = self.figure_threshold
         high = max(self.thresholds) if self.thresholds else t
         high = next((x for x in sorted(self.thresholds) if x > t and x <= 5.0), high)
         fss_key = f"fss_{sorted(self.fss_scales_km)[len(self.fss_scales_km) // 2]:g}km" if self.fss_scales_km else None
-        panels = [("mae", "MAE (mm/h), lower is better"), (_key(f"csi_{t:g}"), f"CSI at {t:g} mm/h, higher is better"),
-                  (_key(f"csi_{high:g}"), f"CSI at {high:g} mm/h, higher is better")]
+        panels = [("mae", "MAE (mm/h), lower is better"),
+                  (_threshold_key("csi", t), f"CSI at {t:g} mm/h, higher is better"),
+                  (_threshold_key("csi", high), f"CSI at {high:g} mm/h, higher is better")]
         if fss_key:
             panels.append((fss_key, f"FSS at {self.fss_threshold:g} mm/h, {fss_key[4:-2]} km"))
         fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), constrained_layout=True)
-        for i, (name, pred) in enumerate(predictions.items()):
-            scores = self.score_variable(pred, truth, "rain_rate")["by_lead_time"]
+        for i, (name, scores) in enumerate(by_lead_time.items()):
             minutes = [float(k.removesuffix("min")) for k in scores]
             for ax, (key, label) in zip(axes, panels):
                 ax.plot(minutes, [s.get(key, np.nan) for s in scores.values()], "o-", color=STYLE.get(name, f"C{i}"),
@@ -153,12 +149,11 @@ class NowcastEvaluation(Evaluation):
 STYLE = {"model": "C0", "persistence": "C1", "optical_flow": "C2"}
 
 
-def _key(name: str) -> str:
-    """csi_1 -> csi_1.0: thresholds always written with a decimal, as in the issue's keys."""
-    head, _, tail = name.partition("_")
-    if head in ("csi", "pod", "far") and tail.replace(".", "", 1).isdigit() and "." not in tail:
-        return f"{head}_{float(tail):.1f}"
-    return name
+def _threshold_key(score: str, threshold: float) -> str:
+    """The key of a categorical score at a threshold [mm/h]: csi_1.0, csi_0.5, far_10.0 (whole numbers always
+    written with one decimal, others as ``:g`` writes them)."""
+    text = f"{threshold:g}"
+    return f"{score}_{float(text):.1f}" if text.isdigit() else f"{score}_{text}"
 
 
 def plot_sequences(observed: xr.DataArray, predictions: dict[str, xr.DataArray], vmax: float | None = None,
@@ -221,7 +216,7 @@ def plot_score_bars(result: dict, thresholds) -> plt.Figure:
     variable, by_model = next(iter(result.items()))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True, gridspec_kw={"width_ratios": [2, 4]})
     groups = [(axes[0], ["mae", "rmse"], "errors (mm/h), lower is better"),
-              (axes[1], [_key(f"csi_{t:g}") for t in thresholds], "CSI (event: rain >= threshold), higher is better")]
+              (axes[1], [_threshold_key("csi", t) for t in thresholds], "CSI (event: rain >= threshold), higher is better")]
     width = 0.8 / len(by_model)
     for ax, keys, title in groups:
         keys = [k for k in keys if all(k in m for m in by_model.values())]

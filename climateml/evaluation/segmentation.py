@@ -79,7 +79,7 @@ class SegmentationEvaluation(Evaluation):
         return scores_from_confusion(confusion_matrix(pred, truth, len(CLASS_NAMES)), CLASS_NAMES)
 
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
-                members: xr.Dataset) -> None:
+                members: xr.Dataset, scores: dict[str, dict[str, dict]]) -> None:
         # the dates with the most feature pixels: where a reader sees what the model found
         order = np.argsort(-(truth["LABELS"] > 0).sum(("lat", "lon")).values)[: self.n_figure_samples]
         fields = self.datamodule.fields(self.split, [self.figure_field])

@@ -152,7 +152,7 @@ class TemperatureEvaluation(Evaluation):
         return f"MSE on standardised {targets}"
 
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
-                members: xr.Dataset) -> None:
+                members: xr.Dataset, scores: dict[str, dict[str, dict]]) -> None:
         for v in truth.data_vars:
             units = truth[v].attrs.get("units", "")
             vmax = self.map_range or float(np.nanpercentile(np.abs(truth[v].values), 99)) or 1.0
