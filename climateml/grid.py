@@ -51,11 +51,16 @@ def flat_area_weights(lat, n_lon: int) -> np.ndarray:
     return (w / w.sum()).ravel()
 
 
-def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[str, str]:
-    """The two horizontal dims of a field: ("lat", "lon") or ("y", "x")."""
+def spatial_dims(obj: xr.DataArray | xr.Dataset, required: bool = True) -> tuple[str, str] | None:
+    """The two horizontal dims of a field: ("lat", "lon") or ("y", "x").
+
+    A field with neither pair is a ValueError, or gives None with ``required=False``.
+    """
     for dims in (("lat", "lon"), ("y", "x")):
         if all(d in obj.dims for d in dims):
             return dims
+    if not required:
+        return None
     raise ValueError(f"no horizontal dims (lat, lon) or (y, x) among {tuple(obj.dims)}")
 
 

@@ -510,6 +510,34 @@ def test_lightning_callback_writes_maps_and_logs_relevance_mass(tmp_path):
     assert 0 <= cb.history[-1]["relevance_mass_signal"] <= 1
 
 
+def test_lightning_callback_reads_the_datamodule_samples_once(tmp_path):
+    from types import SimpleNamespace
+
+    from climateml.attribution.callbacks import AttributionSnapshot
+
+    class Logged(FieldCNN):
+        def log(self, *args, **kwargs):
+            pass
+
+    x, reads = field_input(8), []
+
+    class DataModule:
+        def inputs_xarray(self, split):
+            reads.append(split)
+            return x
+
+    cb = AttributionSnapshot(method="saliency", every_n_epochs=1, n_samples=3, output_dir=str(tmp_path / "attr"),
+                             regions={"psl": {"channel": "psl"}})
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, datamodule=DataModule(), log_dir=None,
+                              default_root_dir=str(tmp_path), current_epoch=0)
+    for epoch in range(3):
+        trainer.current_epoch = epoch
+        cb.on_validation_epoch_end(trainer, Logged())
+    assert reads == ["val"]
+    assert [h["epoch"] for h in cb.history] == [0, 1, 2] and len(cb.paths) == 3
+    assert xr.load_dataset(cb.paths[-1]).sizes["sample"] == 3
+
+
 # ----------------------------------------------------------------------------------------------------------
 # our own task models: the temperature emulator (flat map output, DataSpec) and a ClimateDataModule
 # ----------------------------------------------------------------------------------------------------------

@@ -29,13 +29,6 @@ from climateml.attribution.diagnostics import relevance_mass_accuracy
 from climateml.errors import ConfigError
 
 
-def _region(spec: Any) -> Any:
-    """YAML lists of two numbers for lat/lon/y/x become (low, high) bounds."""
-    if isinstance(spec, Mapping):
-        return {k: tuple(v) if k in ("lat", "lon", "y", "x") and isinstance(v, list) else v for k, v in spec.items()}
-    return spec
-
-
 class AttributionSnapshot(L.Callback):
     """Every ``every_n_epochs`` validation epochs, attribute ``n_samples`` fixed validation samples and write
     ``<output_dir>/attribution_epoch<NNNN>.nc`` (the maps and the inputs, CF metadata, atomic write); log
@@ -65,7 +58,7 @@ class AttributionSnapshot(L.Callback):
             raise ConfigError(f"AttributionSnapshot every_n_epochs and n_samples must be >= 1, got {every_n_epochs}, {n_samples}")
         self.method, self.every_n_epochs, self.n_samples = method, int(every_n_epochs), int(n_samples)
         self.target, self.baseline = target, baseline
-        self.regions = {k: _region(v) for k, v in (regions or {}).items()}
+        self.regions = dict(regions or {})
         self.output_dir, self.method_options, self.split = output_dir, dict(method_options or {}), split
         self.samples, self.internal_batch_size = samples, internal_batch_size
         self.history: list[dict[str, Any]] = []
@@ -86,7 +79,7 @@ class AttributionSnapshot(L.Callback):
             return
         if not trainer.is_global_zero:
             return
-        if self.samples is None or not hasattr(self, "_x"):
+        if not hasattr(self, "_x"):  # read once: the same samples at every snapshot
             self._x = self._inputs(trainer, pl_module)
         x = self._x
         attr = attribute(pl_module, x, self.method, target=self.target, baseline=self.baseline,

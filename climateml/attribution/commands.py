@@ -23,9 +23,9 @@ import torch
 import xarray as xr
 
 from climateml.attribution.core import METHOD_OPTIONS, METHODS, attribute, input_layout
-from climateml.attribution.regions import horizontal_dims
 from climateml.attribution.targets import OutputIndex, RegionMean, as_target
 from climateml.errors import ConfigError
+from climateml.grid import spatial_dims
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any 
     for k in range(min(n_figures, n)):
         plots.save(plots.plot_attribution(a, x, sample=k), out_dir / "figures" / f"attribution_{method}_{split}_{k}.png")
     flat = input_layout(a).template
-    if n_figures > 0 and flat.ndim == 2 and horizontal_dims(flat) is None:  # feature inputs: all samples at once
+    if n_figures > 0 and flat.ndim == 2 and spatial_dims(flat, required=False) is None:  # feature inputs: all samples at once
         plots.save(plots.plot_feature_attribution(a),
                    out_dir / "figures" / f"attribution_{method}_{split}_features.png")
     return path

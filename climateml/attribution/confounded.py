@@ -201,9 +201,12 @@ def diagnose(model: nn.Module, data: Mapping[str, xr.Dataset], method: str = "in
     clim = climatology(_inputs(train))
     truth = val[TARGET].values
     x_val = _inputs(val)
-    pred = predict(model, x_val).ravel()
-    abl = cue_ablation(model, x_val, truth, r2_skill, cue_region_spec(), fill="climatology", reference=_inputs(train))
-    shuf = cue_ablation(model, x_val, truth, r2_skill, cue_region_spec(), fill="shuffle", repeats=3, seed=seed)
+    pred_val = predict(model, x_val)  # the un-ablated prediction, shared by the skill numbers below
+    pred = pred_val.ravel()
+    abl = cue_ablation(model, x_val, truth, r2_skill, cue_region_spec(), fill="climatology", reference=_inputs(train),
+                       base_pred=pred_val)
+    shuf = cue_ablation(model, x_val, truth, r2_skill, cue_region_spec(), fill="shuffle", repeats=3, seed=seed,
+                        base_pred=pred_val)
     skill_test = r2_skill(predict(model, _inputs(test)).ravel(), test[TARGET].values)
     sub = x_val.isel(sample=slice(0, n_attribution))
     attr = attribute(model, sub, method, baseline=clim.isel(sample=0, drop=True), **dict(method_options or {}))
@@ -212,7 +215,7 @@ def diagnose(model: nn.Module, data: Mapping[str, xr.Dataset], method: str = "in
     rank = relevance_rank_accuracy(attr, cue_region_spec())
     mass_signal = relevance_mass_accuracy(attr, {"variable": ["tas", "psl"], **SIGNAL_REGION})
     sp = spray(attr, **{"pool": 2, "n_neighbors": 10, "max_clusters": 6, "seed": seed, **dict(spray_options or {})})
-    imp = permutation_importance(model, x_val, truth, r2_skill, n_repeats=3, seed=seed)
+    imp = permutation_importance(model, x_val, truth, r2_skill, n_repeats=3, seed=seed, base_pred=pred_val)
     std = train[list(INPUTS)].std("sample")
     opt = optimise_input(model, clim, steps=150, lr=0.05, l2=2.0, smoothness=20.0, scale=std)
     numbers = {
@@ -233,7 +236,7 @@ def diagnose(model: nn.Module, data: Mapping[str, xr.Dataset], method: str = "in
         "method": method,
     }
     return numbers, {"attribution": attr, "inputs": sub, "spray": sp, "importance": imp, "optimised": opt,
-                     "climatology": clim}
+                     "climatology": clim, "train_std": std}
 
 
 def run_clever_hans(out_dir: str | Path | None = None, data: Mapping[str, Mapping[str, xr.Dataset]] | None = None,
@@ -302,8 +305,7 @@ def _write(out: Path, result, artefacts, data, make_figures: bool, settings: dic
                                                                   "(R2 lost on validation data)"),
                    fig_dir / f"permutation_importance_{twin}.png")
         anomaly = art["optimised"] - art["climatology"]
-        std = data[twin]["train"][list(INPUTS)].std("sample")
-        plots.save(plots.plot_maps(anomaly / std, row="sample", col="variable",
+        plots.save(plots.plot_maps(anomaly / art["train_std"], row="sample", col="variable",
                                    title=f"{twin} model: backwards optimisation, input maximising the heat index "
                                          "(anomaly from climatology, in training std)", colorbar_label="std",
                                    boxes=boxes),

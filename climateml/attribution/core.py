@@ -145,6 +145,18 @@ def input_layout(x: xr.DataArray | xr.Dataset, variables: Sequence[str] | None =
 # checks
 # ---------------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run the block with ``model`` in eval mode, then give every submodule back its own training flag."""
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, t in was_training.items():
+            m.train(t)
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model without either)."""
     for t in list(model.parameters()) + list(model.buffers()):
@@ -596,9 +608,7 @@ def attribute(model: nn.Module, x: xr.DataArray | xr.Dataset, method: str, targe
     if dev != model_device(model):
         raise ConfigError(f"device {dev} differs from the model's ({model_device(model)}); move the model first")
 
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         dtype = model_dtype(model)
         trial = _trial_forward(model, torch.as_tensor(values[:1], device=dev, dtype=dtype))
         out_shape, order, final = trial.output_shape, trial.order, trial.final
@@ -649,9 +659,6 @@ def attribute(model: nn.Module, x: xr.DataArray | xr.Dataset, method: str, targe
             finally:
                 if method == "lrp":
                     _clean_lrp(fwd, had_rule)
-    finally:
-        for m, t in was_training.items():
-            m.train(t)
 
     shown = {k: v for k, v in opts.items() if k not in ("rules",)}
     if method == "grad_cam":
@@ -676,15 +683,10 @@ def predict(model: nn.Module, x: xr.DataArray | xr.Dataset | np.ndarray | torch.
         values = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
     dev = torch.device(device) if device is not None else model_device(model)
     dtype = model_dtype(model)
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         outs = []
         with torch.no_grad():
             for lo in range(0, len(values), batch_size):
                 xb = torch.as_tensor(values[lo:lo + batch_size], device=dev, dtype=dtype)
                 outs.append(model(xb).float().cpu().numpy())
-    finally:
-        for m, t in was_training.items():
-            m.train(t)
     return np.concatenate(outs) if outs else np.empty((0,), np.float32)

@@ -23,10 +23,11 @@ import torch
 import xarray as xr
 from torch import nn
 
-from climateml.attribution.core import input_layout, model_device, model_dtype, predict
-from climateml.attribution.regions import describe_region, horizontal_dims, region_mask
+from climateml.attribution.core import eval_mode, input_layout, model_device, model_dtype, predict
+from climateml.attribution.regions import describe_region, mask_array, region_mask
 from climateml.attribution.targets import TargetModule, as_target
 from climateml.errors import ConfigError, DataError
+from climateml.grid import spatial_dims
 
 Skill = Callable[[np.ndarray, np.ndarray], float]
 
@@ -67,14 +68,6 @@ def _stacked(attr: xr.DataArray | xr.Dataset) -> xr.DataArray:
     return input_layout(attr).template
 
 
-def _mask_like(mask: xr.DataArray, da: xr.DataArray) -> np.ndarray:
-    """``mask`` broadcast to ``da``'s dims and shape, as a numpy bool array."""
-    present = [d for d in da.dims if d in mask.dims]
-    arr = mask.transpose(*present).values if present else np.asarray(mask.values)
-    arr = arr.reshape([mask.sizes[d] if d in mask.dims else 1 for d in da.dims])
-    return np.broadcast_to(arr.astype(bool), da.shape)
-
-
 def _oriented(da: xr.DataArray, orient: bool) -> np.ndarray:
     """(n, cells) relevance; with ``orient`` each sample's map times the sign of its total relevance."""
     r = np.asarray(da.values, dtype=np.float64).reshape(da.shape[0], -1)
@@ -97,7 +90,7 @@ def relevance_mass_accuracy(attr: xr.DataArray | xr.Dataset, region: Any, orient
     anomaly counts as positive (otherwise only the evidence against it would).
     """
     da = _stacked(attr)
-    mask = _mask_like(region_mask(da, region, "relevance region"), da)
+    mask = mask_array(region_mask(da, region, "relevance region"), da.dims, da.shape)
     r = np.clip(_oriented(da, orient), 0.0, None)
     m = mask.reshape(da.shape[0], -1)
     total = r.sum(1)
@@ -119,7 +112,7 @@ def relevance_rank_accuracy(attr: xr.DataArray | xr.Dataset, region: Any, orient
     region of k of N cells scores about k/N for random relevance. ``orient`` as in :func:`relevance_mass_accuracy`.
     """
     da = _stacked(attr)
-    mask = _mask_like(region_mask(da, region, "relevance region"), da).reshape(da.shape[0], -1)
+    mask = mask_array(region_mask(da, region, "relevance region"), da.dims, da.shape).reshape(da.shape[0], -1)
     r = _oriented(da, orient)
     k = mask.sum(1)
     rank = np.empty_like(r, dtype=np.int64)
@@ -175,7 +168,7 @@ def ablate(x: xr.DataArray | xr.Dataset, region: Any, fill: str | float = "clima
     """
     layout = input_layout(x, variables)
     da = layout.template
-    mask = _mask_like(region_mask(da, region, "ablation region"), da)
+    mask = mask_array(region_mask(da, region, "ablation region"), da.dims, da.shape)
     values = np.asarray(da.values, dtype=np.float64)
     ref = values if reference is None else np.asarray(input_layout(reference, layout.variables).template
                                                       .transpose(*da.dims).values, dtype=np.float64)
@@ -201,14 +194,17 @@ def ablate(x: xr.DataArray | xr.Dataset, region: Any, fill: str | float = "clima
 def cue_ablation(model: nn.Module, x: xr.DataArray | xr.Dataset, y: Any, skill: Skill, region: Any,
                  fill: str | float = "climatology", reference: xr.DataArray | xr.Dataset | None = None,
                  repeats: int = 1, seed: int = 0, variables: Sequence[str] | None = None,
-                 batch_size: int = 1024) -> dict[str, Any]:
+                 batch_size: int = 1024, base_pred: np.ndarray | None = None) -> dict[str, Any]:
     """The task's skill before and after ablating ``region`` (see :func:`ablate`).
+
+    ``base_pred``: the model's prediction on ``x`` as :func:`~climateml.attribution.core.predict` gives it,
+    when the caller already has it (saves one pass over ``x``).
 
     Returns ``{"skill", "skill_ablated", "skill_ablated_std", "change", "fill", "region"}``; with random
     fills ("noise", "shuffle") the ablated skill is the mean over ``repeats`` draws (seeds seed, seed+1, ...).
     """
     truth = np.asarray(y.values if isinstance(y, (xr.DataArray, xr.Dataset)) else y)
-    base = skill(predict(model, x, batch_size, variables), truth)
+    base = skill(predict(model, x, batch_size, variables) if base_pred is None else base_pred, truth)
     n_rep = repeats if fill in ("noise", "shuffle") else 1
     scores = [skill(predict(model, ablate(x, region, fill, reference, seed + i, variables), batch_size, variables), truth)
               for i in range(n_rep)]
@@ -220,7 +216,7 @@ def cue_ablation(model: nn.Module, x: xr.DataArray | xr.Dataset, y: Any, skill: 
 def permutation_importance(model: nn.Module, x: xr.DataArray | xr.Dataset, y: Any, skill: Skill,
                            dim: str | None = None, n_repeats: int = 5, seed: int = 0,
                            patch: Mapping[str, int] | None = None, variables: Sequence[str] | None = None,
-                           batch_size: int = 1024) -> xr.Dataset:
+                           batch_size: int = 1024, base_pred: np.ndarray | None = None) -> xr.Dataset:
     """Skill lost when one input variable is shuffled across samples (same permutation for all its cells).
 
     Args:
@@ -228,6 +224,8 @@ def permutation_importance(model: nn.Module, x: xr.DataArray | xr.Dataset, y: An
         n_repeats: permutations per variable; the result holds their mean and std.
         patch: e.g. ``{"lat": 4, "lon": 4}``: also shuffle each block of 4 x 4 cells of each variable alone,
             giving a map of the skill lost per block (``importance_map``, on ``x``'s grid).
+        base_pred: the model's prediction on the unperturbed ``x`` (as
+            :func:`~climateml.attribution.core.predict` gives it), when the caller already has it.
 
     Returns a Dataset with ``importance`` and ``importance_std`` along ``dim`` (and ``importance_map``),
     attrs ``skill`` (unperturbed).
@@ -240,7 +238,7 @@ def permutation_importance(model: nn.Module, x: xr.DataArray | xr.Dataset, y: An
     truth = np.asarray(y.values if isinstance(y, (xr.DataArray, xr.Dataset)) else y)
     values = np.asarray(da.values)
     axis = da.dims.index(dim)
-    base = skill(predict(model, values, batch_size), truth)
+    base = skill(predict(model, values, batch_size) if base_pred is None else base_pred, truth)
     rng = np.random.default_rng(seed)
     n = values.shape[0]
 
@@ -249,7 +247,8 @@ def permutation_importance(model: nn.Module, x: xr.DataArray | xr.Dataset, y: An
         for _ in range(n_repeats):
             perm = rng.permutation(n)
             v = values.copy()
-            v[select] = values[perm][select]
+            # shuffle only the selected block (the same as values[perm][select] while select keeps the sample axis)
+            v[select] = values[select][perm] if select[0] == slice(None) else values[perm][select]
             scores.append(base - skill(predict(model, v, batch_size), truth))
         return float(np.mean(scores)), float(np.std(scores))
 
@@ -260,7 +259,7 @@ def permutation_importance(model: nn.Module, x: xr.DataArray | xr.Dataset, y: An
                      attrs={"skill": float(base), "n_repeats": n_repeats,
                             "definition": "skill(unperturbed) - skill(variable shuffled across samples)"})
     if patch:
-        hdims = horizontal_dims(da)
+        hdims = spatial_dims(da, required=False)
         if hdims is None:
             raise ConfigError("permutation importance patches need (lat, lon) or (y, x) dims")
         sizes = {d: int(patch.get(d, 1)) for d in hdims}
@@ -333,11 +332,9 @@ def _optimise(model, start, target, steps, lr, l2, smoothness, scale, variables,
     s = torch.where(s > 0, s, torch.ones_like(s))
     dev = torch.device(device) if device is not None else model_device(model)
     x0, s = x0.to(dev, model_dtype(model)), s.to(dev, model_dtype(model))
-    hdims = horizontal_dims(da)
+    hdims = spatial_dims(da, required=False)
     axes = [da.dims.index(d) for d in hdims] if hdims else []
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             out_shape = tuple(model(x0[:1]).shape[1:])
         bound = as_target(target).bind(out_shape, layout.dataset if layout.dataset is not None else da, x0.shape[0],
@@ -367,9 +364,6 @@ def _optimise(model, start, target, steps, lr, l2, smoothness, scale, variables,
                 t_end = fwd(x_opt).float().cpu().numpy()
         for p, r in zip(params, req):
             p.requires_grad_(r)
-    finally:
-        for m, t in was_training.items():
-            m.train(t)
     attrs = {"method": "backwards optimisation", "target": bound.description,
              "target_at_start": [float(v) for v in t_start], "target_at_end": [float(v) for v in t_end],
              "steps": int(steps), "lr": float(lr), "l2": float(l2), "smoothness": float(smoothness)}

@@ -4,7 +4,7 @@ lines per year.
 
 Attribution is always drawn with a diverging colour scale centred on zero (red raises the target, blue
 lowers it), symmetric about zero at a high percentile of |relevance| so one extreme cell does not wash
-out the map. On lat/lon grids coastlines are drawn from :mod:`climateml.geography` when it imports (no
+out the map. On lat/lon grids coastlines are drawn from :mod:`climateml.geography` when it can (no
 download), and axes carry degree labels; on projected y/x grids axes are in the coordinates' units.
 """
 
@@ -18,18 +18,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
+from climateml import geography
 from climateml.attribution.core import input_layout
-from climateml.attribution.regions import horizontal_dims
+from climateml.grid import spatial_dims
+from climateml.plotting import save  # noqa: F401  (re-exported: plots.save)
 
 ATTRIBUTION_CMAP = "RdBu_r"
-
-
-def _geography():
-    try:
-        from climateml import geography
-        return geography
-    except Exception:  # noqa: BLE001  (absent module or missing land-mask package: maps without coastlines)
-        return None
 
 
 def symmetric_limit(values: Any, percentile: float = 99.0) -> float:
@@ -48,7 +42,7 @@ def draw_map(ax, field: xr.DataArray, cmap: str = ATTRIBUTION_CMAP, vmin: float 
 
     Returns the mappable (for a colorbar).
     """
-    hdims = horizontal_dims(field) or tuple(field.dims[-2:])
+    hdims = spatial_dims(field, required=False) or tuple(field.dims[-2:])
     f = field.transpose(*hdims)
     ycoord = f[hdims[0]].values if hdims[0] in f.coords else np.arange(f.shape[0])
     xcoord = f[hdims[1]].values if hdims[1] in f.coords else np.arange(f.shape[1])
@@ -57,16 +51,13 @@ def draw_map(ax, field: xr.DataArray, cmap: str = ATTRIBUTION_CMAP, vmin: float 
         c = contour.transpose(*hdims).values
         if np.nanstd(c) > 0:
             ax.contour(xcoord, ycoord, c, levels=n_contours, colors="0.25", linewidths=0.6)
-    geo = _geography() if hdims == ("lat", "lon") else None
-    if geo is not None:
+    if hdims == ("lat", "lon"):
         try:
-            geo.format_map_axes(ax, xcoord, ycoord)
+            geography.format_map_axes(ax, xcoord, ycoord)
             if coastlines:
-                geo.add_coastlines(ax, linewidths=0.5, colors="0.1")
+                geography.add_coastlines(ax, linewidths=0.5, colors="0.1")
         except Exception:  # noqa: BLE001  (a figure without coastlines beats no figure)
             pass
-    elif hdims == ("lat", "lon"):
-        ax.set_xlabel("lon (°E)", fontsize=7), ax.set_ylabel("lat (°N)", fontsize=7)
     else:
         units = f[hdims[1]].attrs.get("units", "") if hdims[1] in f.coords else ""
         ax.set_aspect("equal")
@@ -123,7 +114,7 @@ def plot_attribution(attr: xr.DataArray | xr.Dataset, x: xr.DataArray | xr.Datas
     position = [f"{a.dims[0]} {sample_value}"] if a.dims[0] in a.coords or not along else []
     sample_label = ", ".join(position + along)
     title = title if title is not None else f"{label}, {sample_label}: {a.attrs.get('target', '')}"
-    hdims = horizontal_dims(a1)
+    hdims = spatial_dims(a1, required=False)
     if hdims is None:
         flat = a1.values.reshape(-1)
         names = ([str(v) for v in a1[a1.dims[0]].values] if a1.ndim == 1 and a1.dims[0] in a1.coords
@@ -169,7 +160,7 @@ def plot_feature_attribution(attr: xr.DataArray | xr.Dataset, sample_axis: str |
     when the samples carry one (``max_cols`` panels a row, shared y axis).
     """
     a = input_layout(attr).template
-    if a.ndim != 2 or horizontal_dims(a) is not None:
+    if a.ndim != 2 or spatial_dims(a, required=False) is not None:
         raise ValueError(f"plot_feature_attribution needs (sample, feature) attribution, got {tuple(a.dims)}")
     sdim, fdim = a.dims
     names = [str(v) for v in a[fdim].values] if fdim in a.coords else [str(i) for i in range(a.sizes[fdim])]
@@ -228,7 +219,7 @@ def plot_maps(da: xr.DataArray | xr.Dataset, row: str | None = None, col: str | 
     """A grid of maps: ``row`` and ``col`` dims (default: the non-horizontal dims in order) of a field with
     horizontal dims; diverging (centred on zero, shared symmetric limit) or sequential colours."""
     d = input_layout(da).template if isinstance(da, xr.Dataset) else da
-    hdims = horizontal_dims(d)
+    hdims = spatial_dims(d, required=False)
     if hdims is None:
         raise ValueError(f"plot_maps needs (lat, lon) or (y, x) dims, got {tuple(d.dims)}")
     others = [x for x in d.dims if x not in hdims]
@@ -281,7 +272,7 @@ def plot_methods(maps: Mapping[str, xr.DataArray], sample: int = 0, channel: Map
         f = _sample_sel(a, sample)
         if channel:
             f = f.sel(channel)
-        hd = horizontal_dims(f)
+        hd = spatial_dims(f, required=False)
         f = f.isel({d: 0 for d in f.dims if hd is None or d not in hd})
         lim = symmetric_limit(f.values)
         ax = axes[k // ncol, k % ncol]
@@ -300,7 +291,7 @@ def plot_spray(result, coastlines: bool = True, max_clusters: int = 6, title: st
     and the Laplacian's smallest eigenvalues with the eigengap that chose the number of clusters."""
     means = result.cluster_means.isel(cluster=slice(0, max_clusters))
     labels = [f"cluster {c} ({int(n)} maps)" for c, n in zip(means.cluster.values, result.counts.values)]
-    hd = horizontal_dims(means)
+    hd = spatial_dims(means, required=False)
     if hd is None:
         fig, ax = plt.subplots(figsize=(6, 3), constrained_layout=True)
         flat = means.values.reshape(means.sizes["cluster"], -1)
@@ -346,13 +337,3 @@ def plot_clever_hans(result: Mapping[str, Mapping[str, float]],
     ax.set_title("Clever-Hans diagnostics: relevance on the cue, skill before / after ablating it", fontsize=9)
     return fig
 
-
-def save(fig, path) -> Any:
-    """Save a figure (creating the folder) and close it; returns the path."""
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -16,23 +16,24 @@ A region that selects no cell is a :class:`~climateml.errors.ConfigError` naming
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
 from climateml.errors import ConfigError, DataError
-from climateml.grid import box_mask
+from climateml.grid import box_mask, spatial_dims
 
 BOX_DIMS = ("lat", "lon", "y", "x")
 
 
-def horizontal_dims(obj: xr.DataArray | xr.Dataset) -> tuple[str, str] | None:
-    """The two horizontal dims of ``obj``, ("lat", "lon") or ("y", "x"), or None if it has neither pair."""
-    for dims in (("lat", "lon"), ("y", "x")):
-        if all(d in obj.dims for d in dims):
-            return dims
-    return None
+def mask_array(mask: xr.DataArray, dims: Sequence[str], shape: tuple[int, ...], dtype: Any = bool) -> np.ndarray:
+    """``mask`` as a numpy array (a new one, of ``dtype``) on ``dims`` (in that order) of ``shape``,
+    broadcasting the dims it lacks."""
+    present = [d for d in dims if d in mask.dims]
+    arr = mask.transpose(*present).values if present else np.asarray(mask.values)
+    arr = arr.reshape([mask.sizes[d] if d in mask.dims else 1 for d in dims])
+    return np.broadcast_to(arr, shape).astype(dtype)
 
 
 def _extent(obj, dims) -> str:
@@ -69,7 +70,7 @@ def region_mask(obj: xr.DataArray | xr.Dataset, region: Any, what: str = "region
         region: None, a mapping, a boolean DataArray or a boolean numpy array of the horizontal shape.
         what: the word used in error messages ("target region", "cue region" ...).
     """
-    hdims = horizontal_dims(obj)
+    hdims = spatial_dims(obj, required=False)
     if region is None:
         if hdims is None:
             return xr.DataArray(True)

@@ -18,8 +18,8 @@ import numpy as np
 import xarray as xr
 
 from climateml.attribution.core import input_layout
-from climateml.attribution.regions import horizontal_dims
 from climateml.errors import ConfigError
+from climateml.grid import spatial_dims
 
 
 @dataclass
@@ -55,7 +55,7 @@ def _pool(da: xr.DataArray, pool: int | Mapping[str, int] | None) -> xr.DataArra
     if isinstance(pool, Mapping):
         factors = {d: int(f) for d, f in pool.items()}
     else:
-        hdims = horizontal_dims(da)
+        hdims = spatial_dims(da, required=False)
         if hdims is None:
             raise ConfigError("spray pool=<int> needs (lat, lon) or (y, x) dims; give pool as {dim: factor}")
         factors = {d: int(pool) for d in hdims}

@@ -25,9 +25,9 @@ import torch
 import xarray as xr
 from torch import nn
 
-from climateml.attribution.regions import describe_region, horizontal_dims, region_mask
+from climateml.attribution.regions import describe_region, mask_array, region_mask
 from climateml.errors import ConfigError, DataError
-from climateml.grid import lat_weights
+from climateml.grid import lat_weights, spatial_dims
 
 
 class TargetModule(nn.Module):
@@ -159,14 +159,6 @@ class _MapReduce(nn.Module):
         return (field * w).sum(1) / w.sum(1).clamp_min(1e-12)
 
 
-def _mask_array(mask: xr.DataArray, dims: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
-    """``mask`` as a numpy array on ``dims`` (in that order) of ``shape``, broadcasting the dims it lacks."""
-    present = [d for d in dims if d in mask.dims]
-    arr = mask.transpose(*present).values if present else np.asarray(mask.values)
-    arr = arr.reshape([mask.sizes[d] if d in mask.dims else 1 for d in dims])
-    return np.broadcast_to(arr, shape).astype(np.float32)
-
-
 class RegionMean(Target):
     """Mean (area-weighted) or sum of one output map over a region, one number per sample.
 
@@ -209,7 +201,7 @@ class RegionMean(Target):
 
     def bind(self, output_shape, grid, n_samples, sample_dim=None) -> BoundTarget:
         grid = self.grid if self.grid is not None else grid
-        hdims = horizontal_dims(grid) if grid is not None else None
+        hdims = spatial_dims(grid, required=False) if grid is not None else None
         if hdims is None:
             raise ConfigError(f"target {self.describe()} needs the output map's grid: pass grid= (an xarray object "
                               "with lat/lon or y/x coordinates) to the target, or an input with those dims")
@@ -247,13 +239,13 @@ class RegionMean(Target):
         if per_sample:
             if mask.sizes[sample_dim] != n_samples:
                 raise DataError(f"per-sample target mask has {mask.sizes[sample_dim]} samples, the input {n_samples}")
-            m = _mask_array(mask, (sample_dim, *hdims), (n_samples, *map_shape))
+            m = mask_array(mask, (sample_dim, *hdims), (n_samples, *map_shape), np.float32)
             reducer = _MapReduce(lead, map_shape, index, self.activation, None, cell_w, self.reduce)
             return BoundTarget(reducer, self.describe(), extra=[m])
         if set(mask.dims) - set(hdims):
             raise ConfigError(f"target region {describe_region(self.region)} has dims {tuple(mask.dims)}; a target "
                               f"region lives on the output map's {hdims} (or adds the sample dim)")
-        m = _mask_array(mask, hdims, map_shape).astype(float)
+        m = mask_array(mask, hdims, map_shape, float)
         if self.reduce == "sum":
             w = m
         else:
@@ -333,6 +325,7 @@ def as_target(target: Any) -> Target:
         kind = spec.pop("kind", "index")
         if kind not in TARGET_KINDS:
             raise ConfigError(f"target kind must be one of {list(TARGET_KINDS)}, got {kind!r}")
+        # YAML lists of two numbers become (low, high) bounds: the target keeps the spec as written in Python
         for k in ("lat", "lon"):
             if k in spec and isinstance(spec[k], list):
                 spec[k] = tuple(spec[k])
