@@ -7,6 +7,7 @@ without them is skipped rather than failing here.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import nbclient
 import nbformat
+import pandas as pd
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 
@@ -91,3 +93,20 @@ def tagged_text(nb, tag: str) -> str:
     cells = [c for c in nb.cells if tag in c.metadata.get("tags", [])]
     assert len(cells) == 1, f"expected one cell tagged {tag!r}"
     return "".join(o.get("text", "") for o in cells[0].outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def printed_table(text: str, labels: list[str] | None = None) -> pd.DataFrame:
+    """Parse a DataFrame printed with ``to_string()``. ``labels``: its row labels when they may contain spaces
+    (the table must then be all of ``text``); without them, labels have no spaces and the table may follow
+    lines of prose (its header line is the first indented one)."""
+    lines = text.strip("\n").splitlines()
+    if labels is None:
+        start = next(i for i, line in enumerate(lines) if line.startswith(" "))
+        return pd.read_csv(io.StringIO("\n".join(lines[start:])), sep=r"\s+")
+    assert len(lines) == len(labels) + 1, text
+    rows = {}
+    for label, line in zip(labels, lines[1:]):
+        assert line.startswith(label), f"expected a row {label!r} in\n{text}"
+        rows[label] = [float(v) for v in line[len(label):].split()]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=lines[0].split())
+

@@ -12,7 +12,7 @@ import xarray as xr
 pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
-from notebook_runner import committed_code_cells, run_notebook, tagged_text  # noqa: E402
+from notebook_runner import committed_code_cells, printed_table, run_notebook, tagged_text  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_global_temperature_lab.ipynb"
 NLAT, NLON, EPOCHS, ENSEMBLE = 12, 18, 3, 2
@@ -27,17 +27,6 @@ def test_committed_notebook_is_valid_and_has_no_outputs():
         assert name in source, f"the settings cell does not read {name}"
 
 
-def _table(text: str, labels: list[str]) -> pd.DataFrame:
-    """Parse a DataFrame printed with to_string() whose row labels (which may contain spaces) are ``labels``."""
-    lines = text.strip("\n").splitlines()
-    assert len(lines) == len(labels) + 1, text
-    rows = {}
-    for label, line in zip(labels, lines[1:]):
-        assert line.startswith(label), f"expected a row {label!r} in\n{text}"
-        rows[label] = [float(v) for v in line[len(label):].split()]
-    return pd.DataFrame.from_dict(rows, orient="index", columns=lines[0].split())
-
-
 def test_lab_notebook_runs_on_small_sample_data(tmp_path, monkeypatch):
     data, runs = tmp_path / "climatebench", tmp_path / "runs"
     nb = run_notebook(NOTEBOOK, {"CLIMATEML_LAB_DATA": data, "CLIMATEML_LAB_RUNS": runs, "CLIMATEML_LAB_NLAT": NLAT,
@@ -49,14 +38,14 @@ def test_lab_notebook_runs_on_small_sample_data(tmp_path, monkeypatch):
         assert dict(raw["tas"].sizes) == {"member": 3, "time": 86, "lat": NLAT, "lon": NLON}
 
     # the scores table: the emulator and ClimateBench's three baselines, every score, finite numbers
-    scores = _table(tagged_text(nb, "metrics"), ["emulator [64, 64]", "linear baseline", "random forest",
+    scores = printed_table(tagged_text(nb, "metrics"), ["emulator [64, 64]", "linear baseline", "random forest",
                                                  "gaussian process"])
     assert list(scores) == ["rmse", "mae", "bias", "r2", "nrmse_spatial", "nrmse_global", "nrmse_total"]
     assert np.isfinite(scores.to_numpy()).all() and (scores["rmse"] > 0).all()
     assert (scores["mae"] <= scores["rmse"]).all()
     # ensemble and architecture tables: one row per member plus the mean; two architectures
-    _table(tagged_text(nb, "ensemble"), [f"member {i}" for i in range(ENSEMBLE)] + ["ensemble mean"])
-    archs = _table(tagged_text(nb, "architectures"), ["[64, 64]", "[128, 128], dropout 0.2"])
+    printed_table(tagged_text(nb, "ensemble"), [f"member {i}" for i in range(ENSEMBLE)] + ["ensemble mean"])
+    archs = printed_table(tagged_text(nb, "architectures"), ["[64, 64]", "[128, 128], dropout 0.2"])
     assert list(archs["epochs"]) == [EPOCHS, EPOCHS] and (archs["best_val_loss"] > 0).all()
     assert archs.loc["[64, 64]", "parameters"] == (2 * 64 + 64) + (64 * 64 + 64) + (64 + 1) * NLAT * NLON
 

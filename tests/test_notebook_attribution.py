@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import xarray as xr
 
@@ -16,7 +14,7 @@ pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("captum")
-from notebook_runner import committed_code_cells, run_notebook, tagged_text  # noqa: E402
+from notebook_runner import committed_code_cells, printed_table, run_notebook, tagged_text  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_clever_hans_attribution.ipynb"
 SAMPLES, EPOCHS, N_ATTRIBUTION, FIDELITY_SAMPLES = 600, 8, 100, 8000
@@ -25,13 +23,6 @@ METHODS = ["saliency", "input_x_gradient", "smoothgrad", "integrated_gradients",
 TAGS = ("skill", "coords", "relevance_mass", "relevance_ig", "ablation", "importance", "spray", "fidelity", "netcdf")
 SETTINGS = ("CLIMATEML_CH_SAMPLES", "CLIMATEML_CH_EPOCHS", "CLIMATEML_CH_ATTRIBUTION", "CLIMATEML_CH_FIDELITY_SAMPLES",
             "CLIMATEML_CH_OUT", "CLIMATEML_CH_THREADS")
-
-
-def _table(text: str) -> pd.DataFrame:
-    """A DataFrame printed with to_string() (row labels without spaces), possibly after lines of prose."""
-    lines = text.strip("\n").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(" "))  # the header line is indented
-    return pd.read_csv(io.StringIO("\n".join(lines[start:])), sep=r"\s+")
 
 
 def test_committed_notebook_is_valid_and_has_no_outputs():
@@ -55,7 +46,7 @@ def test_clever_hans_notebook_runs_on_small_data(tmp_path, monkeypatch):
     nb = run_notebook(NOTEBOOK, settings, tmp_path, monkeypatch)
 
     # the confounded model beats the clean one on validation data (the cue is there) and fails on test data
-    skill = _table(tagged_text(nb, "skill"))
+    skill = printed_table(tagged_text(nb, "skill"))
     assert list(skill.index) == ["confounded", "clean"] and list(skill) == ["r2_train", "r2_val", "r2_test"]
     assert skill.loc["confounded", "r2_val"] > 0.85 and skill.loc["confounded", "r2_val"] > skill.loc["clean", "r2_val"]
     assert skill.loc["clean", "r2_test"] > 0.4
@@ -68,13 +59,13 @@ def test_clever_hans_notebook_runs_on_small_data(tmp_path, monkeypatch):
 
     # relevance mass on the cue: the confounded model's is several times the clean model's for every method
     # that attributes per variable (Grad-CAM draws one map for all variables, so it cannot single out the cue)
-    mass = _table(tagged_text(nb, "relevance_mass"))
+    mass = printed_table(tagged_text(nb, "relevance_mass"))
     assert list(mass.index) == METHODS and list(mass) == ["confounded", "clean", "ratio"]
     assert mass.loc["integrated_gradients", "confounded"] >= 2.5 * mass.loc["integrated_gradients", "clean"]
     for method in ("input_x_gradient", "deeplift", "gradient_shap", "occlusion", "saliency"):
         assert mass.loc[method, "confounded"] >= 2 * mass.loc[method, "clean"], method
     np.testing.assert_allclose(mass["ratio"], mass["confounded"] / mass["clean"], rtol=0.02)
-    detail = _table(tagged_text(nb, "relevance_ig"))
+    detail = printed_table(tagged_text(nb, "relevance_ig"))
     assert list(detail) == ["mass_cue", "mass_cue_oriented", "rank_cue", "mass_signal_region"]
     assert detail.loc["confounded", "mass_cue"] == pytest.approx(mass.loc["integrated_gradients", "confounded"],
                                                                 abs=1e-3)
@@ -83,7 +74,7 @@ def test_clever_hans_notebook_runs_on_small_data(tmp_path, monkeypatch):
     assert detail.loc["clean", "mass_signal_region"] > 2 * detail.loc["confounded", "mass_signal_region"]
 
     # ablating the cue ruins the confounded model's skill; the clean model's stays within noise
-    abl = _table(tagged_text(nb, "ablation"))
+    abl = printed_table(tagged_text(nb, "ablation"))
     assert list(abl) == ["skill", "skill_cue_climatology", "skill_cue_shuffled", "shuffle_std", "skill_drop"]
     np.testing.assert_allclose(abl["skill"], skill["r2_val"], atol=2e-3)
     assert abl.loc["confounded", "skill_drop"] > 0.5
@@ -93,7 +84,7 @@ def test_clever_hans_notebook_runs_on_small_data(tmp_path, monkeypatch):
     assert abs(abl.loc["clean", "skill_cue_shuffled"] - abl.loc["clean", "skill"]) < 0.05
 
     # permutation importance: station density for the confounded model, temperature for the clean one
-    imp = _table(tagged_text(nb, "importance"))
+    imp = printed_table(tagged_text(nb, "importance"))
     assert list(imp.index) == ["tas", "psl", "station_density"] and list(imp) == ["confounded", "clean"]
     assert imp.loc["station_density", "confounded"] > 0.5 and abs(imp.loc["station_density", "clean"]) < 0.05
     assert imp["confounded"].idxmax() == "station_density" and imp["clean"].idxmax() == "tas"
@@ -106,7 +97,7 @@ def test_clever_hans_notebook_runs_on_small_data(tmp_path, monkeypatch):
         assert len(counts) == int(n) >= 1 and sum(counts) == N_ATTRIBUTION, twin
 
     # fidelity: integrated gradients and input x gradient follow the ground truth, the plain gradient does not
-    fid = _table(tagged_text(nb, "fidelity"))
+    fid = printed_table(tagged_text(nb, "fidelity"))
     assert {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad"} <= set(fid.index)
     assert fid.loc["integrated_gradients", "correlation"] >= 0.75
     assert fid.loc["input_x_gradient", "correlation"] >= 0.75
