@@ -89,11 +89,11 @@ def _source_mask(stride: int = SOURCE_STRIDE) -> tuple[np.ndarray, float, float,
         except Exception:  # absent, partial or from another version: rebuild it
             pass
         land, *grid = _read_subsampled(path, stride)
+        from climateml.writers import atomic_path  # noqa: PLC0415 (imports xarray: only when the cache is written)
+
         try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, packed=np.packbits(land, axis=1), shape=np.array(land.shape), grid=np.array(grid))
-            os.replace(tmp, cached)
+            with atomic_path(cached) as tmp:  # the path ends in .npz, so savez writes exactly there
+                np.savez(tmp, packed=np.packbits(land, axis=1), shape=np.array(land.shape), grid=np.array(grid))
         except OSError:  # a read-only home: the mask is simply rebuilt next time
             pass
         return (land, *grid)

@@ -21,13 +21,13 @@ from torch.utils.data import Dataset
 
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec
+from climateml.data.io import FLAG_ATTRS  # noqa: F401 (re-exported: climateml.data.climatenet.FLAG_ATTRS)
 from climateml.data.io import HDF5_LOCK, DataError, grid_difference, open_dataset
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 
 FILE_PATTERN = re.compile(r"^data-(\d{4}-\d{2}-\d{2})-01-1_(\d+)\.nc$")
 CLASS_NAMES = ("background", "tc", "ar")
 LABEL_VAR = "LABELS"
-FLAG_ATTRS = {"flag_values": np.array([0, 1, 2], dtype=np.int64), "flag_meanings": "background tropical_cyclone atmospheric_river"}
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,8 @@ class SnapshotDataset(Dataset):
         if not self.with_labels:
             return read_fields(snap.files[0], self.channels), None
         if k is None and len(snap.files) > 1:
-            return read_fields(snap.files[0], self.channels), self.labels(i)
+            x, first = read_snapshot(snap.files[0], self.channels)  # the first file opened once for both
+            return x, merge_labellings([first, *(read_labels(f) for f in snap.files[1:])])
         return read_snapshot(snap.files[k or 0], self.channels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -399,7 +400,8 @@ class SegmentationDataModule(ClimateDataModule):
                 lat, lon = read_grid(f)
                 key = (tuple(np.round(lat, 4)), tuple(np.round(lon, 4)))
                 grids.setdefault(key, []).append(f)
-                coords.setdefault(key, xr.Dataset(coords={"lat": lat, "lon": lon}))
+                if key not in coords:
+                    coords[key] = xr.Dataset(coords={"lat": lat, "lon": lon})
         common = max(grids, key=lambda k: len(grids[k]))
         grid = coords[common]
         for key, files in grids.items():
@@ -433,14 +435,22 @@ class SegmentationDataModule(ClimateDataModule):
         n_classes = len(CLASS_NAMES)
         sums = np.zeros(len(self.channels)), np.zeros(len(self.channels))
         counts, n = np.zeros(n_classes), 0
-        for snap in dict.fromkeys(s for s, _ in items):
-            x = read_fields(snap.files[0], self.channels).astype(np.float64)
+        labellings: dict[Snapshot, list[int | None]] = {}
+        for snap, k in items:
+            labellings.setdefault(snap, []).append(k)
+        for snap, ks in labellings.items():  # one snapshot's files at a time, each file opened once
+            fields, first = read_snapshot(snap.files[0], self.channels)
+            x = fields.astype(np.float64)
             sums[0][:] += x.sum(axis=(1, 2))
             sums[1][:] += (x ** 2).sum(axis=(1, 2))
             n += x[0].size
-        ds = SnapshotDataset(items, self.channels)
-        for i in range(len(ds)):
-            counts += np.bincount(ds.labels(i).ravel(), minlength=n_classes)
+            known: list[np.ndarray | None] = [first] + [None] * (len(snap.files) - 1)
+            for k in ks:  # the targets SnapshotDataset.labels serves for these items
+                for j in range(len(snap.files)) if k is None else (k,):
+                    if known[j] is None:
+                        known[j] = read_labels(snap.files[j])
+                y = merge_labellings(known) if k is None else known[k]
+                counts += np.bincount(y.ravel(), minlength=n_classes)
         mean = sums[0] / n
         std = np.sqrt(np.maximum(sums[1] / n - mean ** 2, 0.0))
         std = np.where(std > 0, std, 1.0)
@@ -477,6 +487,10 @@ class SegmentationDataModule(ClimateDataModule):
             if missing:
                 raise DataError(f"{ref}: variable(s) {missing} missing; the file has {sorted(map(str, ds.data_vars))}")
             attrs = {v: dict(ds[v].attrs) for v in variables}
+        return self._layout(variables, attrs)
+
+    def _layout(self, variables: Sequence[str], attrs: dict[str, dict]) -> FieldLayout:
+        """``variables`` on this DataModule's (lat, lon) grid (a copy of its coordinates), one per date."""
         coords = {"lat": self.grid["lat"].copy(), "lon": self.grid["lon"].copy()}
         return FieldLayout(list(variables), ("lat", "lon"), coords, attrs, sample_dim="time")
 
@@ -492,15 +506,12 @@ class SegmentationDataModule(ClimateDataModule):
             raise DataError(f"predictions of shape {tuple(logits.shape)} do not fit the {n} {split} dates "
                             f"x {len(CLASS_NAMES)} classes x (lat, lon)")
         prob = torch.softmax(logits, dim=1)
-        layout = FieldLayout(["probability", LABEL_VAR], ("lat", "lon"),
-                             {"lat": self.grid["lat"].copy(), "lon": self.grid["lon"].copy()},
-                             {"probability": {"long_name": "class probability", "units": "1"},
-                              LABEL_VAR: {"long_name": "predicted label", **FLAG_ATTRS}})
+        attrs = {"probability": {"long_name": "class probability", "units": "1"},
+                 LABEL_VAR: {"long_name": "predicted label", **FLAG_ATTRS}}
         time = self._time(split)
-        probability = FieldLayout(["probability"], layout.field_dims, layout.coords, layout.attrs).to_xarray(
-            prob[:, :, None], time, extra_dims={"class": list(CLASS_NAMES)})
-        labels = FieldLayout([LABEL_VAR], layout.field_dims, layout.coords, layout.attrs).to_xarray(
-            prob.argmax(1, keepdim=True).numpy().astype(np.int64), time)
+        probability = self._layout(["probability"], attrs).to_xarray(prob[:, :, None], time,
+                                                                      extra_dims={"class": list(CLASS_NAMES)})
+        labels = self._layout([LABEL_VAR], attrs).to_xarray(prob.argmax(1, keepdim=True).numpy().astype(np.int64), time)
         group = "test" if split == "predict" else split  # prediction runs on the test dates
         return {group: labels.assign(probability=probability["probability"])}
 
@@ -508,8 +519,7 @@ class SegmentationDataModule(ClimateDataModule):
         """The (merged) expert labels of ``split`` as ``LABELS`` (time, lat, lon)."""
         ds = SnapshotDataset([(s, None) for s in self._snapshots(split)], self.channels)
         labels = np.stack([ds.labels(i) for i in range(len(ds))])[:, None]
-        layout = FieldLayout([LABEL_VAR], ("lat", "lon"), {"lat": self.grid["lat"].copy(), "lon": self.grid["lon"].copy()},
-                             {LABEL_VAR: {"long_name": "expert label", **FLAG_ATTRS}})
+        layout = self._layout([LABEL_VAR], {LABEL_VAR: {"long_name": "expert label", **FLAG_ATTRS}})
         return {"test" if split == "predict" else split: layout.to_xarray(labels, self._time(split))}
 
     def fields(self, split: str, channels: Sequence[str] | None = None) -> xr.Dataset:

@@ -12,6 +12,10 @@ from climateml.errors import DataError  # noqa: F401  (re-exported: climateml.da
 from climateml.writers import write_dataset  # noqa: F401  (re-exported for the readers and generators)
 
 SUFFIXES = (".nc", ".zarr")
+#: CF flag attributes of ClimateNet's ``LABELS`` (0 background, 1 TC, 2 AR): one definition for the reader, the
+#: sample-data generator and the heuristic baseline (here, so that neither of the latter imports Lightning)
+FLAG_ATTRS = {"flag_values": np.array([0, 1, 2], dtype=np.int64),
+              "flag_meanings": "background tropical_cyclone atmospheric_river"}
 
 try:  # xarray's own lock around HDF5 calls: netCDF4/HDF5 is not thread-safe, so our direct netCDF4 reads and
     # xarray's take turns. Not re-entrant: take it around netCDF4 calls only, never around an xarray open.

@@ -148,6 +148,7 @@ class NowcastingDataModule(ClimateDataModule):
         self.synthesize_if_missing, self.sample_options = synthesize_if_missing, dict(sample_options)
         self.reader: RadarReader | None = None
         self.starts: dict[str, np.ndarray] = {}
+        self._unseen: dict[str, np.ndarray] = {}  # per split: where the last input frame is NaN (to_xarray)
 
     def prepare_data(self) -> None:
         if not self.synthesize_if_missing:
@@ -168,6 +169,7 @@ class NowcastingDataModule(ClimateDataModule):
             raise DataError(f"{reader.path(0)}: the archive {self.paths} holds {len(reader)} frame; expected a "
                             f"sequence of at least n_in + n_out = {self.n_in + self.n_out}")
         self.reader, self.times, self.step = reader, reader.times, reader.step
+        self._unseen = {}  # masks of a previous build describe other windows
         for split, (start, end) in self.periods.items():
             try:
                 self.starts[split] = window_starts(self.times, self.n_in, self.n_out, start, end, self.step)
@@ -197,12 +199,6 @@ class NowcastingDataModule(ClimateDataModule):
         self.val_dataset = WindowDataset(reader, self.starts["val"], self.n_in, self.n_out)
         self.test_dataset = WindowDataset(reader, self.starts["test"], self.n_in, self.n_out)
         self.predict_dataset = self.test_dataset
-
-    @property
-    def rain(self) -> xr.DataArray:
-        """The whole archive as a lazy (time, y, x) DataArray [mm/h] (one dask chunk per frame)."""
-        self.setup()
-        return self.reader.to_dataarray()
 
     @property
     def grid(self) -> xr.Dataset:
@@ -258,9 +254,17 @@ class NowcastingDataModule(ClimateDataModule):
         if values.shape[:2] != (n, self.n_out):
             raise DataError(f"predictions of shape {values.shape} do not fit the {n} {split} windows x {self.n_out} "
                             "lead times")
-        unseen = np.isnan(self._stack(split, self.n_in - 1, 1))  # (windows, 1, y, x): the last input frame
-        values = np.where(unseen, np.float32(np.nan), values).astype(values.dtype, copy=False)
+        values = np.where(self._unseen_mask(split), np.float32(np.nan), values).astype(values.dtype, copy=False)
         return {self._split(split): self._dataset(values, split)}
+
+    def _unseen_mask(self, split: str) -> np.ndarray:
+        """(windows, 1, y, x): True where the last input frame of a window is NaN; read from the archive once
+        per split and kept (to_xarray runs once per baseline and member), until the next build."""
+        self.setup()
+        key = self._split(split)
+        if key not in self._unseen:
+            self._unseen[key] = np.isnan(self._stack(split, self.n_in - 1, 1))
+        return self._unseen[key]
 
     def _stack(self, split: str, offset: int, n: int) -> np.ndarray:
         self.setup()

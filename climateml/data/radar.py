@@ -258,9 +258,9 @@ class RadarReader:
         if np.any(gaps <= np.timedelta64(0, "ns")):
             i = int(np.argmax(gaps <= np.timedelta64(0, "ns"))) + 1
             what = "duplicated" if times[i] == times[i - 1] else "earlier than the previous frame"
-            raise DataError(f"{self.path_of(i, pieces)}: time {times[i]} is {what} ({times[i - 1]} in "
-                            f"{self.path_of(i - 1, pieces)}); expected strictly increasing times (sort the files, "
-                            f"drop duplicates)")
+            here, before = (pieces[self.frame_file[k]]["path"] for k in (i, i - 1))
+            raise DataError(f"{here}: time {times[i]} is {what} ({times[i - 1]} in {before}); expected strictly "
+                            f"increasing times (sort the files, drop duplicates)")
         self.times = times
         self.step = time_step(times) if times.size > 1 else None
         scales = []
@@ -288,11 +288,6 @@ class RadarReader:
         self._pid = os.getpid()
         self._cache: OrderedDict = OrderedDict()
         self._cached_bytes = 0
-
-    @staticmethod
-    def path_of(i: int, pieces: list[dict]) -> Path:
-        sizes = np.cumsum([p["times"].size for p in pieces])
-        return pieces[int(np.searchsorted(sizes, i, side="right"))]["path"]
 
     def __len__(self) -> int:
         return self.times.size
@@ -387,26 +382,26 @@ class RadarReader:
         names = info["disk_names"]
         row, col = names[self.spatial[0]], names[self.spatial[1]]
         handle = self._handle(f)
+        dbz = info["kind"] == "dbz"
+        dtype = np.float64 if dbz else np.float32  # float64 only for the dBZ -> rain conversion
         if info["zarr"]:
             da = handle[self.variable]
             if names["time"] is not None:
                 da = da.isel({names["time"]: int(self.frame_index[frame])})
-            values = da.isel({row: rows, col: cols}).transpose(row, col).values
+            values = da.isel({row: rows, col: cols}).transpose(row, col).values.astype(dtype)  # our own copy
         else:
             var = handle.variables[self.variable]
             key = {names["time"]: int(self.frame_index[frame]), row: rows, col: cols}
             values = var[tuple(key[d] for d in var.dimensions)]
             if var.dimensions.index(row) > var.dimensions.index(col):
                 values = values.T
-            values = np.ma.filled(np.ma.asarray(values).astype(np.float64), np.nan)
-        values = np.asarray(values, dtype=np.float64)
-        if info["kind"] == "dbz":
-            values = (10.0 ** (values / 10.0) / self.zr_a) ** (1.0 / self.zr_b)
-        else:
-            scale = self.frame_scale[frame]
-            if scale != 1.0:
-                values = values * scale
-        return values.astype(np.float32)
+            values = np.ma.filled(np.ma.asarray(values).astype(dtype), np.nan)
+        if dbz:
+            return ((10.0 ** (values / 10.0) / self.zr_a) ** (1.0 / self.zr_b)).astype(np.float32)
+        scale = self.frame_scale[frame]
+        if scale != 1.0:
+            values *= np.float32(scale)
+        return values
 
     def read_frames(self, frames: Iterable[int], rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """Frames (n, y, x) [mm/h], each read on its own (see :meth:`read`)."""

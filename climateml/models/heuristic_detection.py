@@ -23,6 +23,8 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
+from climateml.data.io import FLAG_ATTRS
+
 EARTH_RADIUS_KM = 6371.0
 BACKGROUND, TC, AR = 0, 1, 2
 
@@ -177,8 +179,7 @@ class HeuristicDetector:
         out = out if has_time else out[0]
         coords = {d: ds[d] for d in dims if d in ds.coords}
         return xr.DataArray(out, dims=dims, coords=coords, name="LABELS",
-                            attrs={"long_name": "heuristic TC / AR labels", "flag_values": "0 1 2",
-                                   "flag_meanings": "background tropical_cyclone atmospheric_river"})
+                            attrs={"long_name": "heuristic TC / AR labels", **FLAG_ATTRS})
 
     # ------------------------------------------------------------------ ARs
     def detect_rivers(self, field: np.ndarray, lat: np.ndarray, lon: np.ndarray, area: np.ndarray | None = None,

@@ -56,7 +56,7 @@ import xarray as xr
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
-from climateml.data.io import write_dataset
+from climateml.data.io import FLAG_ATTRS, write_dataset
 
 EARTH_RADIUS_KM = 6371.0
 R_DRY = 287.04  # J kg-1 K-1
@@ -324,7 +324,6 @@ def generate_climatenet(
             labellings.append(_labels(features, lat2d.shape, thr, keep))
         for k, labels in enumerate(labellings):
             ds_k = ds.assign(LABELS=(("lat", "lon"), labels,
-                                     {"long_name": "expert label", "flag_values": "0 1 2",
-                                      "flag_meanings": "background tropical_cyclone atmospheric_river"}))
+                                     {"long_name": "expert label", **FLAG_ATTRS}))
             paths.append(write_dataset(ds_k, out_dir / file_name(date, k)))
     return sorted(paths)
