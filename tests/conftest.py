@@ -26,11 +26,19 @@ def small_climatebench(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cb_copy(small_climatebench, tmp_path) -> Path:
+def writable_copy(tmp_path):
+    """``writable_copy(folder) -> path``: a private copy of a read-only session data set that a test may corrupt."""
+
+    def copy(source: Path) -> Path:
+        return Path(shutil.copytree(source, tmp_path / "data"))
+
+    return copy
+
+
+@pytest.fixture
+def cb_copy(small_climatebench, writable_copy) -> Path:
     """A private copy of the small data set that a test may corrupt."""
-    dst = tmp_path / "data"
-    shutil.copytree(small_climatebench, dst)
-    return dst
+    return writable_copy(small_climatebench)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -43,10 +42,8 @@ def seg_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def seg_copy(seg_dir, tmp_path) -> Path:
-    dst = tmp_path / "data"
-    shutil.copytree(seg_dir, dst)
-    return dst
+def seg_copy(seg_dir, writable_copy) -> Path:
+    return writable_copy(seg_dir)
 
 
 def _files_by_date(directory: Path) -> dict[str, list[Path]]:
@@ -190,7 +187,8 @@ def test_xarray_out_keeps_the_input_coordinates_and_units(seg_dir):
     np.testing.assert_array_equal(fields["TMQ"].isel(time=0), src["TMQ"].isel(time=0))
     logits = torch.randn(2, 3, NLAT, NLON)
     out = dm.to_xarray(logits, "test")["test"]
-    np.testing.assert_array_equal(out["lat"], src["lat"]) and np.testing.assert_array_equal(out["lon"], src["lon"])
+    np.testing.assert_array_equal(out["lat"], src["lat"])
+    np.testing.assert_array_equal(out["lon"], src["lon"])
     np.testing.assert_array_equal(out["LABELS"], logits.argmax(1).numpy())
     np.testing.assert_allclose(out["probability"].sel(**{"class": "tc"}), logits.softmax(1)[:, 1].numpy(), rtol=1e-6)
     with pytest.raises(DataError, match="do not fit"):
