@@ -84,6 +84,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 INTERRUPTED_HISTORY = "metrics.csv.interrupted"  # metrics.csv of an interrupted run, kept while it resumes
 
 
+RESUME_FILENAME = "resume.ckpt"  # ResumeCheckpoint's file, by default in resume_checkpoint_dir(<run directory>)
+
+
+def resume_checkpoint_dir(run_dir: str | Path | None, dirpath: str | Path | None = None) -> Path:
+    """Folder of the ResumeCheckpoint file: ``dirpath`` when given, else ``<run_dir>/checkpoints`` (the callback
+    writes it there and the CLI looks for an interrupted run there)."""
+    return Path(dirpath) if dirpath else Path(run_dir) / "checkpoints"
+
+
 class ResumeCheckpoint(L.Callback):
     """Fault tolerance: keeps ``<run>/checkpoints/resume.ckpt`` so an interrupted fit can continue exactly.
 
@@ -111,7 +120,7 @@ class ResumeCheckpoint(L.Callback):
         save_on_signal: also save when the process receives SIGTERM, then stop the run.
     """
 
-    def __init__(self, every_n_train_steps: int = 100, dirpath: str | None = None, filename: str = "resume.ckpt",
+    def __init__(self, every_n_train_steps: int = 100, dirpath: str | None = None, filename: str = RESUME_FILENAME,
                  save_on_signal: bool = True):
         check_positive("ResumeCheckpoint.every_n_train_steps", every_n_train_steps)
         self.every_n_train_steps = int(every_n_train_steps)
@@ -140,7 +149,7 @@ class ResumeCheckpoint(L.Callback):
         self.dirpath = self._dirpath_arg
         if self.dirpath is None:
             root = trainer.log_dir or trainer.default_root_dir
-            self.dirpath = trainer.strategy.broadcast(str(Path(root) / "checkpoints"))
+            self.dirpath = trainer.strategy.broadcast(str(resume_checkpoint_dir(root)))
         self._last_step, self._due = None, False
         # CSVLogger empties metrics.csv when it opens a run folder again; the CLI copied it aside when it chose
         # to resume, to be put back (up to the checkpoint) once training restarts

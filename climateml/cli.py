@@ -36,7 +36,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from climateml.callbacks import INTERRUPTED_HISTORY, AtomicCheckpointIO, ResumeCheckpoint
+from climateml.callbacks import (INTERRUPTED_HISTORY, RESUME_FILENAME, AtomicCheckpointIO, ResumeCheckpoint,
+                                 resume_checkpoint_dir)
 from climateml.errors import ClimateMLError, ConfigError
 from climateml.evaluation.base import Evaluation
 from climateml.writers import write_text
@@ -59,8 +60,9 @@ def _resume_callback_args(config) -> dict:
     """dirpath and filename of the config's ResumeCheckpoint (or its defaults)."""
     for cb in _get(config, "trainer.callbacks", []) or []:
         if str(_get(cb, "class_path", "")).endswith("ResumeCheckpoint"):
-            return {"dirpath": _get(cb, "init_args.dirpath"), "filename": _get(cb, "init_args.filename", "resume.ckpt")}
-    return {"dirpath": None, "filename": "resume.ckpt"}
+            return {"dirpath": _get(cb, "init_args.dirpath"),
+                    "filename": _get(cb, "init_args.filename", RESUME_FILENAME)}
+    return {"dirpath": None, "filename": RESUME_FILENAME}
 
 
 def find_interrupted_run(config) -> tuple[int | str | None, Path, Path | None] | None:
@@ -91,12 +93,9 @@ def find_interrupted_run(config) -> tuple[int | str | None, Path, Path | None] |
         if numbers:
             version = max(numbers)
             run_dir = root / f"version_{version}"
-    if args["dirpath"]:
-        ckpt = Path(args["dirpath"]) / args["filename"]
-    elif run_dir is not None:
-        ckpt = run_dir / "checkpoints" / args["filename"]
-    else:
+    if not args["dirpath"] and run_dir is None:
         return None
+    ckpt = resume_checkpoint_dir(run_dir, args["dirpath"]) / args["filename"]
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     if SLURMEnvironment.detect():
@@ -112,7 +111,7 @@ class ClimateCLI(LightningCLI):
                             help="fit: train this many members with seeds seed_everything + 0, 1, ...")
         parser.add_argument("--resume", type=bool, default=True,
                             help="fit: continue the latest run of the logger if it was interrupted (it still has "
-                                 "checkpoints/resume.ckpt); false: always start a new run")
+                                 f"checkpoints/{RESUME_FILENAME}); false: always start a new run")
         parser.add_subclass_arguments(Evaluation, "evaluation", required=False,
                                       help="how fit scores the trained model against the task's baselines")
         # the one data -> model link: sizes, names and training statistics travel in the DataModule's spec

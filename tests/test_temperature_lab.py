@@ -27,6 +27,7 @@ from climateml.data.synthetic.climatebench import land_mask  # noqa: E402
 from climateml.errors import ConfigError  # noqa: E402
 from climateml.evaluation import TemperatureEvaluation  # noqa: E402
 from climateml.models import TemperatureEmulator  # noqa: E402
+from climateml.models.base import ClimateTask  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "temperature.yaml"
 
@@ -163,8 +164,8 @@ def test_resumed_run_restores_the_plateau_counters(short_series, tmp_path, one_t
     full_lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     checkpoint = torch.load(save.path, map_location="cpu", weights_only=True)
-    assert checkpoint[TemperatureEmulator.PLATEAU_COUNTERS_KEY] == {"validations": 1, "plateau_steps": 0}
-    assert set(checkpoint[TemperatureEmulator.MONITORED_KEY]) == {"val_loss"}
+    assert checkpoint[ClimateTask.PLATEAU_COUNTERS_KEY] == {"validations": 1, "plateau_steps": 0}
+    assert set(checkpoint[ClimateTask.MONITORED_KEY]) == {"val_loss"}
 
     restored = {}
 

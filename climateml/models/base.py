@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torchmetrics
 
@@ -64,6 +65,8 @@ class ClimateTask(L.LightningModule):
         self.hparams["spec"] = self.spec.describe()  # plain types; the statistics' values live in the state dict
         for name, value in self.spec.statistics.items():
             self.register_buffer(name, value.detach().clone().float())
+        self._validations = 0  # validation runs so far (a plateau schedule steps once per run, see lr_scheduler_step)
+        self._plateau_steps = 0  # ... and the one the plateau schedule last stepped for
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -114,6 +117,27 @@ class ClimateTask(L.LightningModule):
         if scratch and ignore is not None:
             ignore(self, sorted(set(scratch) | set(getattr(self, "_ddp_params_and_buffers_to_ignore", []))))
 
+    def on_fit_start(self) -> None:
+        """Check the training settings a user types that Lightning takes silently (one clear line each)."""
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, EarlyStopping):
+                if isinstance(cb.patience, bool) or not isinstance(cb.patience, int) or cb.patience < 1:
+                    raise ConfigError(f"trainer.callbacks: EarlyStopping patience must be a whole number >= 1 "
+                                      f"(validations without improvement), got {cb.patience}")
+                # Lightning flips the sign of min_delta for mode "min"
+                given = float(cb.min_delta) * (1.0 if cb.monitor_op == torch.gt else -1.0)
+                if not (np.isfinite(given) and given >= 0):
+                    raise ConfigError(f"trainer.callbacks: EarlyStopping min_delta must be >= 0, got {given:g}")
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        """A dict of tensors moves key by key (``Tensor.to`` is free when it is already there), instead of
+        Lightning's generic traversal of any collection at every step."""
+        if isinstance(batch, dict) and all(isinstance(v, torch.Tensor) for v in batch.values()):
+            return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def training_step(self, batch, batch_idx):
         return self.shared_step(batch, "train")
 
@@ -126,7 +150,12 @@ class ClimateTask(L.LightningModule):
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         return self(batch["x"])
 
-    # ---- plateau schedules across a resume ----
+    # ---- plateau schedules: once per validation run, and across a resume ----
+    # Lightning steps an epoch-interval ReduceLROnPlateau at every epoch end; when validation runs every N
+    # optimiser steps (``check_val_every_n_epoch: null``) a small data set has several epochs per validation,
+    # and the schedule would count the same validation loss as several non-improvements. So the module counts
+    # its validation runs and steps a plateau schedule once per run (:meth:`lr_scheduler_step`).
+    #
     # Lightning (2.x) does not update plateau schedules (ReduceLROnPlateau) at the end of the epoch a run
     # resumed in (its fit loop is still "restarting" then; always, when max_steps is set), and keeps logged
     # metrics out of checkpoints, so a plateau schedule has nothing to compare after a resume until the next
@@ -134,9 +163,12 @@ class ClimateTask(L.LightningModule):
     # metrics, would differ from an uninterrupted run's. So the last value of each monitored metric travels
     # in the checkpoint and is put back when the resumed run starts (unless a newer one was logged), and the
     # plateau update Lightning skips is made at the end of the resumed epoch. (Other epoch schedules are
-    # updated by Lightning's epoch loop and need nothing.) Written as module hooks, not a callback: every
+    # updated by Lightning's epoch loop and need nothing.) The validation counters travel in the checkpoint
+    # too: a resumed run carries on with the interrupted run's counts, so a validation saved before the
+    # schedule had stepped for it is still stepped for. Written as module hooks, not a callback: every
     # callback costs Lightning several hook calls per step. Subclasses that override these hooks call super().
     MONITORED_KEY = "climateml_monitored"
+    PLATEAU_COUNTERS_KEY = "climateml_plateau_counters"
 
     def _plateau_monitors(self) -> list[str]:
         configs = getattr(self._trainer, "lr_scheduler_configs", None) or []
@@ -147,9 +179,16 @@ class ClimateTask(L.LightningModule):
         if self._trainer is not None:
             logged = self._trainer.callback_metrics
             checkpoint[self.MONITORED_KEY] = {k: float(logged[k]) for k in self._plateau_monitors() if k in logged}
+        checkpoint[self.PLATEAU_COUNTERS_KEY] = {"validations": int(self._validations),
+                                                 "plateau_steps": int(self._plateau_steps)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the monitored values and the plateau counters; a checkpoint written before the counters were
+        saved starts them at 0."""
         self._restored_monitored = dict(checkpoint.get(self.MONITORED_KEY) or {})
+        counters = checkpoint.get(self.PLATEAU_COUNTERS_KEY) or {}
+        self._validations = int(counters.get("validations", 0))
+        self._plateau_steps = int(counters.get("plateau_steps", 0))
 
     def on_train_start(self) -> None:
         logged = self.trainer.callback_metrics
@@ -164,6 +203,18 @@ class ClimateTask(L.LightningModule):
         if loop.restarting and update is not None and ready is not None and ready():
             update("epoch", update_plateau_schedulers=True)  # where the fit loop would have, uninterrupted
 
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._validations += 1
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Step a plateau schedule once per validation run, however often Lightning asks."""
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if self._plateau_steps >= self._validations:
+                return
+            self._plateau_steps = self._validations
+        super().lr_scheduler_step(scheduler, metric)
+
     def configure_optimizers(self):
         hp = self.hparams
         opt = OPTIMIZERS[hp.optimizer](self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
@@ -173,7 +224,8 @@ class ClimateTask(L.LightningModule):
         if hp.lr_scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=hp.monitor_mode,
                                                                **{"factor": 0.5, "patience": 5, **kw})
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": hp.monitor}}
+            # strict=False: with validation every N steps an epoch can end before the first validation: skip it
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": hp.monitor, "strict": False}}
         if hp.lr_scheduler == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, **{"T_max": self.trainer.max_epochs, **kw})
         elif hp.lr_scheduler == "step":

@@ -7,7 +7,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from climateml.callbacks import TorchThreads  # noqa: F401  (moved; old configs name it here)
 from climateml.data.radar import RainTransform
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 from climateml.models.base import ClimateTask
@@ -26,11 +25,12 @@ def pointwise_loss(err: torch.Tensor, kind: str) -> torch.Tensor:
     return a + F.softplus(-2.0 * a) - torch.log(torch.tensor(2.0, device=err.device, dtype=err.dtype))
 
 
-def masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str,
-                weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, weight: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted mean of the pointwise loss over cells where the target is finite (NaN: outside the radar's
-    range), and the number of such cells."""
-    valid = torch.isfinite(target)
+    range), and the number of such cells. ``valid``: ``isfinite(target)``, when the caller has it already."""
+    if valid is None:
+        valid = torch.isfinite(target)
     err = pred - torch.where(valid, target, pred.detach())
     point = pointwise_loss(err, kind)
     w = valid.to(point.dtype) if weight is None else torch.where(valid, weight.to(point.dtype), 0.0)
@@ -159,20 +159,25 @@ class NowcastModel(ClimateTask):
         z = self.predict_network(self.to_network(x))
         return self.transform.inverse(z.double()).float()
 
-    def _transformed_threshold(self, rate: float, like: torch.Tensor) -> torch.Tensor:
-        return self.transform(torch.tensor(rate, dtype=torch.float64, device=like.device)).to(like.dtype)
+    def _transformed_thresholds(self, like: torch.Tensor) -> torch.Tensor:
+        """``csi_thresholds`` on the transformed scale, one small tensor on ``like``'s device and dtype."""
+        rates = torch.tensor(self.csi_thresholds, dtype=torch.float64, device=like.device)
+        return self.transform(rates).to(like.dtype)
 
     def compute_loss(self, z_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training loss of transformed predictions ``z_pred`` against observed rain ``y`` [mm/h] (NaN masked)."""
-        z_true = torch.where(torch.isfinite(y), self.transform(y.clamp(min=0.0)).float(), y)
+        self._sync_transform()  # as to_network does (a no-op after it): targets and thresholds on the model's scale
+        valid = torch.isfinite(y)
+        z_true = torch.where(valid, self.transform(y.clamp(min=0.0)).float(), y)
         weight = None
         if self.rain_weight != 1.0:
             weight = torch.where(y >= self.weight_threshold, self.rain_weight, 1.0)
-        loss, _ = masked_loss(z_pred, z_true, self.loss_kind, weight)
+        loss, _ = masked_loss(z_pred, z_true, self.loss_kind, weight, valid=valid)
         if self.csi_weight > 0:
-            valid = torch.isfinite(y).to(z_pred.dtype)
-            terms = [1.0 - soft_csi(torch.sigmoid((z_pred - self._transformed_threshold(t, z_pred)) / self.csi_temperature),
-                                    (y >= t).to(z_pred.dtype), valid) for t in self.csi_thresholds]
+            valid_f = valid.to(z_pred.dtype)
+            terms = [1.0 - soft_csi(torch.sigmoid((z_pred - zt) / self.csi_temperature), (y >= t).to(z_pred.dtype),
+                                    valid_f)
+                     for t, zt in zip(self.csi_thresholds, self._transformed_thresholds(z_pred))]
             loss = loss + self.csi_weight * torch.stack(terms).mean()
         return loss
 

@@ -94,6 +94,7 @@ class SegmentationModel(ClimateTask):
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
+        super().on_validation_epoch_end()
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
