@@ -12,8 +12,8 @@ The loaders are built for scale once, here, for every task:
 - :class:`ResumableDataLoader` (training): a run resumed from a mid-epoch checkpoint continues with the
   next batch of that epoch instead of starting the epoch again.
 - DataLoader worker processes are safe for lazily opened NetCDF / Zarr: dask's thread pools are not
-  carried over a fork, each worker reads with dask's synchronous scheduler, and a dataset may define
-  ``worker_init()`` to open its own file handles in each worker.
+  carried over a fork, and each worker reads with dask's synchronous scheduler (readers that keep files
+  open, like the radar reader, open their own in each worker).
 """
 
 from __future__ import annotations
@@ -235,8 +235,7 @@ if hasattr(os, "register_at_fork"):
 
 def worker_init(worker_id: int, rank: int = 0) -> None:
     """Runs first in every DataLoader worker process: dask reads synchronously (one process = one reader;
-    parallelism comes from the workers), Lightning's per-worker seeds, then the dataset's ``worker_init()``
-    hook, where a dataset opens its own file handles instead of using the parent's."""
+    parallelism comes from the workers), then Lightning's per-worker seeds."""
     import dask
 
     dask.config.set(scheduler="synchronous")
@@ -244,10 +243,6 @@ def worker_init(worker_id: int, rank: int = 0) -> None:
         from lightning.fabric.utilities.seed import pl_worker_init_function
 
         pl_worker_init_function(worker_id, rank=rank)
-    info = torch.utils.data.get_worker_info()
-    hook = getattr(info.dataset, "worker_init", None) if info is not None else None
-    if callable(hook):
-        hook()
 
 
 class ClimateDataModule(L.LightningDataModule):

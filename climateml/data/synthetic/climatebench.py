@@ -214,14 +214,13 @@ def _blobs(grid: Grid, centres: list[tuple[float, float]], width: float = 12.0) 
 
 
 def _emission_maps(grid: Grid, years: np.ndarray, total_mt: np.ndarray, with_biomass: bool,
-                   land: np.ndarray | None = None) -> np.ndarray:
+                   land: np.ndarray) -> np.ndarray:
     """Flux maps [kg m-2 s-1] whose area integral is the global total, shifting from west to Asia.
 
     Emissions come from the land in each source region (its land fraction), plus 5 % as much over the
     sea nearby (shipping).
     """
     centres = [(-85, 40), (15, 50), (115, 32), (80, 24)] + ([(20, 0)] if with_biomass else [])
-    land = land_mask(grid) if land is None else land
     blobs = _blobs(grid, centres) * (_SHIPPING_SHARE + (1.0 - _SHIPPING_SHARE) * land)
     asia = 0.15 + 0.7 / (1.0 + np.exp(-(years - 1995.0) / 12.0))
     south = 0.3 + 0.3 / (1.0 + np.exp(-(years - 2040.0) / 15.0))  # South Asia's share of Asia grows
