@@ -147,10 +147,13 @@ def land_fraction(lat: Sequence[float] | np.ndarray, lon: Sequence[float] | np.n
     """Fraction of each grid cell that is land, (lat, lon) in [0, 1], from the real Earth's land mask.
 
     Args:
-        lat: cell-centre latitudes [degrees north], ascending or descending, at least 2; the first/last
-            cells extend half a spacing beyond their centres, clipped at the poles (so ClimateBench's
-            -90..90 grid has half-size polar cells).
-        lon: cell-centre longitudes [degrees east], in 0..360, -180..180 or any other window.
+        lat: cell-centre latitudes [degrees north], ascending or descending; the first/last cells extend
+            half a spacing beyond their centres, clipped at the poles (so ClimateBench's -90..90 grid has
+            half-size polar cells). A single latitude is one cell spanning the whole sphere (as
+            :func:`climateml.grid.cell_area` has it): its fraction is the area-weighted mean over all
+            latitudes.
+        lon: cell-centre longitudes [degrees east], in 0..360, -180..180 or any other window; a single
+            longitude is one cell around the whole globe.
         oversample: sub-points per cell along each axis (``oversample**2`` per cell, weighted by
             cos(lat) within the cell); 8 gives fractions to about 1/64 on a 1.9 x 2.5 degree grid.
 
@@ -158,8 +161,19 @@ def land_fraction(lat: Sequence[float] | np.ndarray, lon: Sequence[float] | np.n
     land (the mask is GLOBE's valid-elevation area).
     """
     lat_a, lon_a = np.asarray(lat, dtype=float).ravel(), np.asarray(lon, dtype=float).ravel()
-    if lat_a.size < 2 or lon_a.size < 2:
-        raise ValueError(f"land_fraction needs at least 2 latitudes and 2 longitudes, got {lat_a.size} x {lon_a.size}")
+    if lat_a.size == 0 or lon_a.size == 0:
+        raise ValueError(f"land_fraction needs at least one latitude and one longitude, got "
+                         f"{lat_a.size} x {lon_a.size}")
+    if lat_a.size == 1 or lon_a.size == 1:  # a cell spanning the sphere along an axis: average over 2.5-degree cells
+        from climateml.grid import lat_weights
+
+        fine_lat = lat_a if lat_a.size > 1 else np.linspace(-88.75, 88.75, 72)
+        fine_lon = lon_a if lon_a.size > 1 else np.arange(0.0, 360.0, 2.5)
+        frac = land_fraction(fine_lat, fine_lon, oversample)
+        if lat_a.size == 1:
+            w = lat_weights(fine_lat)
+            frac = (frac * w[:, None]).sum(axis=0, keepdims=True) / w.sum()
+        return frac.mean(axis=1, keepdims=True) if lon_a.size == 1 else frac
     if np.any(np.abs(lat_a) > 90.0) or not np.all(np.isfinite(lat_a)) or not np.all(np.isfinite(lon_a)):
         raise ValueError(f"land_fraction: latitudes must be finite and within -90..90 degrees, got {lat_a.min()}..{lat_a.max()}")
     if int(oversample) < 1:

@@ -183,24 +183,12 @@ def two_layer_response(f: np.ndarray) -> np.ndarray:
 
 
 def land_mask(grid: Grid) -> np.ndarray:
-    """Fraction of each cell that is land, (lat, lon) in [0, 1], from the real Earth's land/sea mask.
-
-    ``climateml.geography.land_fraction`` (the ``global-land-mask`` package's 1 km mask, shipped with it,
-    nothing downloaded) averaged over each cell of ``grid``. An axis with a single cell spans the whole
-    sphere along it (as :func:`climateml.grid.cell_area` has it), so it is averaged over a finer grid:
-    a 1 x 1 grid gets the Earth's land fraction, about 0.29.
-    """
+    """Fraction of each cell that is land, (lat, lon) in [0, 1], from the real Earth's land/sea mask:
+    :func:`climateml.geography.land_fraction` (the ``global-land-mask`` package's 1 km mask, shipped with it,
+    nothing downloaded) on ``grid``; a 1 x 1 grid gets the Earth's land fraction, about 0.29."""
     from climateml.geography import land_fraction
 
-    lat = grid.lat if grid.nlat > 1 else np.linspace(-88.75, 88.75, 72)  # 2.5-degree bands across the sphere
-    lon = grid.lon if grid.nlon > 1 else np.arange(0.0, 360.0, 2.5)
-    frac = land_fraction(lat, lon)
-    if grid.nlat == 1:
-        w = np.cos(np.deg2rad(lat))
-        frac = (frac * w[:, None]).sum(axis=0, keepdims=True) / w.sum()
-    if grid.nlon == 1:
-        frac = frac.mean(axis=1, keepdims=True)
-    return frac
+    return land_fraction(grid.lat, grid.lon)
 
 
 def _blobs(grid: Grid, centres: list[tuple[float, float]], width: float = 12.0) -> np.ndarray:
