@@ -162,6 +162,11 @@ def test_fit_writes_metrics_figures_and_beats_linear_baseline(tmp_path):
     assert preds["lat"].attrs["units"] == "degrees_north" and preds["tas"].attrs["units"] == "K"
     truth = xr.open_dataset(data / "outputs_ssp245.nc")["tas"].mean("member")
     assert float(rmse(preds["tas"].sel(model="model"), truth)) == pytest.approx(m["tas"]["model"]["rmse"], rel=1e-4)
+    # every prediction in the file, baselines included, is the one metrics.json scored
+    names = [str(n) for n in preds["model"].values]
+    assert set(names) == set(m["tas"])
+    for name in names:
+        assert float(rmse(preds["tas"].sel(model=name), truth)) == pytest.approx(m["tas"][name]["rmse"], rel=1e-4), name
 
 
 def test_ensemble_and_predict_writes_cf_netcdf(cli_data, tmp_path):

@@ -21,6 +21,7 @@ from climateml.data.synthetic.radar import generate_radar
 from climateml.errors import ConfigError
 from climateml.evaluation.nowcasting import NowcastEvaluation
 from climateml.models.nowcasting import NowcastModel, masked_loss
+from radar_files import radar_frame
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "nowcasting.yaml")
 START = "2024-06-01T00:00"
@@ -215,17 +216,9 @@ def test_reading_a_window_keeps_one_window_in_memory(frames_dir):
 
 
 # ------------------------------------------------------------------------------------------ bad input
-def _frame(path: Path, valid: str, values=None, x=None, var="precipitation_amount", extra_dim=False) -> Path:
-    x = np.arange(4.0) if x is None else x
-    values = np.full((3, x.size), 1.0, np.float32) if values is None else values
-    dims = ("y", "x")
-    if extra_dim:
-        values, dims = values[None], ("level", "y", "x")
-    ds = xr.Dataset({var: (dims, values, {"units": "kg m-2"}),
-                     "valid_time": ((), np.datetime64(valid, "ns"))}, coords={"x": x, "y": [2.0, 1.0, 0.0]})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(path)
-    return path
+def _frame(path: Path, valid: str, **kw) -> Path:
+    """A 3 x 4 frame (see radar_files.radar_frame)."""
+    return radar_frame(path, valid, **{"x": np.arange(4.0), "ny": 3, **kw})
 
 
 def _frames(folder: Path, n: int = 24) -> list[Path]:

@@ -18,6 +18,7 @@ from climateml.data.radar import RadarReader, RainTransform, open_radar, time_st
 from climateml.data.synthetic.radar import generate_radar
 from climateml.metrics.categorical import contingency, csi, far, fss, fss_components, fss_scales_km, pod
 from climateml.models.extrapolation import advect, estimate_motion, optical_flow_nowcast, persistence
+from radar_files import radar_frame
 
 START = "2024-06-01T00:00"
 
@@ -198,19 +199,6 @@ def test_open_radar_accumulation_interval_from_start_time(tmp_path):
     assert open_radar(tmp_path / "archive.nc", "rain").attrs["time_step_minutes"] == 10.0
 
 
-def _frame(tmp_path, name, valid, values=None, x=None, units="kg m-2", var="precipitation_amount", extra_dim=False):
-    x = np.arange(3.0) if x is None else x
-    values = np.ones((2, x.size), np.float32) if values is None else values
-    dims = ("y", "x")
-    if extra_dim:
-        values, dims = values[None], ("level", "y", "x")
-    ds = xr.Dataset({var: (dims, values, {"units": units}), "valid_time": ((), np.datetime64(valid, "ns"))},
-                    coords={"x": x, "y": [1.0, 0.0]})
-    path = tmp_path / name
-    ds.to_netcdf(path)
-    return path
-
-
 @pytest.mark.parametrize("case, message", [
     ("unsorted", "earlier than the previous frame"),
     ("duplicated", "is duplicated"),
@@ -221,22 +209,22 @@ def _frame(tmp_path, name, valid, values=None, x=None, units="kg m-2", var="prec
     ("units", "has units 'furlongs'"),
 ])
 def test_open_radar_errors_name_the_file(tmp_path, case, message):
-    a = _frame(tmp_path, "a.nc", "2024-06-01T00:05")
+    a = radar_frame(tmp_path / "a.nc", "2024-06-01T00:05")
     kwargs = {}
     if case == "unsorted":
-        b = _frame(tmp_path, "b.nc", "2024-06-01T00:00")
+        b = radar_frame(tmp_path / "b.nc", "2024-06-01T00:00")
     elif case == "duplicated":
-        b = _frame(tmp_path, "b.nc", "2024-06-01T00:05")
+        b = radar_frame(tmp_path / "b.nc", "2024-06-01T00:05")
     elif case == "grid":
-        b = _frame(tmp_path, "b.nc", "2024-06-01T00:10", x=np.arange(3.0) + 0.5)
+        b = radar_frame(tmp_path / "b.nc", "2024-06-01T00:10", x=np.arange(3.0) + 0.5)
     elif case == "dims":
-        b = _frame(tmp_path, "b.nc", "2024-06-01T00:10", extra_dim=True)
+        b = radar_frame(tmp_path / "b.nc", "2024-06-01T00:10", extra_dim=True)
     elif case == "variable":
-        b = _frame(tmp_path, "b.nc", "2024-06-01T00:10", var="rain")
+        b = radar_frame(tmp_path / "b.nc", "2024-06-01T00:10", var="rain")
     elif case == "all_nan":
-        b = _frame(tmp_path, "b.nc", "2024-06-01T00:10", values=np.full((2, 3), np.nan, np.float32))
+        b = radar_frame(tmp_path / "b.nc", "2024-06-01T00:10", values=np.full((2, 3), np.nan, np.float32))
     else:
-        b = _frame(tmp_path, "b.nc", "2024-06-01T00:10", units="furlongs")
+        b = radar_frame(tmp_path / "b.nc", "2024-06-01T00:10", units="furlongs")
     with pytest.raises(DataError, match="b.nc") as err:
         open_radar([a, b], "precipitation_amount", **kwargs)
     assert message in str(err.value) and "\n" not in str(err.value)

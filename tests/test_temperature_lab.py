@@ -26,6 +26,7 @@ from climateml.data.synthetic import Grid, generate_climatebench  # noqa: E402
 from climateml.data.synthetic.climatebench import land_mask  # noqa: E402
 from climateml.errors import ConfigError  # noqa: E402
 from climateml.evaluation import TemperatureEvaluation  # noqa: E402
+from climateml.metrics import rmse  # noqa: E402
 from climateml.models import TemperatureEmulator  # noqa: E402
 from climateml.models.base import ClimateTask  # noqa: E402
 
@@ -242,6 +243,15 @@ def test_plot_field_has_degree_axes_and_coastlines(nlat, nlon):
     plt.close(fig)
 
 
+def _mesh_cells(mesh) -> dict[tuple[float, float], float]:
+    """{(lat, lon % 360) of each drawn cell's centre: its value}, from the QuadMesh's corners and array."""
+    corners = mesh.get_coordinates()  # (nlat + 1, nlon + 1, 2): x = lon, y = lat
+    centres = (corners[:-1, :-1] + corners[1:, :-1] + corners[:-1, 1:] + corners[1:, 1:]) / 4.0
+    values = np.ma.getdata(mesh.get_array()).reshape(centres.shape[:2])
+    return {(round(float(c[1]), 6), round(float(c[0]) % 360.0, 6) % 360.0): float(v)
+            for c, v in zip(centres.reshape(-1, 2), values.reshape(-1))}
+
+
 def test_plot_field_reads_both_longitude_conventions():
     grid = Grid(12, 18)
     values = np.arange(12 * 18, dtype=float).reshape(12, 18)
@@ -251,6 +261,14 @@ def test_plot_field_reads_both_longitude_conventions():
     ma, mb = plotting.plot_field(a, east), plotting.plot_field(b, west)
     # the same cells, shifted by 180 degrees in their own convention
     assert np.ma.getdata(ma.get_array()).sum() == np.ma.getdata(mb.get_array()).sum()
+    # cell by cell: every cell is drawn where its coordinates say, so (lat, lon % 360) -> value agrees
+    cells_a, cells_b = _mesh_cells(ma), _mesh_cells(mb)
+    assert len(cells_a) == len(cells_b) == 12 * 18
+    assert cells_a == cells_b
+    # and each cell holds the value stored at the grid point nearest its centre (polar cells end at +-90)
+    for (la, lo), v in cells_a.items():
+        i, j = np.abs(grid.lat - la).argmin(), np.abs((grid.lon - lo + 180.0) % 360.0 - 180.0).argmin()
+        assert v == values[i, j], (la, lo)
     assert a.get_xlim()[1] - a.get_xlim()[0] == pytest.approx(b.get_xlim()[1] - b.get_xlim()[0])
     assert b.get_xlim()[0] < 0 < a.get_xlim()[1] - 180
     plt.close(fig)
@@ -328,9 +346,15 @@ def test_eof_baselines_predict_maps_beside_linear(small_climatebench):
     assert list(preds) == ["linear_baseline", "random_forest", "gaussian_process"]
     truth = dm.truth("test")["ssp245"]["tas"]
     scores = {k: evaluation.score_variable(v["ssp245"]["tas"], truth, "tas") for k, v in preds.items()}
+    # the floor a baseline must beat: predicting every year as the truth's own time-mean map
+    w = np.cos(np.deg2rad(truth["lat"].values))[None, :, None] * np.ones(truth.shape)
+    t = truth.transpose("time", "lat", "lon").values
+    time_mean_rmse = float(np.sqrt((w * (t.mean(0, keepdims=True) - t) ** 2).sum() / w.sum()))
+    assert time_mean_rmse > 0.3, time_mean_rmse  # 0.48 K on this data: the scenario warms
     for name, p in preds.items():
         assert p["ssp245"]["tas"].dims == ("time", "lat", "lon") and p["ssp245"]["tas"].shape == truth.shape
         assert scores[name]["rmse"] < 1.0, name
+        assert scores[name]["rmse"] < time_mean_rmse, (name, scores[name]["rmse"], time_mean_rmse)
     assert evaluation.fit_baseline("random_forest", dm).n_eofs == 3
 
 
@@ -496,6 +520,17 @@ def test_scenario_on_other_longitude_convention_reads_onto_one_grid(cb_copy, sma
     assert rc == 0
     metrics = json.loads(next((tmp_path / "runs").rglob("metrics.json")).read_text())
     assert np.isfinite(metrics["tas"]["model"]["rmse"])
+    # the predictions written back lie on the reference grid, in its longitude order, and score what metrics.json says
+    with xr.open_dataset(next((tmp_path / "runs").rglob("test_predictions_ssp245.nc"))) as written:
+        pred = written["tas"].sel(model="model").load()
+    with xr.open_dataset(small_climatebench / "outputs_ssp245.nc") as ref_out:
+        truth = ref_out["tas"].mean("member").load()
+    np.testing.assert_array_equal(pred["lon"].values, truth["lon"].values)
+    np.testing.assert_array_equal(pred["lat"].values, truth["lat"].values)
+    assert float(rmse(pred, truth)) == pytest.approx(metrics["tas"]["model"]["rmse"], rel=1e-4)
+    w = np.cos(np.deg2rad(truth["lat"].values))[None, :, None] * np.ones(truth.shape)
+    err2 = (pred.transpose("time", "lat", "lon").values - truth.transpose("time", "lat", "lon").values) ** 2
+    assert float(np.sqrt((w * err2).sum() / w.sum())) == pytest.approx(metrics["tas"]["model"]["rmse"], rel=1e-4)
 
 
 def test_grid_that_differs_names_the_coordinate(cb_copy, capsys, tmp_path):
