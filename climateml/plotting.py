@@ -254,13 +254,56 @@ def plot_loss_panel(ax: plt.Axes, histories: Mapping[str, str | Path | pd.DataFr
 
 
 def plot_learning_curves(histories: Mapping[str, str | Path | pd.DataFrame],
-                         loss_label: str = "loss (the training objective)") -> plt.Figure:
-    """Training and validation loss per epoch from Lightning CSVLogger ``metrics.csv`` files, on a log
-    axis, the best validation loss circled; ``loss_label`` says what the loss is (e.g. "MSE on
-    standardised tas")."""
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    plot_loss_panel(ax, histories, loss_label, mark_best=True, log_y=True)
-    ax.set_title("Learning curves")
+                         loss_label: str = "loss (the training objective)",
+                         metrics: Mapping[str, str] | None = None, metric_label: str | None = None,
+                         metric_title: str | None = None, best: str | None = None, mark_best_loss: bool = True,
+                         loss_title: str | None = None, title: str | None = "Learning curves", log_y: bool = True,
+                         metric_ylim: tuple[float, float] | None = None,
+                         figsize: tuple[float, float] | None = None) -> plt.Figure:
+    """Learning curves from Lightning CSVLogger ``metrics.csv`` files (paths or DataFrames), one colour per run.
+
+    The loss panel (:func:`plot_loss_panel`): training and validation loss per epoch, y label ``loss_label``
+    (what the loss is, e.g. "MSE on standardised tas"), on a log axis with ``log_y``, the lowest validation loss
+    circled with ``mark_best_loss`` (the weights kept when early stopping and the checkpoint monitor
+    ``val_loss``). Alone, the panel is titled ``title``.
+
+    With ``metrics`` ({key logged: label in the legend}), a second panel draws each key per epoch (line
+    styles solid, dashed, dotted, dash-dot in the order given; y label ``metric_label``, limits
+    ``metric_ylim``); ``best`` ("max" or "min") dots the best epoch of the first key, where the weights kept
+    are chosen by that score instead of the loss. The two panels are titled ``loss_title`` and
+    ``metric_title``, the figure ``title``.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    if best not in (None, "max", "min"):
+        raise ValueError(f"best must be None, 'max' or 'min', got {best!r}")
+    if not metrics:
+        fig, ax_loss = plt.subplots(figsize=figsize or (7, 4), constrained_layout=True)
+        plot_loss_panel(ax_loss, histories, loss_label, mark_best=mark_best_loss, log_y=log_y)
+        ax_loss.set_title(loss_title or title or "")
+        return fig
+    fig, (ax_loss, ax) = plt.subplots(1, 2, figsize=figsize or (11, 3.6), constrained_layout=True)
+    plot_loss_panel(ax_loss, histories, loss_label, mark_best=mark_best_loss, log_y=log_y)
+    for i, (name, hist) in enumerate(histories.items()):
+        df = read_history(hist)
+        for j, (key, label) in enumerate(metrics.items()):
+            d = epoch_curve(df, key)
+            if d is None:
+                continue
+            ax.plot(d.index, d.values, ("-", "--", ":", "-.")[j % 4], color=f"C{i}", label=f"{name} {label}")
+            if best and j == 0 and len(d):
+                at = d.idxmax() if best == "max" else d.idxmin()
+                ax.plot([at], [d[at]], "o", color=f"C{i}", ms=5)
+    ax.set_xlabel("epoch"), ax.set_ylabel(metric_label or "")
+    if metric_ylim is not None:
+        ax.set_ylim(*metric_ylim)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    ax_loss.set_title(loss_title or "", fontsize=9), ax.set_title(metric_title or "", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 

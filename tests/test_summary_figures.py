@@ -184,6 +184,7 @@ class _Counting(Evaluation):
 def test_run_calls_the_summary_hook_once_and_draws_each_figure_once(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     truth = xr.Dataset({"tas": (("time", "lat", "lon"), rng.normal(size=(3, 2, 2)))})
+    monkeypatch.setattr(_Counting, "calls", 0)  # a class counter: counted from 0 in every run of this test
     evaluation = _Counting(comparison_keys=["rmse", "r2"], write_predictions=False)
     saved = _run(evaluation, truth, truth + 0.1, tmp_path, monkeypatch)
     assert _Counting.calls == 1

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from climateml import geography
+from climateml import plotting
 from climateml.attribution.core import input_layout
 from climateml.grid import spatial_dims
 from climateml.plotting import save  # noqa: F401  (re-exported: plots.save)
@@ -44,25 +44,24 @@ def draw_map(ax, field: xr.DataArray, cmap: str = ATTRIBUTION_CMAP, vmin: float 
     """
     hdims = spatial_dims(field, required=False) or tuple(field.dims[-2:])
     f = field.transpose(*hdims)
+    on_map = hdims == ("lat", "lon")
+    if on_map:  # plot_field draws the field sorted by lat and lon: so are the contours drawn over it
+        f = f.sortby("lat").sortby("lon")
+        contour = contour.transpose(*hdims).sortby("lat").sortby("lon") if contour is not None else None
     ycoord = f[hdims[0]].values if hdims[0] in f.coords else np.arange(f.shape[0])
     xcoord = f[hdims[1]].values if hdims[1] in f.coords else np.arange(f.shape[1])
-    im = ax.pcolormesh(xcoord, ycoord, f.values, cmap=cmap, vmin=vmin, vmax=vmax, shading="auto")
-    if contour is not None:
-        c = contour.transpose(*hdims).values
-        if np.nanstd(c) > 0:
-            ax.contour(xcoord, ycoord, c, levels=n_contours, colors="0.25", linewidths=0.6)
-    if hdims == ("lat", "lon"):
-        try:
-            geography.format_map_axes(ax, xcoord, ycoord)
-            if coastlines:
-                geography.add_coastlines(ax, linewidths=0.5, colors="0.1")
-        except Exception:  # noqa: BLE001  (a figure without coastlines beats no figure)
-            pass
+    if on_map:  # cells, degree axes and coastlines as on every map of the package
+        im = plotting.plot_field(ax, f, cmap=cmap, vmin=vmin, vmax=vmax, coastlines=coastlines)
     else:
+        im = ax.pcolormesh(xcoord, ycoord, f.values, cmap=cmap, vmin=vmin, vmax=vmax, shading="auto")
         units = f[hdims[1]].attrs.get("units", "") if hdims[1] in f.coords else ""
         ax.set_aspect("equal")
         ax.set_xlabel(f"{hdims[1]} ({units})" if units else hdims[1], fontsize=7)
         ax.set_ylabel(f"{hdims[0]} ({units})" if units else hdims[0], fontsize=7)
+    if contour is not None:
+        c = contour.transpose(*hdims).values
+        if np.nanstd(c) > 0:
+            ax.contour(xcoord, ycoord, c, levels=n_contours, colors="0.25", linewidths=0.6)
     for box in boxes:
         ylo, yhi = sorted(box.get(hdims[0], (np.min(ycoord), np.max(ycoord))))
         xlo, xhi = box.get(hdims[1], (np.min(xcoord), np.max(xcoord)))

@@ -13,7 +13,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
-from matplotlib.ticker import MaxNLocator
 
 from climateml import metrics, plotting
 from climateml.errors import ConfigError
@@ -236,20 +235,9 @@ def plot_score_bars(result: dict, thresholds) -> plt.Figure:
 def plot_learning_curves(histories: dict, loss_label: str = "loss") -> plt.Figure:
     """Training and validation loss per epoch (the model's loss on the transformed rain scale, NaN masked;
     y label ``loss_label``, the lowest validation loss circled: the weights restored) and the training and
-    validation MAE in mm/h, from Lightning CSVLogger ``metrics.csv`` files."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
-    plotting.plot_loss_panel(axes[0], histories, loss_label, mark_best=True)
-    for i, (name, hist) in enumerate(histories.items()):
-        df = plotting.read_history(hist)
-        for key, style, stage in (("val_mae_mm_h", "--", "val"), ("train_mae_mm_h", "-", "train")):
-            d = plotting.epoch_curve(df, key)
-            if d is not None:
-                axes[1].plot(d.index, d.values, style, color=f"C{i}", label=f"{name} {stage}")
-    axes[0].set_title("training and validation loss (transformed rain scale, NaN masked)", fontsize=9)
-    axes[1].set_title("mean absolute error (mm/h)", fontsize=9)
-    axes[1].set_xlabel("epoch"), axes[1].set_ylabel("MAE (mm/h)"), axes[1].grid(alpha=0.3)
-    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    if axes[1].lines:
-        axes[1].legend(fontsize=8)
-    fig.suptitle("Learning curves", fontsize=10)
-    return fig
+    validation MAE in mm/h, from Lightning CSVLogger ``metrics.csv`` files: :func:`plotting.plot_learning_curves`
+    with this task's keys."""
+    return plotting.plot_learning_curves(
+        histories, loss_label, metrics={"train_mae_mm_h": "train", "val_mae_mm_h": "val"}, metric_label="MAE (mm/h)",
+        metric_title="mean absolute error (mm/h)", log_y=False,
+        loss_title="training and validation loss (transformed rain scale, NaN masked)")

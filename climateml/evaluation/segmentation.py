@@ -155,27 +155,9 @@ def plot_scores(result: dict, classes=("tc", "ar", "background"), variable: str 
 
 def plot_training_history(histories: dict, classes=("tc", "ar"), loss_label: str = "loss (the training objective)"):
     """Loss (training and validation, y label ``loss_label``) and validation IoU per class and mean, per
-    epoch, from CSVLogger files; the best mean IoU (the weights kept) is marked."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    # the kept weights are those of the best validation mean IoU (marked on the right), not of the lowest loss
-    plotting.plot_loss_panel(ax_loss, histories, loss_label, mark_best=False)
-    ax_loss.set_title("training and validation loss")
-    for i, (name, hist) in enumerate(histories.items()):
-        df = plotting.read_history(hist)
-        for j, key in enumerate(["val_mean_iou", *[f"val_iou_{c}" for c in classes]]):
-            d = plotting.epoch_curve(df, key)
-            if d is not None:
-                ax_iou.plot(d.index, d.values, ("-", "--", ":", "-.")[j % 4], color=f"C{i}",
-                            label=f"{name} " + ("mean IoU" if key == "val_mean_iou" else f"IoU {key[8:].upper()}"))
-                if key == "val_mean_iou" and len(d):
-                    best = d.idxmax()
-                    ax_iou.plot([best], [d[best]], "o", color=f"C{i}", ms=5)
-    ax_iou.set_xlabel("epoch"), ax_iou.set_ylabel("validation IoU"), ax_iou.set_ylim(0, 1)
-    ax_iou.set_title("validation IoU (dot: best epoch, its weights are kept)")
-    ax_iou.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_iou.grid(alpha=0.3)
-    ax_iou.legend(fontsize=7)
-    return fig
+    epoch, from CSVLogger files; the best mean IoU (the weights kept) is marked, not the lowest loss."""
+    ious = {"val_mean_iou": "mean IoU", **{f"val_iou_{c}": f"IoU {c.upper()}" for c in classes}}
+    return plotting.plot_learning_curves(
+        histories, loss_label, metrics=ious, metric_label="validation IoU", best="max", mark_best_loss=False,
+        loss_title="training and validation loss", metric_title="validation IoU (dot: best epoch, its weights are kept)",
+        title=None, log_y=False, metric_ylim=(0, 1))
