@@ -522,6 +522,14 @@ def test_lightning_callback_writes_maps_and_logs_relevance_mass(tmp_path):
     assert ds.sizes["sample"] == 5 and "input" in ds
     assert "attribution/relevance_mass_signal" in trainer.callback_metrics
     assert 0 <= cb.history[-1]["relevance_mass_signal"] <= 1
+    # the logged mass is the one of the maps in the written file, recomputed from them
+    mass = relevance_mass_accuracy(ds["attribution_integrated_gradients"], {"channel": "psl", "lat": [0, 60]})
+    assert mass.sizes["sample"] == 5 and np.isfinite(mass.values).all()
+    expect = float(np.nanmean(mass.values))
+    assert cb.history[-1]["relevance_mass_signal"] == pytest.approx(expect, rel=1e-5, abs=1e-6)
+    assert trainer.callback_metrics["attribution/relevance_mass_signal"].item() == pytest.approx(expect, rel=1e-5,
+                                                                                                 abs=1e-6)
+    assert ds.attrs["relevance_mass_signal"] == pytest.approx(expect, rel=1e-5, abs=1e-6)
 
 
 def test_lightning_callback_reads_the_datamodule_samples_once(tmp_path):
@@ -612,3 +620,9 @@ def test_callback_takes_samples_from_a_climate_datamodule(tmp_path):
     ds = xr.load_dataset(cb.paths[0])
     assert list(ds["dim_1"].values) == names and ds.sizes["sample"] == 3
     assert 0 <= cb.history[0]["relevance_mass_co2"] <= 1
+    mass = relevance_mass_accuracy(ds["attribution_saliency"], {"dim_1": "CO2"})
+    assert mass.sizes["sample"] == 3 and np.isfinite(mass.values).any()
+    expect = float(np.nanmean(mass.values))
+    assert cb.history[0]["relevance_mass_co2"] == pytest.approx(expect, rel=1e-5, abs=1e-6)
+    assert trainer.callback_metrics["attribution/relevance_mass_co2"].item() == pytest.approx(expect, rel=1e-5,
+                                                                                              abs=1e-6)

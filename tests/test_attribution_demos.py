@@ -11,7 +11,7 @@ import torch
 import xarray as xr
 
 from climateml.attribution.confounded import CUE_REGION, generate_confounded, run_clever_hans, write_confounded
-from climateml.attribution.fidelity import make_fidelity_data, piecewise_linear, run_fidelity
+from climateml.attribution.fidelity import make_fidelity_data, pattern_correlation, piecewise_linear, run_fidelity
 
 torch.set_num_threads(1)
 
@@ -35,8 +35,23 @@ def test_fidelity_benchmark_small(tmp_path):
     assert m["integrated_gradients"]["correlation"] >= 0.8
     assert m["input_x_gradient"]["correlation"] >= 0.8
     assert m["saliency"]["correlation"] < 0.5  # plain gradient is far lower
-    assert json.loads((tmp_path / "fidelity.json").read_text())["methods"].keys() == m.keys()
-    assert (tmp_path / "figures" / "fidelity_correlation.png").exists()
+    assert json.loads((tmp_path / "fidelity.json").read_text())["methods"] == m  # floats survive JSON exactly
+    assert (tmp_path / "figures" / "fidelity_correlation.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "fidelity_maps.png").stat().st_size > 10_000
+    # the reported correlations, recomputed from the written maps with numpy's Pearson correlation per sample
+    ds = xr.load_dataset(tmp_path / "fidelity_maps.nc")
+    truth = ds["contribution"].values
+    assert truth.shape == (100, 6, 8)
+    for name, scores in m.items():
+        a = ds[f"attribution_{name}"].transpose(*ds["contribution"].dims).values
+        ref = np.array([np.corrcoef(a[i].ravel(), truth[i].ravel())[0, 1] for i in range(len(a))])
+        np.testing.assert_allclose(pattern_correlation(a, truth), ref, rtol=1e-9, atol=1e-12, err_msg=name)
+        assert scores["correlation"] == pytest.approx(np.nanmean(ref), abs=1e-6), name
+        assert scores["correlation_std"] == pytest.approx(np.nanstd(ref), abs=1e-6), name
+    # a constant map has no correlation
+    const = np.stack([np.ones_like(truth[0]), truth[1]])
+    corr = pattern_correlation(const, truth[:2])
+    assert np.isnan(corr[0]) and corr[1] == pytest.approx(1.0)
 
 
 def test_confounded_twins_differ_only_in_the_cue(tmp_path):
@@ -69,7 +84,7 @@ def test_clever_hans_small(tmp_path):
     assert conf["skill_test"] < clean["skill_test"]                 # and it fails where the cue is random
     saved = json.loads((tmp_path / "clever_hans.json").read_text())
     assert saved["confounded"]["relevance_mass_cue"] == pytest.approx(conf["relevance_mass_cue"])
-    assert (tmp_path / "figures" / "attribution_confounded.png").exists()
+    assert (tmp_path / "figures" / "attribution_confounded.png").stat().st_size > 10_000
     assert xr.open_dataset(tmp_path / "attribution_confounded.nc")["attribution_station_density"].dims == ("sample", "lat", "lon")
 
 
@@ -79,7 +94,9 @@ def test_commands_synth_and_demo(tmp_path, capsys):
 
     assert main(["synth", "confounded", "--out", str(tmp_path / "data"), "--n-train", "600", "--n-val", "150",
                  "--n-test", "150"]) == 0
-    assert (tmp_path / "data" / "confounded" / "train.nc").exists()
+    with xr.open_dataset(tmp_path / "data" / "confounded" / "train.nc") as train:
+        assert {"tas", "psl", "station_density", "heat_index"} <= set(train.data_vars)
+        assert train["heat_index"].size == 600
     assert main(["demo", "clever-hans", "--out", str(tmp_path / "demo"), "--data", str(tmp_path / "data"),
                  "--epochs", "8", "--n-attribution", "60", "--no-figures", "--threads", "1"]) == 0
     assert main(["demo", "something-else"]) == 2
@@ -104,5 +121,5 @@ def test_attribute_command_on_the_temperature_task(small_climatebench, tmp_path)
     assert list(ds["feature"].values) == ["CO2", "CH4"]
     assert list(ds["year"].values[:2]) == [2015, 2016] and set(ds["scenario"].values) == {"ssp245"}
     assert "lat 30..60, lon -10..40" in ds.attrs["target"]
-    assert (tmp_path / "figures" / "attribution_integrated_gradients_test_0.png").exists()
-    assert (tmp_path / "figures" / "attribution_integrated_gradients_test_features.png").exists()
+    assert (tmp_path / "figures" / "attribution_integrated_gradients_test_0.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "attribution_integrated_gradients_test_features.png").stat().st_size > 10_000

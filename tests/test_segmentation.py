@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from sklearn.metrics import accuracy_score, jaccard_score, precision_score, recall_score
 
 from climateml.callbacks import NetCDFPredictionWriter
 from climateml.cli import main
@@ -354,7 +355,31 @@ def test_fit_writes_metrics_figures_and_predict_writes_netcdf(seg_dir, tmp_path)
                       dim="time")
     model_scores = scores_from_confusion(confusion_matrix(preds["LABELS"].sel(model="model").values, truth.values, 3))
     assert model_scores["iou_ar"] == pytest.approx(m["LABELS"]["model"]["iou_ar"], abs=1e-9)
-
+    # every score of both models against scikit-learn on the flattened labels. metrics.json keeps an
+    # undefined score (0 / 0) as NaN where sklearn reports zero_division (0 here; jaccard_score takes no
+    # NaN), so a NaN must sit exactly where sklearn's denominator is empty, and mean_iou skips those classes
+    y_true = truth.values.ravel()
+    labels = [0, 1, 2]
+    for name in ("model", "heuristic"):
+        y_pred = preds["LABELS"].sel(model=name).transpose(*truth.dims).values.ravel()
+        assert y_pred.shape == y_true.shape
+        in_true, in_pred = np.isin(labels, y_true), np.isin(labels, y_pred)
+        ref = {kind: (fn(y_true, y_pred, labels=labels, average=None, zero_division=0), defined)
+               for kind, fn, defined in (("iou", jaccard_score, in_true | in_pred),
+                                         ("precision", precision_score, in_pred),
+                                         ("recall", recall_score, in_true))}
+        expect = {f"{kind}_{c}": float(v[i]) if ok[i] else float("nan")
+                  for kind, (v, ok) in ref.items() for i, c in enumerate(CLASS_NAMES)}
+        iou, ok = ref["iou"]
+        expect["mean_iou"] = float(iou[ok].mean()) if ok.any() else float("nan")
+        expect["accuracy"] = float(accuracy_score(y_true, y_pred))
+        scores = {k: v for k, v in m["LABELS"][name].items() if k != "ensemble_size"}  # a count, not a score
+        assert set(scores) == set(expect), name
+        for key, value in scores.items():
+            if expect[key] != expect[key]:
+                assert value != value, (name, key)  # undefined: stored as NaN, not sklearn's 0
+            else:
+                assert value == pytest.approx(expect[key], abs=1e-9), (name, key)
     rc = main(["predict", "--config", CONFIG, *common, "--ckpt_path", str(ckpt),
                "--trainer.callbacks+=climateml.callbacks.NetCDFPredictionWriter",
                f"--trainer.callbacks.output_dir={out}"])
