@@ -49,7 +49,11 @@ class NetCDFPredictionWriter(BasePredictionWriter):
     """Writes the predict split as ``predictions_<group>.nc`` (one file per scenario, period ...), on the
     input's coordinates with CF attributes, through the DataModule's ``to_xarray(values, "predict")``.
 
-    Files go to ``output_dir`` or, if that is empty, to ``<trainer.log_dir>/predictions``.
+    Files go to ``output_dir`` or, if that is empty, to ``<trainer.log_dir>/predictions``. Every task writes through
+    this one writer: what the model's ``predict_step`` returns for the predict split, in order, becomes the task's
+    variables on the input's coordinates (temperature: ``tas`` (time, lat, lon) in K; segmentation: ``LABELS``
+    (time, lat, lon) and ``probability`` (time, class, lat, lon); nowcasting: ``rain_rate`` (time, lead_time, y,
+    x) in mm/h with ``valid_time``). Under DDP every process predicts the whole split and global rank 0 writes.
     """
 
     def __init__(self, output_dir: str = ""):
@@ -57,6 +61,8 @@ class NetCDFPredictionWriter(BasePredictionWriter):
         self.output_dir = output_dir
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if not trainer.is_global_zero:
+            return
         out_dir = Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
         flat = predictions if isinstance(predictions[0], torch.Tensor) else [p for group in predictions for p in group]
         values = torch.cat([p.float() for p in flat])

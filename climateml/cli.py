@@ -1,198 +1,40 @@
-"""The ``climateml`` command.
+"""The ``climateml`` command: a light dispatcher, so ``climateml --help`` and ``climateml synth`` start fast.
 
-``climateml fit|validate|test|predict --config configs/<task>.yaml`` (LightningCLI), with
-``--ensemble N`` to train N members with seeds seed, seed+1, ...; ``fit`` ends by running the task's
-evaluation (the YAML's ``evaluation:``) on the best weights: metrics.json, predictions and figures in
-the run directory. ``climateml synth <layout> --out DIR`` writes sample data in a real data set's layout
+``climateml fit|validate|test|predict --config configs/<task>.yaml`` run the LightningCLI of
+:mod:`climateml.lightning_cli` (the only subcommands that import Lightning; see there for ensembles,
+resuming and scale). ``climateml synth <layout> --out DIR`` writes sample data in a real data set's layout
 (``confounded``: a cue that tracks the target in training data only). ``climateml attribute --config ...
 --ckpt_path ... --method ...`` writes attribution maps of a task's test samples; ``climateml demo
 clever-hans --out DIR`` trains a model on confounded data and one on its clean twin and compares them.
-
-Scale, from the config alone (see scripts/ for launch scripts):
-
-- GPUs and DDP: ``trainer.accelerator``, ``devices``, ``num_nodes``, ``strategy: ddp``, ``precision``.
-  Under DDP every process trains and tests on its shard; the evaluation (metrics.json, predictions,
-  figures) then runs once, on global rank 0.
-- Fault tolerance: ``fit`` keeps ``<run>/checkpoints/resume.ckpt`` up to date (:class:`ResumeCheckpoint`,
-  added if the config lists none; ``every_n_train_steps`` is set there). Started again with the same
-  command after a kill or pre-emption, ``fit`` finds the latest run of its logger left unfinished and
-  continues it in the same run directory (``--resume false`` starts afresh instead). On SLURM, a newer
-  ``hpc_ckpt_*.ckpt`` that Lightning wrote on SIGUSR1 before requeueing the job is used instead.
-- Every checkpoint is written atomically (:class:`AtomicCheckpointIO`).
+Errors a user makes (bad data, bad options) end as one line ``climateml: error: ...`` and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from pathlib import Path
 
-import torch
-from lightning.pytorch import seed_everything
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from climateml.errors import ClimateMLError
 
-from climateml.callbacks import (INTERRUPTED_HISTORY, RESUME_FILENAME, AtomicCheckpointIO, ResumeCheckpoint,
-                                 resume_checkpoint_dir)
-from climateml.errors import ClimateMLError, ConfigError
-from climateml.evaluation.base import Evaluation
-from climateml.writers import write_text
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
+HELP = """usage: climateml <command> [options]
 
-def _get(ns, dotted: str, default=None):
-    """A value of a (nested) jsonargparse Namespace or dict by dotted key; ``default`` if any part is missing."""
-    node = ns
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        try:
-            node = node[part] if isinstance(node, dict) else getattr(node, part)
-        except (KeyError, AttributeError, TypeError):
-            return default
-    return default if node is None else node
+Machine learning on climate data with PyTorch and Lightning: xarray / NetCDF in, NetCDF with coordinates out.
 
+commands:
+  fit        train a task from its config (configs/<task>.yaml), then score it against the task's baselines:
+             metrics.json, figures, test predictions and checkpoints in runs/<task>/version_N/
+  validate   score a checkpoint (--ckpt_path) on the validation split
+  test       score a checkpoint on the test split
+  predict    write a checkpoint's predictions as NetCDF: <run directory>/predictions/predictions_<group>.nc
+  attribute  attribution maps of a trained run on the task's inputs (NetCDF and figures)
+  demo       clever-hans: a right-for-the-wrong-reason model next to its clean twin
+  synth      sample data in the real layouts: climatebench | climatenet | nowcasting | confounded
 
-def _resume_callback_args(config) -> dict:
-    """dirpath and filename of the config's ResumeCheckpoint (or its defaults)."""
-    for cb in _get(config, "trainer.callbacks", []) or []:
-        if str(_get(cb, "class_path", "")).endswith("ResumeCheckpoint"):
-            return {"dirpath": _get(cb, "init_args.dirpath"),
-                    "filename": _get(cb, "init_args.filename", RESUME_FILENAME)}
-    return {"dirpath": None, "filename": RESUME_FILENAME}
-
-
-def find_interrupted_run(config) -> tuple[int | str | None, Path, Path | None] | None:
-    """(logger version, checkpoint, run directory) of the run a ``fit`` with this config left unfinished, or None.
-
-    The run is the logger's explicit version, else its latest ``version_N`` folder (``save_dir/name``; the
-    default logger's is ``default_root_dir/lightning_logs``); with ``logger: false``, ``default_root_dir``.
-    It is unfinished if it still holds the ResumeCheckpoint file (deleted when a run ends). On SLURM, a
-    newer ``hpc_ckpt_*.ckpt`` in default_root_dir (written by Lightning on SIGUSR1 before it requeued the
-    job) wins: the checkpoint returned is then ``Path("hpc")``, and Lightning loads it itself.
-    """
-    args = _resume_callback_args(config)
-    default_root = Path(_get(config, "trainer.default_root_dir", ".") or ".")
-    logger = _get(config, "trainer.logger")
-    version, run_dir, root = None, None, None
-    if logger is False:
-        run_dir = default_root
-    elif logger is None or logger is True:
-        root = default_root / "lightning_logs"
-    elif _get(logger, "init_args.save_dir") is not None:
-        root = Path(_get(logger, "init_args.save_dir")) / str(_get(logger, "init_args.name", "") or "")
-        explicit = _get(logger, "init_args.version")
-        if explicit not in (None, ""):
-            version = explicit
-            run_dir = root / (explicit if isinstance(explicit, str) else f"version_{explicit}")
-    if run_dir is None and root is not None and root.is_dir():
-        numbers = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := re.fullmatch(r"version_(\d+)", p.name))]
-        if numbers:
-            version = max(numbers)
-            run_dir = root / f"version_{version}"
-    if not args["dirpath"] and run_dir is None:
-        return None
-    ckpt = resume_checkpoint_dir(run_dir, args["dirpath"]) / args["filename"]
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    if SLURMEnvironment.detect():
-        hpc = sorted(default_root.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if hpc and (not ckpt.is_file() or hpc[-1].stat().st_mtime > ckpt.stat().st_mtime):
-            return version, Path("hpc"), run_dir
-    return (version, ckpt, run_dir) if ckpt.is_file() else None
-
-
-class ClimateCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--ensemble", type=int, default=1,
-                            help="fit: train this many members with seeds seed_everything + 0, 1, ...")
-        parser.add_argument("--resume", type=bool, default=True,
-                            help="fit: continue the latest run of the logger if it was interrupted (it still has "
-                                 f"checkpoints/{RESUME_FILENAME}); false: always start a new run")
-        parser.add_subclass_arguments(Evaluation, "evaluation", required=False,
-                                      help="how fit scores the trained model against the task's baselines")
-        # the one data -> model link: sizes, names and training statistics travel in the DataModule's spec
-        parser.link_arguments("data.spec", "model.init_args.spec", apply_on="instantiate")
-
-    def before_instantiate_classes(self) -> None:
-        """fit: pick up the run this command left unfinished (same run directory, its resume checkpoint)."""
-        if self.subcommand != "fit":
-            return
-        config = self.config["fit"]
-        if not config.get("resume", True) or config.get("ckpt_path") or int(config.get("ensemble") or 1) > 1:
-            return
-        found = find_interrupted_run(config)
-        if found is None:
-            return
-        version, ckpt, run_dir = found
-        if version is not None and _get(config, "trainer.logger.init_args") is not None:
-            config["trainer"]["logger"]["init_args"]["version"] = version
-        history = run_dir / "metrics.csv" if run_dir is not None else None
-        if history is not None and history.is_file():  # CSVLogger empties it on opening the folder again
-            write_text(history.read_text(), run_dir / INTERRUPTED_HISTORY)
-        config["ckpt_path"] = None if str(ckpt) == "hpc" else str(ckpt)
-        rank_zero_info(f"climateml: resuming the interrupted run (version {version}) from "
-                       f"{'the SLURM hpc checkpoint' if str(ckpt) == 'hpc' else ckpt}; --resume false starts afresh")
-
-    def instantiate_trainer(self, **kwargs):
-        """The config's Trainer, with checkpoints written atomically and, for fit, a ResumeCheckpoint."""
-        trainer = super().instantiate_trainer(**kwargs)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        if not any(isinstance(c, ResumeCheckpoint) for c in trainer.callbacks):
-            trainer.callbacks.append(ResumeCheckpoint())  # inert outside fit; test/predict load its state quietly
-        return trainer
-
-    def _finish_run(self) -> None:
-        """The run is complete: delete its resume checkpoint, so the same command next time starts a new run."""
-        for cb in self.trainer.callbacks:
-            if isinstance(cb, ResumeCheckpoint):
-                cb.remove()
-
-    def fit(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
-        config = self.config[self.subcommand]
-        n_members = int(config.get("ensemble", 1))
-        if n_members < 1:
-            raise ConfigError(f"--ensemble must be at least 1, got {n_members}")
-        if n_members > 1 and ckpt_path:
-            raise ConfigError("--ckpt_path resumes one run; it cannot be combined with --ensemble > 1")
-        seed = config.get("seed_everything")
-        seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        members, histories = [], {}
-        for i in range(n_members):
-            if i > 0:
-                seed_everything(seed + i, workers=True)
-                self.instantiate_classes()
-            if n_members > 1:
-                self.trainer.loggers = [CSVLogger(run_dir, name="", version=f"member_{i}")]
-            self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
-            self.trainer.test(self.model, datamodule=self.datamodule)
-            members.append(self.model)
-            if self.trainer.logger is not None:
-                histories[f"member {i}" if n_members > 1 else "model"] = Path(self.trainer.logger.log_dir) / "metrics.csv"
-            if n_members > 1:
-                self._finish_run()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # DDP: every process has trained and tested. The evaluation writes files once, on rank 0, with its own
-            # one-device trainer: no collective call is left, so the processes part here (and exit cleanly)
-            self.trainer.strategy.barrier("climateml fit done")
-            torch.distributed.destroy_process_group()
-        if not self.trainer.is_global_zero:
-            return
-        evaluation = self.config_init[self.subcommand].get("evaluation")
-        print(f"\nrun directory: {run_dir}")
-        if evaluation is None:
-            print("  no `evaluation:` in the config: metrics.json and figures were not written")
-            self._finish_run()
-            return
-        device = self.trainer.strategy.root_device.type
-        result = evaluation.run(members, self.datamodule, run_dir, histories, accelerator="gpu" if device == "cuda" else "cpu")
-        print("\n".join(evaluation.summary(result)))
-        self._finish_run()
+`climateml <command> --help` lists a command's options, e.g.
+`climateml fit --config configs/temperature.yaml --help` (every option of that task).
+"""
 
 
 def _synth_parser(layout: str, description: str, grid: tuple[str, int, str, int]) -> argparse.ArgumentParser:
@@ -279,13 +121,6 @@ def _user_error_in(err: BaseException | None) -> ClimateMLError | None:
     return None
 
 
-def _build_task(config: str, overrides: list[str]):
-    """(model, datamodule) of a task config, instantiated as `fit` would, without running anything."""
-    cli = ClimateCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, auto_configure_optimizers=False,
-                     args=["--config", config, *overrides])
-    return cli.model, cli.datamodule
-
-
 def _demo_main(argv: list[str]) -> int:
     from climateml.attribution.commands import demo_clever_hans_main
 
@@ -295,30 +130,59 @@ def _demo_main(argv: list[str]) -> int:
     return demo_clever_hans_main(argv[1:])
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if args and args[0] == "synth":
-            return synth_main(args[1:])
-        if args and args[0] == "attribute":
-            from climateml.attribution.commands import attribute_main
+def _build_task(config: str, overrides: list[str]):
+    """(model, datamodule) of a task config, instantiated as ``fit`` would, without running anything."""
+    from climateml.lightning_cli import build_task
 
-            return attribute_main(args[1:], _build_task)
-        if args and args[0] == "demo":
-            return _demo_main(args[1:])
+    return build_task(config, overrides)
+
+
+def _lightning_main(argv: list[str] | None) -> int:
+    """fit / validate / test / predict (and LightningCLI's own options): ``argv`` None reads sys.argv."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from climateml.lightning_cli import ClimateCLI
+
+    try:
         ClimateCLI(subclass_mode_model=True, subclass_mode_data=True, args=argv, auto_configure_optimizers=False,
                    save_config_kwargs={"overwrite": True})
     except SIGTERMException:  # pre-empted: the resume checkpoint is saved; not a success (exit 0) for a scheduler
         print("climateml: stopped on SIGTERM; the same command continues from the run's resume checkpoint",
               file=sys.stderr)
         return 128 + 15
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if not args or args[0] in ("-h", "--help"):
+            print(HELP, end="", file=sys.stdout if args else sys.stderr)
+            return 0 if args else 2
+        if args[0] == "synth":
+            return synth_main(args[1:])
+        if args[0] == "attribute":
+            from climateml.attribution.commands import attribute_main
+
+            return attribute_main(args[1:], _build_task)
+        if args[0] == "demo":
+            return _demo_main(args[1:])
+        return _lightning_main(argv)
     except BaseException as err:  # jsonargparse exits with SystemExit after printing; ours are one clear line
         user_err = _user_error_in(err)
         if user_err is None:
             raise
         print(f"climateml: error: {user_err}", file=sys.stderr)
         return 2
-    return 0
+
+
+def __getattr__(name: str):
+    # the Lightning side, importable from here as before (imported on first use: `import climateml.cli` stays light)
+    if name in ("ClimateCLI", "find_interrupted_run"):
+        from climateml import lightning_cli
+
+        return getattr(lightning_cli, name)
+    raise AttributeError(f"module 'climateml.cli' has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ def cf_dataset(ds: xr.Dataset, title: str = "", source: str = "climateml", **att
     for name, extra in COORD_ATTRS.items():
         if name in ds.coords:
             keep = ("units",) if name in ("x", "y") else ()  # projected coordinates keep the units they came with
+            if ds[name].dims != (name,):  # an auxiliary coordinate (2-d lat of a projected grid): no axis in CF
+                extra = {k: v for k, v in extra.items() if k != "axis"}
             ds[name].attrs = {**extra, **{k: v for k, v in ds[name].attrs.items() if k not in extra or k in keep}}
     if "time" in ds.coords:
         ds["time"].attrs.setdefault("standard_name", "time")

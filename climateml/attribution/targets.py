@@ -295,10 +295,15 @@ def global_mean(index=None, **kw) -> RegionMean:
     return RegionMean(index=index, region=None, reduce="mean", **kw)
 
 
-def class_score(cls: int | str, region=None, probability: bool = False, reduce: str = "sum", **kw) -> RegionMean:
+def class_score(cls: int | str | None = None, region=None, probability: bool = False, reduce: str = "sum",
+                index: int | str | None = None, **kw) -> RegionMean:
     """Class ``cls``'s score (logit, or softmax probability) summed over a region or per-sample mask of a
-    (class, lat, lon) / (class, y, x) segmentation output."""
-    return RegionMean(index=cls, region=region, reduce=reduce, weighting="equal",
+    (class, lat, lon) / (class, y, x) segmentation output. ``index`` is another name for ``cls`` (the output
+    index, as the other target kinds call it): ``{kind: class_score, cls: 1}`` and ``{kind: class_score, index: 1}``
+    are the same target."""
+    if (cls is None) == (index is None):
+        raise ConfigError(f"class_score needs the class as cls (or index), exactly once; got cls={cls!r}, index={index!r}")
+    return RegionMean(index=cls if index is None else index, region=region, reduce=reduce, weighting="equal",
                       activation="softmax" if probability else None, **kw)
 
 

@@ -17,7 +17,8 @@ import xarray as xr
 
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec, TensorDictDataset
-from climateml.data.io import (DataError, find_file, grid_difference, open_dataset, require_finite, require_variable,
+from climateml.data.io import (DataError, find_file, grid_difference, may_write_sample_data, open_dataset, require_finite,
+                               require_variable,
                                standardize)
 from climateml.data.normalize import Standardization
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
@@ -27,6 +28,8 @@ SERIES_INPUTS = ("CO2", "CH4")
 MAP_INPUTS = ("SO2", "BC")
 TRAIN_SCENARIOS = ["historical", "ssp126", "ssp370", "ssp585", "hist-GHG", "hist-aer"]
 SECONDS_PER_YEAR = 365.25 * 86400.0
+#: the files this layout reads (globs of names in data_dir); a folder holding none of them gets no sample data
+FILE_PATTERNS = ("inputs_*.nc", "inputs_*.zarr", "outputs_*.nc", "outputs_*.zarr")
 #: (units, long_name) of the inputs in the published ClimateBench files, used where a file's variable has none
 INPUT_ATTRS = {
     "CO2": ("GtCO2", "cumulative anthropogenic CO2 emissions since 1850"),
@@ -180,8 +183,10 @@ class ClimateBenchDataModule(ClimateDataModule):
         val_scenarios: hold out whole scenarios for validation; if empty, ``val_fraction`` of the
             training years is drawn at random (seeded by ``seed``).
         predict_scenarios: scenarios the predict step runs on (default: the test scenarios).
-        synthesize_if_missing: write sample data with ``climateml synth climatebench`` into data_dir
-            when it has no ClimateBench files.
+        synthesize_if_missing: write sample data (``climateml synth climatebench``) into data_dir when it does not
+            exist or is empty (:func:`~climateml.data.io.may_write_sample_data`: a folder of other files is an
+            error, never written into), with ``sample_options`` passed to the generator (nlat, nlon, seed,
+            scenarios, members, fmt).
         batch_size, num_workers, pin_memory: see :class:`ClimateDataModule`.
     """
 
@@ -203,6 +208,7 @@ class ClimateBenchDataModule(ClimateDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         synthesize_if_missing: bool = False,
+        sample_options: dict = {},
     ):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         self.data_dir = Path(data_dir)
@@ -223,7 +229,7 @@ class ClimateBenchDataModule(ClimateDataModule):
         self.val_fraction = val_fraction
         self.predict_scenarios = list(predict_scenarios) or self.test_scenarios
         self.seed = seed
-        self.synthesize_if_missing = synthesize_if_missing
+        self.synthesize_if_missing, self.sample_options = synthesize_if_missing, dict(sample_options)
         self.scenarios: dict[str, Scenario] = {}
         self.normalization: Standardization | None = None
 
@@ -261,10 +267,13 @@ class ClimateBenchDataModule(ClimateDataModule):
 
     # ---- loading ----
     def prepare_data(self) -> None:
-        if self.synthesize_if_missing and not available_scenarios(self.data_dir):
-            from climateml.data.synthetic import generate_climatebench
+        if self.synthesize_if_missing and may_write_sample_data(self.data_dir, FILE_PATTERNS, "ClimateBench",
+                                                                "data.data_dir"):
+            from climateml.data.synthetic import Grid, generate_climatebench
 
-            generate_climatebench(self.data_dir)
+            options = dict(self.sample_options)
+            grid = Grid(options.pop("nlat", Grid.nlat), options.pop("nlon", Grid.nlon))
+            generate_climatebench(self.data_dir, grid=grid, **options)
 
     def _load(self) -> None:
         needed = dict.fromkeys(self.train_scenarios + self.val_scenarios + self.test_scenarios + self.predict_scenarios)

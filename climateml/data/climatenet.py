@@ -22,10 +22,12 @@ from torch.utils.data import Dataset
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec
 from climateml.data.io import FLAG_ATTRS  # noqa: F401 (re-exported: climateml.data.climatenet.FLAG_ATTRS)
-from climateml.data.io import HDF5_LOCK, DataError, grid_difference, open_dataset
+from climateml.data.io import HDF5_LOCK, DataError, grid_difference, may_write_sample_data, open_dataset
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 
 FILE_PATTERN = re.compile(r"^data-(\d{4}-\d{2}-\d{2})-01-1_(\d+)\.nc$")
+#: FILE_PATTERN as a glob: the files this layout reads; a folder holding none of them gets no sample data
+FILE_PATTERNS = ("data-????-??-??-01-1_*.nc",)
 CLASS_NAMES = ("background", "tc", "ar")
 LABEL_VAR = "LABELS"
 
@@ -302,8 +304,9 @@ class SegmentationDataModule(ClimateDataModule):
         shift_lon: random longitude shifts of training samples (the field wraps round, nothing is lost).
         flip_lat: random latitude flips in training, negating ``meridional_wind`` channels.
         meridional_wind: the channels negated by a latitude flip (meridional winds).
-        synthesize_if_missing: write sample data (``climateml synth climatenet``) into an empty data_dir,
-            with ``sample_options`` passed to the generator (n_dates, nlat, nlon, seed ...).
+        synthesize_if_missing: write sample data (``climateml synth climatenet``) into data_dir when it does not
+            exist or is empty (:func:`~climateml.data.io.may_write_sample_data`: a folder of other files is an
+            error, never written into), with ``sample_options`` passed to the generator (n_dates, nlat, nlon, seed ...).
         batch_size, num_workers, pin_memory, multiprocessing_context: the loaders (see
             :class:`~climateml.data.base.ClimateDataModule`); every sample opens its own file, so worker
             processes need no shared file handles.
@@ -357,7 +360,8 @@ class SegmentationDataModule(ClimateDataModule):
 
     # ---- reading and splitting ----
     def prepare_data(self) -> None:
-        if self.synthesize_if_missing and not find_snapshots(self.data_dir):
+        if self.synthesize_if_missing and may_write_sample_data(self.data_dir, FILE_PATTERNS, "ClimateNet",
+                                                                "data.data_dir"):
             from climateml.data.synthetic.climatenet import generate_climatenet
 
             generate_climatenet(self.data_dir, **self.sample_options)

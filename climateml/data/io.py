@@ -123,3 +123,48 @@ def find_file(data_dir: str | Path, stem: str) -> Path:
         raise DataError(f"{data_dir}: data directory does not exist (looking for {stem}.nc or {stem}.zarr)")
     present = sorted(p.name for p in data_dir.iterdir() if p.suffix in SUFFIXES)
     raise DataError(f"{data_dir}: no {stem}.nc or {stem}.zarr; found {present or 'no NetCDF/Zarr files'}")
+
+
+def describe_folder(folder: str | Path, limit: int = 4) -> str:
+    """What a folder holds, counted by kind, most first: "39 *.hdf files, 2 folders"; hidden entries left out."""
+    counts: dict[str, int] = {}
+    for p in Path(folder).iterdir():
+        if not p.name.startswith("."):
+            kind = "folder" if p.is_dir() and not p.suffix else f"*{p.suffix} file" if p.suffix else "file without a suffix"
+            counts[kind] = counts.get(kind, 0) + 1
+    kinds = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = [f"{n} {kind.replace(' file', ' files') if n > 1 and 'file' in kind else kind + ('s' if n > 1 else '')}"
+             for kind, n in kinds[:limit]]
+    if len(kinds) > limit:
+        shown.append(f"{sum(n for _, n in kinds[limit:])} other entries")
+    return ", ".join(shown) or "nothing"
+
+
+def may_write_sample_data(folder: str | Path, patterns: tuple[str, ...], layout: str, option: str) -> bool:
+    """Whether ``synthesize_if_missing`` may write sample data of ``layout`` into ``folder``; the one rule for
+    every task, so sample data never lands among a user's files.
+
+    True when ``folder`` does not exist or is empty (hidden entries such as ``.gitkeep`` do not count): the
+    generator writes there. False when it holds an entry matching one of ``patterns`` (the file-name globs the
+    layout's reader reads, declared once per layout, e.g. ``("*.nc", "*.zarr")``): the data is there and is read,
+    nothing is written. Otherwise the folder holds something else (another format, another data set): a
+    DataError that says what it found (``39 *.hdf files``), and nothing is written. ``option`` is the config
+    option that names the folder, for the message.
+    """
+    from fnmatch import fnmatch
+
+    folder = Path(folder)
+    if not folder.exists():
+        return True
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {option} names a file, expected a folder of {layout} files "
+                        f"({', '.join(patterns)})")
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return True
+    if any(fnmatch(p.name, pattern) for p in entries for pattern in patterns):
+        return False
+    raise DataError(f"{folder}: holds {describe_folder(folder)} and no {layout} files ({', '.join(patterns)}); is the "
+                    f"format supported? Sample data is only written into a folder that does not exist or is empty: "
+                    f"point {option} at your {layout} files, or at an empty folder, or set data.synthesize_if_missing "
+                    f"false")

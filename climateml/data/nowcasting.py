@@ -19,7 +19,8 @@ import xarray as xr
 from torch.utils.data import Dataset
 
 from climateml.data.base import ClimateDataModule, DataSpec
-from climateml.data.radar import RadarReader, RainTransform, resolve_paths, window_starts
+from climateml.data.io import may_write_sample_data, open_dataset
+from climateml.data.radar import FILE_PATTERNS, RadarReader, RainTransform, resolve_paths, window_starts
 from climateml.errors import ConfigError, DataError, check_choice, check_positive
 
 VARIABLE = "rain_rate"
@@ -83,8 +84,9 @@ class NowcastingDataModule(ClimateDataModule):
             the archive's time step).
         cache_mb: memory [MiB] per process for converted frames, least recently used dropped first (0:
             read every frame from its file every time); ``max_open_files`` files kept open per process.
-        synthesize_if_missing: write sample data (``climateml synth nowcasting``) when ``paths`` match no
-            file, with ``sample_options`` passed to the generator.
+        synthesize_if_missing: write sample frames (``climateml synth nowcasting``) into ``paths`` (a glob's
+            folder) when it does not exist or is empty, with ``sample_options`` passed to the generator; a folder of
+            other files is an error, never written into (:func:`~climateml.data.io.may_write_sample_data`).
     """
 
     def __init__(
@@ -149,17 +151,25 @@ class NowcastingDataModule(ClimateDataModule):
         self.reader: RadarReader | None = None
         self.starts: dict[str, np.ndarray] = {}
         self._unseen: dict[str, np.ndarray] = {}  # per split: where the last input frame is NaN (to_xarray)
+        self._aux: dict[str, xr.DataArray] | None = None  # the archive's 2-d lat / lon (auxiliary_coords)
 
     def prepare_data(self) -> None:
-        if not self.synthesize_if_missing:
+        """With ``synthesize_if_missing``: sample frames into ``paths`` (a glob's folder) when that folder does not
+        exist or is empty; a folder of other files is an error (:func:`~climateml.data.io.may_write_sample_data`)."""
+        if not self.synthesize_if_missing or not isinstance(self.paths, (str, Path)):
             return
         try:
             resolve_paths(self.paths)
+            return  # the archive has files: they are read
         except DataError:
+            pass
+        parts = Path(str(self.paths)).parts
+        glob_at = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), None)
+        folder = Path(str(self.paths)) if glob_at is None else Path(*parts[:glob_at]) if glob_at else Path(".")
+        if may_write_sample_data(folder, FILE_PATTERNS, "radar", "data.paths"):
             from climateml.data.synthetic.radar import generate_radar
 
-            out = Path(self.paths)
-            generate_radar(out if not any(c in str(out) for c in "*?[") else out.parent, **self.sample_options)
+            generate_radar(folder, **self.sample_options)
 
     def build(self) -> None:
         self.prepare_data()
@@ -169,7 +179,7 @@ class NowcastingDataModule(ClimateDataModule):
             raise DataError(f"{reader.path(0)}: the archive {self.paths} holds {len(reader)} frame; expected a "
                             f"sequence of at least n_in + n_out = {self.n_in + self.n_out}")
         self.reader, self.times, self.step = reader, reader.times, reader.step
-        self._unseen = {}  # masks of a previous build describe other windows
+        self._unseen, self._aux = {}, None  # masks and coordinates of a previous build describe another archive
         for split, (start, end) in self.periods.items():
             try:
                 self.starts[split] = window_starts(self.times, self.n_in, self.n_out, start, end, self.step)
@@ -236,15 +246,42 @@ class NowcastingDataModule(ClimateDataModule):
         return self.step * np.arange(1, self.n_out + 1)
 
     def _dataset(self, values: np.ndarray, split: str, name: str = VARIABLE) -> xr.Dataset:
+        """``name`` (time, lead_time, *grid) [mm/h]: ``time`` the issue time, ``valid_time`` (time, lead_time) the
+        time each nowcast is for, and the archive's 2-d lat / lon when it has them (:meth:`auxiliary_coords`)."""
         grid = self.grid
         dims = ("time", "lead_time", *grid.dims)
-        issue = xr.DataArray(self.issue_times(split), dims="time",
+        issue_times = self.issue_times(split)
+        issue = xr.DataArray(issue_times, dims="time",
                              attrs={"long_name": "forecast issue time (valid time of the last input frame)",
                                     "standard_name": "forecast_reference_time"})
-        coords = {"time": issue, "lead_time": self.lead_times, **{d: grid[d] for d in grid.dims}}
+        valid = xr.DataArray(issue_times[:, None] + self.lead_times[None, :], dims=("time", "lead_time"),
+                             attrs={"long_name": "valid time of the nowcast (issue time + lead time)",
+                                    "standard_name": "time"})
+        coords = {"time": issue, "lead_time": self.lead_times, "valid_time": valid,
+                  **{d: grid[d] for d in grid.dims}, **self.auxiliary_coords()}
         da = xr.DataArray(values, dims=dims, coords=coords, name=name,
                           attrs={"units": "mm h-1", "long_name": "rain rate", "standard_name": "rainfall_rate"})
         return da.to_dataset()
+
+    def auxiliary_coords(self) -> dict[str, xr.DataArray]:
+        """The 2-d ``lat`` / ``lon`` (CF auxiliary coordinates on the projected y, x grid) of the archive's first
+        file, when it has them (also spelled latitude / longitude); {} for an archive without them or on lat/lon."""
+        self.setup()
+        if self._aux is None:
+            self._aux = {}
+            if set(self.reader.spatial) == {"y", "x"}:
+                try:
+                    ds = open_dataset(self.reader.path(0))
+                except DataError:  # a format the reader reads but xarray does not open has no CF coordinates
+                    return self._aux
+                with ds:
+                    for name, disk_names in (("lat", ("lat", "latitude")), ("lon", ("lon", "longitude"))):
+                        found = next((n for n in disk_names if n in ds.variables
+                                      and set(ds[n].dims) == set(self.reader.spatial)), None)
+                        if found is not None:
+                            da = ds[found].transpose(*self.reader.spatial)
+                            self._aux[name] = xr.DataArray(da.values, dims=self.reader.spatial, attrs=dict(da.attrs))
+        return self._aux
 
     def to_xarray(self, values: torch.Tensor | np.ndarray, split: str) -> dict[str, xr.Dataset]:
         """Nowcasts (windows, lead_time, y, x) [mm/h] on the archive's grid, ``time`` = issue time; NaN

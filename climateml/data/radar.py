@@ -15,6 +15,7 @@ import glob
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,9 @@ import xarray as xr
 from climateml.data.io import HDF5_LOCK as _FILE_LOCK  # netCDF4/HDF5 is not thread-safe: reads take turns
 from climateml.data.io import DataError, open_dataset
 
+#: the files an archive folder is read from (globs of names): a folder's entries matching one of them are its
+#: frames, and a folder holding none of them gets no sample data (climateml.data.io.may_write_sample_data)
+FILE_PATTERNS = ("*.nc", "*.zarr")
 SPATIAL_DIMS = (("y", "x"), ("lat", "lon"))
 RENAMES = {"latitude": "lat", "longitude": "lon"}
 TIME_NAMES = ("valid_time", "time")
@@ -54,15 +58,20 @@ def resolve_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
             continue
         path = Path(item)
         if path.is_dir() and not _is_zarr(path):
-            entries = sorted(p for p in path.iterdir() if p.suffix in (".nc", ".zarr") and not p.name.startswith("."))
+            entries = sorted(p for p in path.iterdir() if is_archive_file(p))
             if not entries:
-                raise DataError(f"{path}: directory holds no .nc or .zarr files")
+                raise DataError(f"{path}: directory holds no radar files ({', '.join(FILE_PATTERNS)})")
             found += entries
         elif path.exists():
             found.append(path)
         else:
             raise DataError(f"{path}: no such file or directory")
     return found
+
+
+def is_archive_file(path: Path) -> bool:
+    """Whether a folder entry is a file (or Zarr store) of the archive: a name matching FILE_PATTERNS, not hidden."""
+    return not path.name.startswith(".") and any(fnmatch(path.name, pattern) for pattern in FILE_PATTERNS)
 
 
 def _is_zarr(path: Path) -> bool:

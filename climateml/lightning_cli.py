@@ -1,0 +1,211 @@
+"""The Lightning side of the ``climateml`` command: ``fit``, ``validate``, ``test`` and ``predict`` (LightningCLI).
+
+Imported only by the subcommands that train or predict (:mod:`climateml.cli` dispatches), so ``climateml
+--help`` and ``climateml synth`` start without importing Lightning.
+
+``fit`` trains (``--ensemble N``: N members with seeds seed, seed+1, ...) and ends by running the task's
+evaluation (the YAML's ``evaluation:``) on the best weights: metrics.json, predictions and figures in the run
+directory. ``predict`` writes the predict split as NetCDF through :class:`~climateml.callbacks.NetCDFPredictionWriter`
+(added when the config lists none) into ``<run directory>/predictions``. Each subcommand prints its run directory.
+
+Scale, from the config alone (see scripts/ for launch scripts):
+
+- GPUs and DDP: ``trainer.accelerator``, ``devices``, ``num_nodes``, ``strategy: ddp``, ``precision``.
+  Under DDP every process trains and tests on its shard; the evaluation (metrics.json, predictions,
+  figures) then runs once, on global rank 0.
+- Fault tolerance: ``fit`` keeps ``<run>/checkpoints/resume.ckpt`` up to date (:class:`ResumeCheckpoint`,
+  added if the config lists none; ``every_n_train_steps`` is set there). Started again with the same
+  command after a kill or pre-emption, ``fit`` finds the latest run of its logger left unfinished and
+  continues it in the same run directory (``--resume false`` starts afresh instead). On SLURM, a newer
+  ``hpc_ckpt_*.ckpt`` that Lightning wrote on SIGUSR1 before requeueing the job is used instead.
+- Every checkpoint is written atomically (:class:`AtomicCheckpointIO`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+
+from climateml.callbacks import (INTERRUPTED_HISTORY, RESUME_FILENAME, AtomicCheckpointIO, NetCDFPredictionWriter,
+                                 ResumeCheckpoint, resume_checkpoint_dir)
+from climateml.errors import ConfigError
+from climateml.evaluation.base import Evaluation
+from climateml.writers import write_text
+
+
+def _get(ns, dotted: str, default=None):
+    """A value of a (nested) jsonargparse Namespace or dict by dotted key; ``default`` if any part is missing."""
+    node = ns
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        try:
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        except (KeyError, AttributeError, TypeError):
+            return default
+    return default if node is None else node
+
+
+def _resume_callback_args(config) -> dict:
+    """dirpath and filename of the config's ResumeCheckpoint (or its defaults)."""
+    for cb in _get(config, "trainer.callbacks", []) or []:
+        if str(_get(cb, "class_path", "")).endswith("ResumeCheckpoint"):
+            return {"dirpath": _get(cb, "init_args.dirpath"),
+                    "filename": _get(cb, "init_args.filename", RESUME_FILENAME)}
+    return {"dirpath": None, "filename": RESUME_FILENAME}
+
+
+def find_interrupted_run(config) -> tuple[int | str | None, Path, Path | None] | None:
+    """(logger version, checkpoint, run directory) of the run a ``fit`` with this config left unfinished, or None.
+
+    The run is the logger's explicit version, else its latest ``version_N`` folder (``save_dir/name``; the
+    default logger's is ``default_root_dir/lightning_logs``); with ``logger: false``, ``default_root_dir``.
+    It is unfinished if it still holds the ResumeCheckpoint file (deleted when a run ends). On SLURM, a
+    newer ``hpc_ckpt_*.ckpt`` in default_root_dir (written by Lightning on SIGUSR1 before it requeued the
+    job) wins: the checkpoint returned is then ``Path("hpc")``, and Lightning loads it itself.
+    """
+    args = _resume_callback_args(config)
+    default_root = Path(_get(config, "trainer.default_root_dir", ".") or ".")
+    logger = _get(config, "trainer.logger")
+    version, run_dir, root = None, None, None
+    if logger is False:
+        run_dir = default_root
+    elif logger is None or logger is True:
+        root = default_root / "lightning_logs"
+    elif _get(logger, "init_args.save_dir") is not None:
+        root = Path(_get(logger, "init_args.save_dir")) / str(_get(logger, "init_args.name", "") or "")
+        explicit = _get(logger, "init_args.version")
+        if explicit not in (None, ""):
+            version = explicit
+            run_dir = root / (explicit if isinstance(explicit, str) else f"version_{explicit}")
+    if run_dir is None and root is not None and root.is_dir():
+        numbers = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := re.fullmatch(r"version_(\d+)", p.name))]
+        if numbers:
+            version = max(numbers)
+            run_dir = root / f"version_{version}"
+    if not args["dirpath"] and run_dir is None:
+        return None
+    ckpt = resume_checkpoint_dir(run_dir, args["dirpath"]) / args["filename"]
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        hpc = sorted(default_root.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if hpc and (not ckpt.is_file() or hpc[-1].stat().st_mtime > ckpt.stat().st_mtime):
+            return version, Path("hpc"), run_dir
+    return (version, ckpt, run_dir) if ckpt.is_file() else None
+
+
+class ClimateCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--ensemble", type=int, default=1,
+                            help="fit: train this many members with seeds seed_everything + 0, 1, ...")
+        parser.add_argument("--resume", type=bool, default=True,
+                            help="fit: continue the latest run of the logger if it was interrupted (it still has "
+                                 f"checkpoints/{RESUME_FILENAME}); false: always start a new run")
+        parser.add_subclass_arguments(Evaluation, "evaluation", required=False,
+                                      help="how fit scores the trained model against the task's baselines")
+        # the one data -> model link: sizes, names and training statistics travel in the DataModule's spec
+        parser.link_arguments("data.spec", "model.init_args.spec", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """fit: pick up the run this command left unfinished (same run directory, its resume checkpoint)."""
+        if self.subcommand != "fit":
+            return
+        config = self.config["fit"]
+        if not config.get("resume", True) or config.get("ckpt_path") or int(config.get("ensemble") or 1) > 1:
+            return
+        found = find_interrupted_run(config)
+        if found is None:
+            return
+        version, ckpt, run_dir = found
+        if version is not None and _get(config, "trainer.logger.init_args") is not None:
+            config["trainer"]["logger"]["init_args"]["version"] = version
+        history = run_dir / "metrics.csv" if run_dir is not None else None
+        if history is not None and history.is_file():  # CSVLogger empties it on opening the folder again
+            write_text(history.read_text(), run_dir / INTERRUPTED_HISTORY)
+        config["ckpt_path"] = None if str(ckpt) == "hpc" else str(ckpt)
+        rank_zero_info(f"climateml: resuming the interrupted run (version {version}) from "
+                       f"{'the SLURM hpc checkpoint' if str(ckpt) == 'hpc' else ckpt}; --resume false starts afresh")
+
+    def instantiate_trainer(self, **kwargs):
+        """The config's Trainer, with checkpoints written atomically, a ResumeCheckpoint (for fit) and, for
+        predict, a NetCDFPredictionWriter when the config has no prediction writer: predict always writes files."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if not any(isinstance(c, ResumeCheckpoint) for c in trainer.callbacks):
+            trainer.callbacks.append(ResumeCheckpoint())  # inert outside fit; test/predict load its state quietly
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+            trainer.callbacks.append(NetCDFPredictionWriter())
+        return trainer
+
+    def _print_run_directory(self) -> None:
+        if self.trainer.is_global_zero:
+            print(f"\nrun directory: {Path(self.trainer.log_dir or self.trainer.default_root_dir)}")
+
+    after_validate = after_test = after_predict = _print_run_directory
+
+    def _finish_run(self) -> None:
+        """The run is complete: delete its resume checkpoint, so the same command next time starts a new run."""
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, ResumeCheckpoint):
+                cb.remove()
+
+    def fit(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
+        config = self.config[self.subcommand]
+        n_members = int(config.get("ensemble", 1))
+        if n_members < 1:
+            raise ConfigError(f"--ensemble must be at least 1, got {n_members}")
+        if n_members > 1 and ckpt_path:
+            raise ConfigError("--ckpt_path resumes one run; it cannot be combined with --ensemble > 1")
+        seed = config.get("seed_everything")
+        seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        members, histories = [], {}
+        for i in range(n_members):
+            if i > 0:
+                seed_everything(seed + i, workers=True)
+                self.instantiate_classes()
+            if n_members > 1:
+                self.trainer.loggers = [CSVLogger(run_dir, name="", version=f"member_{i}")]
+            self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+            self.trainer.test(self.model, datamodule=self.datamodule)
+            members.append(self.model)
+            if getattr(self.trainer.logger, "log_dir", None):  # none under fast_dev_run (a DummyLogger)
+                histories[f"member {i}" if n_members > 1 else "model"] = Path(self.trainer.logger.log_dir) / "metrics.csv"
+            if n_members > 1:
+                self._finish_run()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # DDP: every process has trained and tested. The evaluation writes files once, on rank 0, with its own
+            # one-device trainer: no collective call is left, so the processes part here (and exit cleanly)
+            self.trainer.strategy.barrier("climateml fit done")
+            torch.distributed.destroy_process_group()
+        if not self.trainer.is_global_zero:
+            return
+        evaluation = self.config_init[self.subcommand].get("evaluation")
+        print(f"\nrun directory: {run_dir}")
+        if evaluation is None:
+            print("  no `evaluation:` in the config: metrics.json and figures were not written")
+            self._finish_run()
+            return
+        device = self.trainer.strategy.root_device.type
+        result = evaluation.run(members, self.datamodule, run_dir, histories, accelerator="gpu" if device == "cuda" else "cpu")
+        print("\n".join(evaluation.summary(result)))
+        self._finish_run()
+
+
+def build_task(config: str, overrides: list[str]):
+    """(model, datamodule) of a task config, instantiated as `fit` would, without running anything."""
+    cli = ClimateCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, auto_configure_optimizers=False,
+                     args=["--config", config, *overrides])
+    return cli.model, cli.datamodule
+
+
