@@ -9,7 +9,7 @@ steps, checkpointing, progress bar, test, the three baselines, metrics, figures,
   (``synthesize_if_missing: true``): what a new user's first run costs;
 * **warm**: the same command again, with the data now present (``--warm-repeats`` times).
 
-Baseline: ``python -c "import climateml.cli"`` (interpreter start plus importing the CLI with torch,
+Baseline: ``python -c "import climateml.lightning_cli"`` (interpreter start plus importing what ``fit`` runs: torch,
 Lightning, xarray...), timed in the same run, interleaved with the jobs (before, between, after),
 fastest taken. Printed: absolute seconds, the ratio job / import, whether the job stayed under the
 60 s aim on this machine, the epochs and optimiser steps early stopping allowed, and a rough phase
@@ -59,7 +59,7 @@ def _env() -> dict:
 
 def time_import() -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import climateml.cli"], cwd=REPO_ROOT, env=_env(), check=True)
+    subprocess.run([sys.executable, "-c", "import climateml.lightning_cli"], cwd=REPO_ROOT, env=_env(), check=True)
     return time.perf_counter() - t0
 
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     warm, warm_seen, _ = min(warm_runs, key=lambda r: r[0])
     base = min(imports)
-    print(f"baseline python -c 'import climateml.cli': {base:.2f} s (fastest of {len(imports)}: "
+    print(f"baseline python -c 'import climateml.lightning_cli': {base:.2f} s (fastest of {len(imports)}: "
           + ", ".join(f"{t:.2f}" for t in imports) + ")")
     print(f"trained per run (until early stopping): {n_epochs[0] if n_epochs else '?'} epochs, "
           f"{n_epochs[1] if n_epochs else '?'} optimiser steps")
