@@ -626,3 +626,18 @@ def test_callback_takes_samples_from_a_climate_datamodule(tmp_path):
     assert cb.history[0]["relevance_mass_co2"] == pytest.approx(expect, rel=1e-5, abs=1e-6)
     assert trainer.callback_metrics["attribution/relevance_mass_co2"].item() == pytest.approx(expect, rel=1e-5,
                                                                                               abs=1e-6)
+
+
+def test_class_score_from_a_mapping_takes_cls_or_index():
+    """The README's `--target '{kind: class_score, cls: 1, region: {lat: [5, 35]}}'`; `index` (the other kinds' word
+    for the output) names the class too, and gives the same maps. Neither, or both, is one clear error."""
+    torch.manual_seed(0)
+    model, x = seg_net(), field_input()
+    by_cls = attribute(model, x, "saliency", target={"kind": "class_score", "cls": 1, "region": {"lat": [5, 35]}})
+    by_index = attribute(model, x, "saliency", target={"kind": "class_score", "index": 1, "region": {"lat": [5, 35]}})
+    other = attribute(model, x, "saliency", target={"kind": "class_score", "cls": 2, "region": {"lat": [5, 35]}})
+    np.testing.assert_array_equal(by_cls.values, by_index.values)
+    assert not np.allclose(by_cls.values, other.values)
+    for bad in ({"kind": "class_score"}, {"kind": "class_score", "cls": 1, "index": 2}):
+        with pytest.raises(ConfigError, match="class_score needs the class as cls"):
+            as_target(bad)
