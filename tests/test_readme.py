@@ -406,3 +406,34 @@ def test_launch_script_parses_and_its_command_runs_on_the_cpu(script, workspace,
         "--trainer.logger.init_args.save_dir", str(runs), "--data.data_dir", str(workspace.root / "data" / "climatebench")])
     assert rc == 0, err[-3000:]
     assert list(runs.rglob("metrics.json"))
+
+
+def test_predictions_of_a_projected_archive_carry_its_2d_lat_lon(tmp_path):
+    """A radar archive on projected y, x with CF auxiliary lat(y, x), lon(y, x): nowcasts come back with them (and
+    with valid_time), and the written file keeps them as coordinates with CF units and no axis."""
+    from climateml.data import NowcastingDataModule
+    from climateml.writers import write_cf
+
+    y, x = np.array([20.0, 10.0, 0.0, -10.0]), np.arange(5) * 10.0
+    lat = 52.0 + y[:, None] / 111.0 + 0.0 * x[None, :]
+    lon = 5.0 + x[None, :] / 68.0 + 0.001 * y[:, None]
+    for k in range(10):
+        rain = np.full((4, 5), float(k), np.float32)
+        ds = xr.Dataset({"rain": (("y", "x"), rain, {"units": "mm h-1"}),
+                         "valid_time": ((), np.datetime64(f"{DAY}T00:00", "ns") + np.timedelta64(5 * k, "m"))},
+                        coords={"y": y, "x": x, "lat": (("y", "x"), lat, {"units": "degrees_north"}),
+                                "lon": (("y", "x"), lon, {"units": "degrees_east"})})
+        ds.to_netcdf(tmp_path / f"frame_{k:02d}.nc")
+    dm = NowcastingDataModule(str(tmp_path), variable="rain", n_in=2, n_out=1, train_period=[f"{DAY}T00:00", f"{DAY}T00:15"],
+                              val_period=[f"{DAY}T00:20", f"{DAY}T00:30"], test_period=[f"{DAY}T00:35", f"{DAY}T00:45"])
+    dm.setup()
+    n = len(dm.dataset("predict"))
+    out = dm.to_xarray(torch.ones(n, 1, 4, 5), "predict")["test"]
+    path = write_cf(out, tmp_path / "out" / "predictions_test.nc")
+    back = xr.load_dataset(path)
+    np.testing.assert_allclose(back["lat"].values, lat)
+    np.testing.assert_allclose(back["lon"].values, lon)
+    assert back["lat"].dims == ("y", "x") and back["lat"].attrs["units"] == "degrees_north"
+    assert "axis" not in back["lat"].attrs and back["y"].attrs["axis"] == "Y"
+    np.testing.assert_array_equal(back["valid_time"].values[:, 0],
+                                  np.datetime64(f"{DAY}T00:45") + np.arange(n) * np.timedelta64(5, "m"))  # issue 00:40 + 5 min
