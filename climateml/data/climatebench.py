@@ -272,8 +272,9 @@ class ClimateBenchDataModule(ClimateDataModule):
             from climateml.data.synthetic import Grid, generate_climatebench
 
             options = dict(self.sample_options)
-            grid = Grid(options.pop("nlat", Grid.nlat), options.pop("nlon", Grid.nlon))
-            generate_climatebench(self.data_dir, grid=grid, **options)
+            if "nlat" in options or "nlon" in options:
+                options["grid"] = Grid(options.pop("nlat", Grid.nlat), options.pop("nlon", Grid.nlon))
+            generate_climatebench(self.data_dir, **options)
 
     def _load(self) -> None:
         needed = dict.fromkeys(self.train_scenarios + self.val_scenarios + self.test_scenarios + self.predict_scenarios)
