@@ -404,6 +404,23 @@ def test_val_fraction_split_depends_on_seed(small_climatebench):
     assert not torch.equal(split_tensors(a, "train")[1], split_tensors(c, "train")[1])
 
 
+def test_val_years_in_blocks_of_consecutive_years(small_climatebench):
+    dm = module(small_climatebench, val_block_years=10)
+    origin = dm.sample_origin["val"]
+    starts = {s: int(dm.scenarios[s].inputs["time"].values[0]) for s in DEFAULT_TRAIN}
+    offsets = dict(zip(DEFAULT_TRAIN, np.cumsum([0] + [n_years(small_climatebench, s) for s in DEFAULT_TRAIN[:-1]])))
+    index = np.array([offsets[s] + y - starts[s] for s, y in zip(origin["scenario"], origin["year"])])
+    n_val = len(index)
+    assert n_val == int(math.floor(0.2 * 753 + 0.5)) and len(set(index)) == n_val
+    # whole blocks of 10 consecutive years of the concatenated scenarios (753 years: the last block has 3), but
+    # for the block drawn last, of which only as many years as are still needed are taken
+    touched = np.unique(index // 10)
+    assert len(touched) in (math.ceil(n_val / 10), math.ceil(n_val / 10) + 1)
+    assert sum(np.sum(index // 10 == b) < min(10, 753 - 10 * b) for b in touched) <= 1
+    with pytest.raises(ConfigError, match="val_block_years"):
+        module(small_climatebench, val_block_years=0)
+
+
 def test_val_scenarios_hold_out_whole_scenarios(small_climatebench):
     dm = module(small_climatebench, val_scenarios=["ssp370"])
     expected_train = sum(n_years(small_climatebench, s) for s in DEFAULT_TRAIN if s != "ssp370")

@@ -15,6 +15,7 @@ from climateml.cli import main
 from climateml.data import ClimateBenchDataModule
 from climateml.data.synthetic import Grid, generate_climatebench
 from climateml.evaluation import predict
+from climateml.evaluation.base import VERDICT_KEY, variables
 from climateml.metrics import rmse
 from climateml.models import LinearRegression, TemperatureEmulator
 from climateml.models.temperature import WeightedRMSE
@@ -70,14 +71,16 @@ def test_normalization_reaches_buffers_and_forward_is_in_physical_units(cli_data
     assert torch.allclose(model.y_mean[0], y.mean(), rtol=1e-4)
     assert model.cell_weights.sum().item() == pytest.approx(1.0, rel=1e-5)
     with torch.no_grad():
-        manual = model.net((x - model.x_mean) / model.x_std) * model.y_std + model.y_mean
-        assert torch.allclose(model(x), manual)
+        # pattern scaling (CO2 is the first input) plus the network's correction in units of the target's std
+        manual = model.ps_intercept + x[:, :1] * model.ps_slope + model.net((x - model.x_mean) / model.x_std) * model.y_std
+        assert torch.allclose(model(x), manual, atol=1e-5)
 
 
 def test_training_reduces_error_and_is_reproducible(cli_data):
-    untrained, dm, _ = _fit(cli_data, max_epochs=0)
-    a, _, trainer = _fit(cli_data, max_epochs=15)
-    b, _, _ = _fit(cli_data, max_epochs=15)
+    # a plain MLP (base none) from its random start; the default emulator starts at pattern scaling instead
+    untrained, dm, _ = _fit(cli_data, max_epochs=0, base="none")
+    a, _, trainer = _fit(cli_data, max_epochs=15, base="none")
+    b, _, _ = _fit(cli_data, max_epochs=15, base="none")
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     truth = dm.truth("test")["ssp245"]["tas"]
@@ -138,7 +141,7 @@ def test_checkpoint_reload_predicts_in_physical_units(cli_data, tmp_path):
     assert float(abs(b["tas"]).max()) > 0.5 and b["tas"].attrs["units"] == "K"
 
 
-def test_fit_writes_metrics_figures_and_beats_linear_baseline(tmp_path):
+def test_fit_writes_metrics_figures_verdict_and_beats_linear_baseline(tmp_path, capsys):
     data = tmp_path / "cb"
     generate_climatebench(data, grid=Grid(24, 36), progress=False)
     rc = _run_cli(["--data.data_dir", str(data), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
@@ -146,7 +149,14 @@ def test_fit_writes_metrics_figures_and_beats_linear_baseline(tmp_path):
     assert rc == 0
     run = tmp_path / "runs" / "temperature" / "version_0"
     m = json.loads((run / "metrics.json").read_text())
-    assert set(m) == {"tas"} and set(m["tas"]) == {"model", "linear_baseline", "random_forest", "gaussian_process"}
+    entries = {"model", "pattern_scaling", "linear_baseline", "random_forest", "gaussian_process"}
+    assert set(variables(m)) == {"tas"} and set(m["tas"]) == entries
+    # the verdict names the best entry on nrmse_total and the margin, and the printed summary says it in words
+    v = m[VERDICT_KEY]["tas"][0]
+    ranked = sorted(entries, key=lambda e: m["tas"][e]["nrmse_total"])
+    assert (v["score"], v["better"], v["best"], v["runner_up"]) == ("nrmse_total", "lower", ranked[0], ranked[1])
+    assert v["margin"] == pytest.approx(m["tas"][ranked[1]]["nrmse_total"] - m["tas"][ranked[0]]["nrmse_total"])
+    assert v["text"] in capsys.readouterr().out
     for scores in m["tas"].values():
         assert {"rmse", "mae", "bias", "r2", "nrmse_spatial", "nrmse_global", "nrmse_total"} <= set(scores)
         assert 0 < scores["rmse"] < 1.0 and np.isfinite(scores["nrmse_total"])
@@ -158,7 +168,7 @@ def test_fit_writes_metrics_figures_and_beats_linear_baseline(tmp_path):
     assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
     preds = xr.open_dataset(run / "test_predictions_ssp245.nc")
     assert preds["tas"].dims == ("model", "time", "lat", "lon") and preds.sizes["time"] == 86
-    assert list(preds["model"].values) == ["model", "linear_baseline", "random_forest", "gaussian_process"]
+    assert list(preds["model"].values) == ["model", "pattern_scaling", "linear_baseline", "random_forest", "gaussian_process"]
     assert preds["lat"].attrs["units"] == "degrees_north" and preds["tas"].attrs["units"] == "K"
     truth = xr.open_dataset(data / "outputs_ssp245.nc")["tas"].mean("member")
     assert float(rmse(preds["tas"].sel(model="model"), truth)) == pytest.approx(m["tas"]["model"]["rmse"], rel=1e-4)

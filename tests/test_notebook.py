@@ -37,9 +37,9 @@ def test_lab_notebook_runs_on_small_sample_data(tmp_path, monkeypatch):
     with xr.open_dataset(data / "outputs_ssp245.nc") as raw:
         assert dict(raw["tas"].sizes) == {"member": 3, "time": 86, "lat": NLAT, "lon": NLON}
 
-    # the scores table: the emulator and ClimateBench's three baselines, every score, finite numbers
-    scores = printed_table(tagged_text(nb, "metrics"), ["emulator [64, 64]", "linear baseline", "random forest",
-                                                 "gaussian process"])
+    # the scores table: the emulator, pattern scaling and the other baselines, every score, finite numbers
+    scores = printed_table(tagged_text(nb, "metrics"), ["emulator [64, 64]", "pattern scaling", "multiple linear regression",
+                                                 "random forest", "gaussian process"])
     assert list(scores) == ["rmse", "mae", "bias", "r2", "nrmse_spatial", "nrmse_global", "nrmse_total"]
     assert np.isfinite(scores.to_numpy()).all() and (scores["rmse"] > 0).all()
     assert (scores["mae"] <= scores["rmse"]).all()
@@ -61,7 +61,7 @@ def test_lab_notebook_runs_on_small_sample_data(tmp_path, monkeypatch):
     path = runs / "lab_predictions_ssp245.nc"
     assert path.exists()
     with xr.open_dataset(path) as out:
-        for name in ("tas", "tas_linear_baseline", "tas_ensemble_mean", "tas_ensemble_std"):
+        for name in ("tas", "tas_linear_baseline", "tas_pattern_scaling", "tas_ensemble_mean", "tas_ensemble_std"):
             assert out[name].dims == ("time", "lat", "lon"), name
             assert out[name].attrs["units"] == "K"
             assert np.isfinite(out[name].values).all(), name

@@ -310,6 +310,9 @@ def test_evaluation_metrics_shape_and_prediction_file(frames_dir, tmp_path):
     result = evaluation.run([model], dm, tmp_path, accelerator="cpu")
     assert set(result) == {"rain_rate"} and set(result["rain_rate"]) == {"model", "persistence", "optical_flow"}
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    # the verdict on each headline score: CSI at 1 mm/h (higher is better) and MAE (lower is better)
+    assert [(v["score"], v["better"]) for v in on_disk["verdict"]["rain_rate"]] == [("csi_1.0", "higher"), ("mae", "lower")]
+    assert on_disk["verdict"]["rain_rate"][1]["best"] == min(result["rain_rate"], key=lambda e: result["rain_rate"][e]["mae"])
     for name, scores in on_disk["rain_rate"].items():
         for key in ("mae", "rmse", "csi_0.5", "csi_1.0", "csi_5.0", "csi_10.0", "pod_1.0", "far_1.0", "fss_4km"):
             assert key in scores, (name, key)

@@ -23,6 +23,7 @@ from climateml.data.climatenet import CLASS_NAMES, SegmentationDataModule, class
 from climateml.data.synthetic.climatenet import generate_climatenet
 from climateml.errors import ConfigError, DataError
 from climateml.evaluation import predict
+from climateml.evaluation.base import VERDICT_KEY, variables
 from climateml.metrics.segmentation import confusion_matrix, scores_from_confusion
 from climateml.models.segmentation import SegmentationModel
 
@@ -337,7 +338,11 @@ def test_fit_writes_metrics_figures_and_predict_writes_netcdf(seg_dir, tmp_path)
     assert main(["fit", "--config", CONFIG, *common, "--trainer.max_epochs", "2"]) == 0
     run = runs / "segmentation" / "version_0"
     m = json.loads((run / "metrics.json").read_text())
-    assert set(m) == {"LABELS"} and set(m["LABELS"]) == {"model", "heuristic"}
+    assert set(variables(m)) == {"LABELS"} and set(m["LABELS"]) == {"model", "heuristic"}
+    v = m[VERDICT_KEY]["LABELS"][0]  # who won on the headline score, mean IoU (higher is better)
+    best = max(m["LABELS"], key=lambda e: m["LABELS"][e]["mean_iou"])
+    assert (v["score"], v["better"], v["best"]) == ("mean_iou", "higher", best)
+    assert v["model_margin"] == pytest.approx(m["LABELS"]["model"]["mean_iou"] - m["LABELS"]["heuristic"]["mean_iou"])
     keys = {"iou_background", "iou_tc", "iou_ar", "mean_iou",
             *[f"{k}_{c}" for k in ("precision", "recall") for c in CLASS_NAMES]}
     for scores in m["LABELS"].values():

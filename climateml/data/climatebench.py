@@ -20,7 +20,7 @@ from climateml.data.base import ClimateDataModule, DataSpec, TensorDictDataset
 from climateml.data.io import (DataError, find_file, grid_difference, may_write_sample_data, open_dataset, require_finite,
                                require_variable,
                                standardize)
-from climateml.data.normalize import Standardization
+from climateml.data.normalize import Standardization, fit_pattern_scaling, residual_modes
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 from climateml.grid import cell_area, flat_area_weights, lat_weights
 
@@ -181,7 +181,12 @@ class ClimateBenchDataModule(ClimateDataModule):
         target_reduction: "map" keeps the grid; "global_mean" predicts the cos-lat weighted mean series.
         map_reduction: "global_sum", "global_mean" or "eof" for SO2/BC maps; ``n_eofs`` for "eof".
         val_scenarios: hold out whole scenarios for validation; if empty, ``val_fraction`` of the
-            training years is drawn at random (seeded by ``seed``).
+            training years is drawn at random (seeded by ``seed``), in blocks of ``val_block_years``
+            consecutive years.
+        val_block_years: the length of the blocks of validation years (1: single years). Internal variability
+            is correlated from year to year, so a validation year between two training years shares much of
+            their noise and rewards fitting it; blocks of a decade keep most validation years away from
+            training years and early stopping honest.
         predict_scenarios: scenarios the predict step runs on (default: the test scenarios).
         synthesize_if_missing: write sample data (``climateml synth climatebench``) into data_dir when it does not
             exist or is empty (:func:`~climateml.data.io.may_write_sample_data`: a folder of other files is an
@@ -202,6 +207,7 @@ class ClimateBenchDataModule(ClimateDataModule):
         n_eofs: int = 5,
         val_scenarios: list[str] = [],
         val_fraction: float = 0.2,
+        val_block_years: int = 1,
         predict_scenarios: list[str] = [],
         batch_size: int = 64,
         num_workers: int = 0,
@@ -218,6 +224,8 @@ class ClimateBenchDataModule(ClimateDataModule):
         self.targets = [target] if isinstance(target, str) else list(target)
         check_choice("data.target_reduction", target_reduction, ("map", "global_mean"))
         check_fraction("data.val_fraction", val_fraction)
+        check_positive("data.val_block_years", val_block_years)
+        self.val_block_years = int(val_block_years)
         if not self.inputs or not self.targets:
             raise ConfigError("data.inputs and data.target must name at least one variable each")
         if not self.train_scenarios or not self.test_scenarios:
@@ -232,6 +240,7 @@ class ClimateBenchDataModule(ClimateDataModule):
         self.synthesize_if_missing, self.sample_options = synthesize_if_missing, dict(sample_options)
         self.scenarios: dict[str, Scenario] = {}
         self.normalization: Standardization | None = None
+        self.pattern_scaling: dict[str, torch.Tensor] | None = None
 
     # ---- the data -> model spec (LightningCLI links it to the model once) ----
     @property
@@ -256,6 +265,9 @@ class ClimateBenchDataModule(ClimateDataModule):
         layout = self.layout
         stats = {k: getattr(self.normalization, k) for k in ("x_mean", "x_std", "y_mean", "y_std")}
         stats["cell_weights"] = self.area_weights
+        if self.pattern_scaling is not None:  # the emulator's starting point, see fit_pattern_scaling
+            stats["ps_intercept"], stats["ps_slope"] = self.pattern_scaling["intercept"], self.pattern_scaling["slope"]
+            stats["ps_modes"] = self.pattern_scaling["modes"]
         return DataSpec(self.feature_names, list(self.targets), (len(self.feature_names),), (layout.n_values,), stats,
                         {"field_dims": list(layout.field_dims)})
 
@@ -323,7 +335,12 @@ class ClimateBenchDataModule(ClimateDataModule):
         if self.val_scenarios:
             train_idx, val_idx = torch.arange(n_years), None
         else:
-            order = torch.randperm(n_years, generator=torch.Generator().manual_seed(self.seed))
+            generator = torch.Generator().manual_seed(self.seed)
+            if self.val_block_years <= 1:
+                order = torch.randperm(n_years, generator=generator)
+            else:  # whole blocks of consecutive years (of the concatenated training scenarios), in random order
+                blocks = torch.arange(n_years).split(self.val_block_years)
+                order = torch.cat([blocks[i] for i in torch.randperm(len(blocks), generator=generator)])
             n_val = int(round(self.val_fraction * n_years))
             val_idx, train_idx = order[:n_val], order[n_val:]
             if len(train_idx) == 0:
@@ -350,6 +367,14 @@ class ClimateBenchDataModule(ClimateDataModule):
             self.sample_origin["val"] = {k: v[val_idx.numpy()] for k, v in origin_all.items()}
         self.normalization = Standardization.fit(x, y, len(self.targets))
         self.statistics = {k: getattr(self.normalization, k) for k in ("x_mean", "x_std", "y_mean", "y_std")}
+        # two-step pattern scaling on the training years (never validation years), when CO2 is an input
+        self.pattern_scaling = None
+        if "CO2" in self.feature_names:
+            co2 = x[:, self.feature_names.index("CO2")]
+            self.pattern_scaling = fit_pattern_scaling(co2, y, self.area_weights, len(self.targets))
+            # the leading modes of what pattern scaling leaves, standardised (the emulator's correction may use them)
+            ps_std = (y - (self.pattern_scaling["intercept"] + co2[:, None] * self.pattern_scaling["slope"])) / self.normalization.y_std
+            self.pattern_scaling["modes"] = residual_modes(ps_std, self.area_weights.repeat(len(self.targets)))
         self.train_dataset = TensorDictDataset(x=x.contiguous(), y=y.contiguous())
         self.val_dataset = TensorDictDataset(x=x_val.contiguous(), y=y_val.contiguous())
         self.test_dataset = TensorDictDataset(x=torch.cat([self.features(s) for s in self.test_scenarios]),

@@ -30,3 +30,66 @@ class Standardization:
             y_mean=y_mean.repeat_interleave(cells),
             y_std=torch.where(y_std > 0, y_std, torch.ones_like(y_std)).repeat_interleave(cells),
         )
+
+
+def fit_pattern_scaling(co2: torch.Tensor, y: torch.Tensor, cell_weights: torch.Tensor,
+                        n_targets: int) -> dict[str, torch.Tensor]:
+    """Two-step linear pattern scaling fitted on training samples (Tebaldi & Arblaster 2014; ClimateBench).
+
+    Step 1: each target's area-weighted global mean ``g_v = sum_c w_c y_vc`` (``cell_weights`` w summing to 1)
+    is regressed on cumulative CO2 by least squares: ``g_v ~ a_v + b_v CO2``.
+    Step 2: every cell is regressed on its variable's *true* training global mean: ``y_vc ~ alpha_vc + beta_vc g_v``.
+    A prediction plugs step 1's global mean into step 2, so the map is affine in CO2:
+    ``y_vc = (alpha_vc + beta_vc a_v) + beta_vc b_v CO2``.
+
+    Args:
+        co2: (samples,) cumulative CO2 of the training years.
+        y: (samples, n_targets * cells) training targets, variables one after another.
+        cell_weights: (cells,) area weights of one variable's grid, summing to 1.
+        n_targets: number of target variables in ``y``.
+
+    Returns float32 tensors: ``global_intercept``, ``global_slope`` (n_targets,) of step 1, ``cell_intercept``,
+    ``cell_slope`` (n_outputs,) of step 2, and the combined ``intercept``, ``slope`` (n_outputs,) with
+    ``prediction = intercept + slope * CO2``. A constant CO2 (or global mean) gives slope 0 and the mean.
+    """
+    co2 = co2.double().reshape(-1)
+    n = len(co2)
+    maps = y.double().reshape(n, n_targets, -1)
+    w = cell_weights.double().reshape(-1)
+    g = maps @ w                                                     # (samples, n_targets)
+
+    def line(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Least-squares intercept and slope of t (samples, k) on x (samples, k), column by column."""
+        xm, tm = x.mean(0), t.mean(0)
+        var = ((x - xm) ** 2).mean(0)
+        cov = ((x - xm) * (t - tm)).mean(0)
+        slope = torch.where(var > 0, cov / torch.where(var > 0, var, torch.ones_like(var)), torch.zeros_like(var))
+        return tm - slope * xm, slope
+
+    a, b = line(co2[:, None].expand_as(g), g)                         # step 1, (n_targets,)
+    alpha, beta = line(g[:, :, None].expand_as(maps), maps)           # step 2, (n_targets, cells)
+    out = {"global_intercept": a, "global_slope": b, "cell_intercept": alpha.reshape(-1), "cell_slope": beta.reshape(-1),
+           "intercept": (alpha + beta * a[:, None]).reshape(-1), "slope": (beta * b[:, None]).reshape(-1)}
+    return {k: v.float() for k, v in out.items()}
+
+
+#: how many leading modes of pattern scaling's training residuals the data module keeps for the emulator
+MAX_RESIDUAL_MODES = 16
+
+
+def residual_modes(residual: torch.Tensor, weights: torch.Tensor, n_modes: int = MAX_RESIDUAL_MODES) -> torch.Tensor:
+    """Leading area-weighted EOFs of training residuals, as (n_modes, n_outputs) maps scaled so that unit-variance
+    coefficients restore them: ``residual ~ c @ modes`` with each column of c of variance 1 over the samples.
+
+    ``residual``: (samples, n_outputs), e.g. standardised targets minus pattern scaling; ``weights``: (n_outputs,)
+    area weight of each output. The EOFs maximise the area-weighted variance (SVD of residual * sqrt(w)); the maps
+    are regression patterns, computed without dividing by sqrt(w), so cells of weight 0 (rows at the poles) get
+    their pattern too. Fewer modes come back when the residual has lower rank (at most min(samples, outputs)).
+    """
+    r = residual.double()
+    r = r - r.mean(0)
+    a = r * weights.double().clamp(min=0).sqrt()
+    u, s, _ = torch.linalg.svd(a, full_matrices=False)
+    keep = int(min(n_modes, int((s > s[0] * 1e-6).sum()) if len(s) and s[0] > 0 else 0))
+    n = r.shape[0]
+    return ((u[:, :keep].T @ r) / n ** 0.5).float()  # c = u * sqrt(n) has unit variance; c @ modes = projection

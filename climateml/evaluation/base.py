@@ -5,7 +5,9 @@ A task subclasses :class:`Evaluation` and fills in the hooks — :meth:`~Evaluat
 :meth:`~Evaluation.score_variable` (or :meth:`~Evaluation.score`), :meth:`~Evaluation.figures`,
 :meth:`~Evaluation.summary_figures` (``metrics.png`` and ``learning_curves.png``, drawn once per run) — and is
 chosen in the task's YAML under ``evaluation:``. ``metrics.json`` always has one shape:
-``{variable: {"model": {...}, "<baseline>": {...}}}``.
+``{variable: {"model": {...}, "<baseline>": {...}}}``, plus one reserved top-level key, ``"verdict"``
+(:data:`VERDICT_KEY`, never a variable's name): who won on each headline score, see :func:`verdict`. Readers
+that iterate over the variables skip it (:func:`variables`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,77 @@ import torch
 import xarray as xr
 
 from climateml import plotting
+from climateml.errors import ConfigError
 from climateml.writers import write_cf, write_text
+
+
+#: the reserved top-level key of metrics.json holding the verdicts: {variable: [verdict, ...]} (see :func:`verdict`)
+VERDICT_KEY = "verdict"
+DIRECTIONS = ("lower", "higher")
+
+
+def variables(metrics: Mapping) -> dict:
+    """metrics.json without its verdict: ``{variable: {entry: scores}}``."""
+    return {k: v for k, v in metrics.items() if k != VERDICT_KEY}
+
+
+def verdict(scores: Mapping[str, Mapping[str, float]], score: str, better: str = "lower",
+            model: str = "model") -> dict | None:
+    """Who won on one score: the best entry, the runner-up and the margin, and one sentence saying it.
+
+    Args:
+        scores: one variable's entries as in metrics.json, ``{"model": {score: value}, "<baseline>": {...}}``.
+        score: the headline score compared (e.g. "nrmse_total", "mean_iou", "csi_1.0").
+        better: "lower" or "higher": which way the score is better.
+        model: the entry that is the learned model.
+
+    Returns None when no entry has a finite ``score``; otherwise a dict of plain types::
+
+        {"score", "better", "best", "best_value", "runner_up", "runner_up_value",
+         "margin",        # |best - runner-up| (0 for a tie; None when only one entry has the score)
+         "model_value",   # the model's score (None if it has none)
+         "model_won",     # the model is strictly better than every baseline
+         "model_margin",  # the model's lead over the best baseline, positive when the model is better,
+                          # negative when a baseline beats it, in the score's units (None without both)
+         "text"}          # the sentence the run prints, e.g. "pattern_scaling beats the model on nrmse_total ..."
+
+    Entries with a missing or non-finite score take no part.
+    """
+    if better not in DIRECTIONS:
+        raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
+    sign = 1.0 if better == "higher" else -1.0
+    valid = {name: float(s[score]) for name, s in scores.items()
+             if isinstance(s, Mapping) and isinstance(s.get(score), (int, float)) and np.isfinite(s[score])}
+    if not valid:
+        return None
+    ranked = sorted(valid, key=lambda n: (-sign * valid[n], n != model))  # best first; a tie goes to the model
+    best = ranked[0]
+    runner = ranked[1] if len(ranked) > 1 else None
+    m_val = valid.get(model)
+    others = [n for n in ranked if n != model]
+    lead = None if m_val is None or not others else sign * (m_val - valid[others[0]])
+    out = {"score": score, "better": better, "best": best, "best_value": valid[best], "runner_up": runner,
+           "runner_up_value": None if runner is None else valid[runner],
+           "margin": None if runner is None else abs(valid[best] - valid[runner]),
+           "model_value": m_val, "model_won": lead is not None and lead > 0, "model_margin": lead}
+    way = f"{score}, {better} is better"
+    if m_val is None:
+        out["text"] = f"{best} is best on {way}: {valid[best]:.4g}; the model has no {score}"
+    elif not others:
+        out["text"] = f"the model alone has {score}: {m_val:.4g} (no baseline to compare)"
+    elif lead > 0:
+        out["text"] = (f"the model wins on {way}: {m_val:.4g} against {others[0]}'s {valid[others[0]]:.4g}, "
+                       f"better by {lead:.4g}{_relative(lead, valid[others[0]])}")
+    elif lead == 0:
+        out["text"] = f"the model ties with {others[0]} on {way}: both {m_val:.4g}"
+    else:
+        out["text"] = (f"the baseline {others[0]} BEATS the model on {way}: {valid[others[0]]:.4g} against the "
+                       f"model's {m_val:.4g}, better by {-lead:.4g}{_relative(-lead, m_val)}")
+    return out
+
+
+def _relative(diff: float, reference: float) -> str:
+    return f" ({100 * diff / abs(reference):.1f}%)" if reference else ""
 
 
 def predict(model: torch.nn.Module, datamodule, split: str = "test", accelerator: str = "auto",
@@ -62,10 +134,20 @@ class Evaluation:
         higher_is_better: the comparison keys for which higher is better (the rest: lower, a bias: closer
             to 0); null: skill scores and overlaps (r2, csi, iou, fss ...) by the rule of
             :func:`climateml.plotting.better_direction`.
+        headline: the scores that decide who won, each with its direction, e.g. ``{nrmse_total: lower}`` or
+            ``{csi_1.0: higher, mae: lower}``: for every variable and headline score, the run prints which
+            entry was best and by how much (saying so in words when a baseline beats the model) and writes
+            the same under metrics.json's ``"verdict"`` key (:func:`verdict`).
     """
 
     def __init__(self, split: str = "test", summary_keys: list[str] = ["rmse"], comparison_keys: list[str] = ["rmse"],
-                 write_predictions: bool = True, make_figures: bool = True, higher_is_better: list[str] | None = None):
+                 write_predictions: bool = True, make_figures: bool = True, higher_is_better: list[str] | None = None,
+                 headline: dict[str, str] = {"rmse": "lower"}):
+        bad = {k: v for k, v in dict(headline).items() if v not in DIRECTIONS}
+        if bad or not headline:
+            raise ConfigError(f"evaluation.headline must map score names to 'lower' or 'higher' (which way is "
+                              f"better), got {dict(headline)}")
+        self.headline = {str(k): str(v) for k, v in dict(headline).items()}
         self.split = split
         self.summary_keys = list(summary_keys)
         self.comparison_keys = list(comparison_keys)
@@ -151,7 +233,8 @@ class Evaluation:
         result = {v: {name: self.aggregate(s) for name, s in by.items()} for v, by in per_group.items()}
         for by_name in result.values():
             by_name["model"]["ensemble_size"] = len(models)
-        write_text(json.dumps(result, indent=2, allow_nan=True), run_dir / "metrics.json")
+        verdicts = self.verdicts(result)
+        write_text(json.dumps({**result, VERDICT_KEY: verdicts}, indent=2, allow_nan=True), run_dir / "metrics.json")
         if self.make_figures:
             existing = {k: Path(v) for k, v in (histories or {}).items() if Path(v).exists()}
             self.summary_figures(run_dir / "figures", result, existing, models)
@@ -171,11 +254,22 @@ class Evaluation:
             out = out.merge(members.rename({v: f"{v}_members" for v in members.data_vars}), compat="override")
         write_cf(out, path, title=f"{self.split} predictions of the model and its baselines, {group}", group=group)
 
+    def verdicts(self, result: Mapping) -> dict[str, list[dict]]:
+        """{variable: [:func:`verdict` of each headline score the variable has]}, as written to metrics.json."""
+        out = {}
+        for variable, by_entry in variables(result).items():
+            found = [verdict(by_entry, score, better) for score, better in self.headline.items()]
+            out[variable] = [v for v in found if v is not None]
+        return out
+
     def summary(self, result: dict) -> list[str]:
-        """Lines printed after ``climateml fit``: the summary scores of the model and each baseline."""
+        """Lines printed after ``climateml fit``: the summary scores of the model and each baseline, then who won
+        on each headline score, in words."""
         lines = []
-        for variable, by_model in result.items():
+        for variable, by_model in variables(result).items():
             for name, m in by_model.items():
                 shown = ", ".join(f"{k} {m[k]:.4g}" for k in self.summary_keys if k in m)
                 lines.append(f"  {variable} {name:>18}: {shown}")
+        for variable, found in self.verdicts(result).items():
+            lines += [f"  {variable}: {v['text']}" for v in found]
         return lines

@@ -41,8 +41,9 @@ class NowcastEvaluation(Evaluation):
                  fss_scales_km: list[float] = [1, 2, 4, 8, 16, 32], fss_threshold: float = 1.0,
                  figure_threshold: float = 1.0,
                  summary_keys: list[str] = ["mae", "rmse", "csi_1.0", "csi_5.0"],
-                 comparison_keys: list[str] = ["mae", "rmse", "csi_0.5", "csi_1.0", "csi_5.0", "csi_10.0"], **options):
-        super().__init__(summary_keys=summary_keys, comparison_keys=comparison_keys, **options)
+                 comparison_keys: list[str] = ["mae", "rmse", "csi_0.5", "csi_1.0", "csi_5.0", "csi_10.0"],
+                 headline: dict[str, str] = {"csi_1.0": "higher", "mae": "lower"}, **options):
+        super().__init__(summary_keys=summary_keys, comparison_keys=comparison_keys, headline=headline, **options)
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
             raise ConfigError(f"evaluation.baselines: unknown {unknown}; choose from {list(BASELINES)}")

@@ -31,8 +31,9 @@ class SegmentationEvaluation(Evaluation):
 
     def __init__(self, heuristic: dict | None = {}, figure_field: str = "TMQ", n_figure_samples: int = 2,
                  summary_keys: list[str] = ["mean_iou", "iou_tc", "iou_ar"],
-                 comparison_keys: list[str] = ["iou_background", "iou_tc", "iou_ar", "mean_iou"], **options):
-        super().__init__(summary_keys=summary_keys, comparison_keys=comparison_keys, **options)
+                 comparison_keys: list[str] = ["iou_background", "iou_tc", "iou_ar", "mean_iou"],
+                 headline: dict[str, str] = {"mean_iou": "higher"}, **options):
+        super().__init__(summary_keys=summary_keys, comparison_keys=comparison_keys, headline=headline, **options)
         self.detector = None if heuristic is None else HeuristicDetector(**heuristic)
         self.figure_field, self.n_figure_samples = figure_field, n_figure_samples
 

@@ -10,10 +10,11 @@ import xarray as xr
 from climateml import metrics, plotting
 from climateml.errors import ConfigError, check_positive
 from climateml.evaluation.base import Evaluation
-from climateml.models.baselines import LinearRegression
+from climateml.models.baselines import LinearRegression, PatternScaling
 
 #: baseline name in the config -> its key in metrics.json, prediction files and figures
-BASELINE_KEYS = {"linear": "linear_baseline", "random_forest": "random_forest", "gaussian_process": "gaussian_process"}
+BASELINE_KEYS = {"pattern_scaling": "pattern_scaling", "linear": "linear_baseline", "random_forest": "random_forest",
+                 "gaussian_process": "gaussian_process"}
 BASELINES = tuple(BASELINE_KEYS)
 #: options each EOF baseline accepts under ``baseline_options`` (see climateml.models.sklearn_baselines)
 EOF_BASELINE_OPTIONS = {"n_eofs", "rf_options", "gp_options", "seed"}
@@ -25,9 +26,12 @@ class TemperatureEvaluation(Evaluation):
 
     Args:
         baselines: fitted on the same training years and inputs as the model and scored by the same code,
-            as in ClimateBench: "linear" (pattern scaling by least squares; metrics key ``linear_baseline``),
-            "random_forest" and "gaussian_process" (scikit-learn on the leading area-weighted EOFs of the
-            target, maps restored from them; keys ``random_forest``, ``gaussian_process``).
+            as in ClimateBench: "pattern_scaling" (two-step linear pattern scaling: global mean linear in
+            cumulative CO2, each cell linear in the global mean, :class:`~climateml.models.PatternScaling`),
+            "linear" (multiple linear regression of every cell on all the inputs; metrics key
+            ``linear_baseline``), "random_forest" and "gaussian_process" (scikit-learn on the leading
+            area-weighted EOFs of the target, maps restored from them; keys ``random_forest``,
+            ``gaussian_process``).
         baseline_options: per EOF baseline, the options of
             :class:`~climateml.models.sklearn_baselines.EOFRegressionBaseline`: ``n_eofs``, ``seed``,
             ``rf_options`` (RandomForestRegressor arguments) or ``gp_options`` (kernel, bounds ...).
@@ -38,13 +42,14 @@ class TemperatureEvaluation(Evaluation):
         point: a place whose series is drawn: {"name": ..., "lat": degrees north, "lon": degrees east}.
     """
 
-    def __init__(self, baselines: list[str] = ["linear", "random_forest", "gaussian_process"],
+    def __init__(self, baselines: list[str] = ["pattern_scaling", "linear", "random_forest", "gaussian_process"],
                  baseline_options: dict[str, dict] = {}, nrmse_years: tuple[int, int] = (2080, 2100),
                  map_years: list[int] = [2030, 2050, 2100], map_range: float = 6.0,
                  point: dict = {"name": "New York", "lat": 40.71, "lon": -74.01},
                  summary_keys: list[str] = ["rmse", "nrmse_total"],
-                 comparison_keys: list[str] = ["nrmse_spatial", "nrmse_global", "nrmse_total"], **options):
-        super().__init__(summary_keys=summary_keys, comparison_keys=comparison_keys, **options)
+                 comparison_keys: list[str] = ["nrmse_spatial", "nrmse_global", "nrmse_total"],
+                 headline: dict[str, str] = {"nrmse_total": "lower"}, **options):
+        super().__init__(summary_keys=summary_keys, comparison_keys=comparison_keys, headline=headline, **options)
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
             raise ConfigError(f"evaluation.baselines: unknown {unknown}; choose from {list(BASELINES)}")
@@ -101,6 +106,12 @@ class TemperatureEvaluation(Evaluation):
         train = datamodule.dataset("train").tensors
         if name == "linear":
             return LinearRegression.fit(train["x"], train["y"])
+        if name == "pattern_scaling":
+            if "CO2" not in datamodule.feature_names:
+                raise ConfigError(f"evaluation.baselines: pattern_scaling needs CO2 among data.inputs, which are "
+                                  f"{datamodule.feature_names}")
+            return PatternScaling.fit(train["x"], train["y"], datamodule.spec.statistics["cell_weights"],
+                                      len(datamodule.spec.outputs), datamodule.feature_names.index("CO2"))
         import warnings
 
         from climateml.models.sklearn_baselines import EOFRegressionBaseline
@@ -157,8 +168,10 @@ class TemperatureEvaluation(Evaluation):
             units = truth[v].attrs.get("units", "")
             vmax = self.map_range or float(np.nanpercentile(np.abs(truth[v].values), 99)) or 1.0
             tag = f"{v}_{group}"
-            plotting.save(plotting.plot_maps(truth[v], {"model": predictions["model"][v]}, years=self.map_years,
-                                             vmax=vmax, units=units), fig_dir / f"maps_{tag}.png")
+            # the model beside the field's linear baseline, pattern scaling, when it is scored
+            shown = {n: predictions[n][v] for n in ("model", "pattern_scaling") if n in predictions}
+            plotting.save(plotting.plot_maps(truth[v], shown, years=self.map_years, vmax=vmax, units=units),
+                          fig_dir / f"maps_{tag}.png")
             if members.sizes["member"] > 1:
                 plotting.save(plotting.plot_ensemble_spread(members[v], years=self.map_years, units=units),
                               fig_dir / f"ensemble_spread_{tag}.png")

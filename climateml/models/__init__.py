@@ -1,10 +1,10 @@
 """Plain nn.Module building blocks, baselines, and one LightningModule per task."""
 
-from climateml.models.baselines import LinearRegression
+from climateml.models.baselines import LinearRegression, PatternScaling
 from climateml.models.sklearn_baselines import EOFRegressionBaseline
 from climateml.models.temperature import TemperatureEmulator
 
-__all__ = ["EOFRegressionBaseline", "LinearRegression", "TemperatureEmulator", "NowcastModel", "SegmentationModel"]
+__all__ = ["EOFRegressionBaseline", "LinearRegression", "PatternScaling", "TemperatureEmulator", "NowcastModel", "SegmentationModel"]
 
 
 def __getattr__(name: str):

@@ -109,6 +109,46 @@ class Grid:
         return np.arange(self.nlon) * (360.0 / self.nlon)
 
 
+@dataclass(frozen=True)
+class Physics:
+    """The response's knobs; :data:`PHYSICS` names the variants the emulator is checked on (its defaults were
+    chosen on all of them, never on one). ``default`` is the sample data's physics described above.
+
+    Args:
+        land_amplification: extra warming of land per unit global warming (0.5 above).
+        arctic_amplification: extra Arctic warming (1.5 above; plus tanh(T_ghg / 2) of sea-ice loss).
+        aerosol_global_share: share of the aerosol response spread over the globe (0.6 above); the rest is
+            regional, downwind of the emitters.
+        aerosol_saturation: Mt SO2 yr-1 at which the aerosol-cloud forcing saturates (34 above); smaller
+            saturates earlier (a more non-linear aerosol response).
+        aerosol_cloud: amplitude of the saturating aerosol-cloud forcing [W m-2] (0.55 above).
+        climate_feedback: lambda of the energy balance [W m-2 K-1] (1.2 above; smaller: more sensitive).
+        variability: multiplies the internal variability's standard deviation (1 above).
+        variability_rho: its year-to-year AR(1) correlation (0.6 above).
+    """
+
+    land_amplification: float = 0.5
+    arctic_amplification: float = 1.5
+    aerosol_global_share: float = _AER_GLOBAL_SHARE
+    aerosol_saturation: float = 34.0
+    aerosol_cloud: float = 0.55
+    climate_feedback: float = _LAMBDA
+    variability: float = 1.0
+    variability_rho: float = 0.6
+
+
+#: physics variants of the sample data: ``default``; ``regional``: other regional sensitivities (strong land and
+#: Arctic amplification, mostly regional aerosol cooling); ``saturating_aerosol``: an aerosol-cloud forcing that
+#: saturates early and strongly, with a more sensitive climate; ``noisy``: three times the internal variability,
+#: more persistent from year to year.
+PHYSICS = {
+    "default": Physics(),
+    "regional": Physics(land_amplification=1.2, arctic_amplification=3.0, aerosol_global_share=0.2),
+    "saturating_aerosol": Physics(aerosol_saturation=8.0, aerosol_cloud=1.2, climate_feedback=0.9),
+    "noisy": Physics(variability=3.0, variability_rho=0.8),
+}
+
+
 def read_emissions(path: Path = EMISSIONS_CSV) -> dict[str, dict[str, np.ndarray]]:
     """Global emissions per scenario: {scenario: {"year", "co2", "ch4", "so2", "bc"}} in the CSV's units."""
     rows: dict[str, list[list[float]]] = {}
@@ -161,22 +201,22 @@ def _ch4_concentration(ch4: np.ndarray) -> np.ndarray:
     return conc
 
 
-def forcing(e: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def forcing(e: dict[str, np.ndarray], physics: Physics = Physics()) -> tuple[np.ndarray, np.ndarray]:
     """Greenhouse-gas and aerosol effective radiative forcing [W m-2] per year."""
     f_co2 = 5.35 * np.log(_co2_concentration(e["co2"]) / _C0_PPM)
     f_ch4 = 0.036 * (np.sqrt(_ch4_concentration(e["ch4"])) - np.sqrt(_M0_PPB))
     ds = np.maximum(e["so2"] - e["so2"][0], 0.0)
     db = np.maximum(e["bc"] - e["bc"][0], 0.0)
-    f_aer = -(0.004 * ds + 0.55 * np.log1p(ds / 34.0)) + 0.03 * db
+    f_aer = -(0.004 * ds + physics.aerosol_cloud * np.log1p(ds / physics.aerosol_saturation)) + 0.03 * db
     return f_co2 + f_ch4, f_aer
 
 
-def two_layer_response(f: np.ndarray) -> np.ndarray:
+def two_layer_response(f: np.ndarray, feedback: float = _LAMBDA) -> np.ndarray:
     """Surface temperature anomaly [K] of the two-layer energy-balance model, yearly steps."""
     t = td = 0.0
     out = np.empty_like(f)
     for i, fi in enumerate(f):
-        t, td = (t + (fi - _LAMBDA * t - _GAMMA * (t - td)) / _HEAT_CAP,
+        t, td = (t + (fi - feedback * t - _GAMMA * (t - td)) / _HEAT_CAP,
                  td + _GAMMA * (t - td) / _HEAT_CAP_DEEP)
         out[i] = t
     return out
@@ -260,12 +300,15 @@ def _area_mean(field: np.ndarray, area: np.ndarray) -> np.ndarray:
     return (field * area).sum(axis=(-2, -1)) / area.sum()
 
 
-def simulate(scenario: str, grid: Grid, n_members: int, seed: int, table: dict | None = None):
-    """Inputs and outputs of one scenario as two xarray Datasets in the ClimateBench layout."""
+def simulate(scenario: str, grid: Grid, n_members: int, seed: int, table: dict | None = None,
+             physics: Physics = Physics(), with_history: bool = False):
+    """Inputs and outputs of one scenario as two xarray Datasets in the ClimateBench layout (an SSP from 2015,
+    or from 1850 with its historical part when ``with_history``)."""
     e = scenario_emissions(scenario, table)
-    f_ghg, f_aer = forcing(e)
-    keep = e["year"] >= (LAST_HIST + 1 if scenario.startswith("ssp") else FIRST_YEAR)
-    t_ghg, t_aer = two_layer_response(f_ghg)[keep], two_layer_response(f_aer)[keep]
+    f_ghg, f_aer = forcing(e, physics)
+    keep = e["year"] >= (LAST_HIST + 1 if scenario.startswith("ssp") and not with_history else FIRST_YEAR)
+    t_ghg = two_layer_response(f_ghg, physics.climate_feedback)[keep]
+    t_aer = two_layer_response(f_aer, physics.climate_feedback)[keep]
     years = e["year"][keep]
     pattern_years = np.full_like(years, FIRST_YEAR) if scenario == "hist-GHG" else years  # aerosols frozen at 1850
     land = land_mask(grid)
@@ -277,22 +320,24 @@ def simulate(scenario: str, grid: Grid, n_members: int, seed: int, table: dict |
     land = land.astype(np.float32)
     lat2 = np.broadcast_to(grid.lat[:, None], (grid.nlat, grid.nlon)).astype(np.float32)
     arctic = np.clip((lat2 - 60.0) / 20.0, 0.0, 1.0)
-    amp = 1.0 + 0.5 * land + arctic * (1.5 + np.tanh(t_ghg / 2.0)).astype(np.float32)[:, None, None]
+    amp = (1.0 + physics.land_amplification * land
+           + arctic * (physics.arctic_amplification + np.tanh(t_ghg / 2.0)).astype(np.float32)[:, None, None])
     amp /= _area_mean(amp, area).astype(np.float32)[:, None, None]
     loading = _smooth(np.maximum(so2 - so2_1850, 0.0), grid).astype(np.float32)
     loading_mean = _area_mean(loading, area).astype(np.float32)[:, None, None]
     regional = np.divide(loading, loading_mean, out=np.zeros_like(loading), where=loading_mean > 0)
     col = lambda v: v.astype(np.float32)[:, None, None]  # noqa: E731  (time,) -> (time, 1, 1)
-    tas_forced = amp * col(t_ghg + _AER_GLOBAL_SHARE * t_aer) + (1 - _AER_GLOBAL_SHARE) * col(t_aer) * regional
+    share = physics.aerosol_global_share
+    tas_forced = amp * col(t_ghg + share * t_aer) + (1 - share) * col(t_aer) * regional
     dimming = regional * col(np.abs(f_aer[keep]))
 
     wet = 3.0 * (1.0 + 1.5 * np.exp(-((lat2 / 10.0) ** 2))) * MM_PER_DAY  # pre-industrial pr climatology
-    sigma_t = 0.15 + 0.35 * land + 0.6 * (lat2 / 90.0) ** 2
+    sigma_t = physics.variability * (0.15 + 0.35 * land + 0.6 * (lat2 / 90.0) ** 2)
     members = []
     for m in range(n_members):
         rng = np.random.default_rng([seed, SCENARIOS.index(scenario) if scenario in SCENARIOS else 99, m])
-        eta = _variability(rng, grid, len(years))  # temperature-like variability
-        xi = _variability(rng, grid, len(years))  # independent part of the hydrological variability
+        eta = _variability(rng, grid, len(years), physics.variability_rho)  # temperature-like variability
+        xi = _variability(rng, grid, len(years), physics.variability_rho)  # independent part of the hydrological variability
         tas = tas_forced + sigma_t * eta
         dtr = -0.04 * tas * (1 + land) - 0.15 * dimming + (0.1 + 0.1 * land) * (0.6 * eta + 0.8 * xi)
         pr = wet * (0.02 * tas - 0.04 * dimming + 0.05 * xi)
@@ -330,11 +375,32 @@ def simulate(scenario: str, grid: Grid, n_members: int, seed: int, table: dict |
     return inputs, outputs
 
 
+def _physics(physics: str | Physics) -> Physics:
+    if isinstance(physics, Physics):
+        return physics
+    if physics not in PHYSICS:
+        raise DataError(f"unknown physics {physics!r}; choose from {sorted(PHYSICS)}")
+    return PHYSICS[physics]
+
+
+def _write_pair(inputs: xr.Dataset, outputs: xr.Dataset, out_dir: Path, scenario: str, suffix: str) -> list[Path]:
+    written = []
+    for kind, ds in (("inputs", inputs), ("outputs", outputs)):
+        path = out_dir / f"{kind}_{scenario}{suffix}"
+        write_dataset(ds, path)
+        written.append(path)
+    return written
+
+
 def generate_climatebench(out_dir: str | Path, scenarios=SCENARIOS, grid: Grid = Grid(), seed: int = 0,
-                          fmt: str = "netcdf", members: int | None = None, progress: bool = True) -> list[Path]:
-    """Write inputs_/outputs_<scenario> files for each scenario into ``out_dir``; returns the paths."""
+                          fmt: str = "netcdf", members: int | None = None, progress: bool = True,
+                          physics: str | Physics = "default") -> list[Path]:
+    """Write inputs_/outputs_<scenario> files for each scenario into ``out_dir``; returns the paths.
+
+    ``physics``: a name of :data:`PHYSICS` or a :class:`Physics`, the response the files are drawn from."""
     if fmt not in ("netcdf", "zarr"):
         raise DataError(f"unknown format {fmt!r}: use 'netcdf' or 'zarr'")
+    phys = _physics(physics)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = read_emissions()
@@ -342,9 +408,34 @@ def generate_climatebench(out_dir: str | Path, scenarios=SCENARIOS, grid: Grid =
     written = []
     for scenario in tqdm(list(scenarios), desc="synthesising ClimateBench scenarios", disable=not progress):
         n = members if members is not None else MEMBERS.get(scenario, 3)
-        inputs, outputs = simulate(scenario, grid, n, seed, table)
-        for kind, ds in (("inputs", inputs), ("outputs", outputs)):
-            path = out_dir / f"{kind}_{scenario}{suffix}"
-            write_dataset(ds, path)
-            written.append(path)
+        inputs, outputs = simulate(scenario, grid, n, seed, table, phys)
+        if isinstance(physics, str):
+            for ds in (inputs, outputs):
+                ds.attrs["physics"] = physics
+        written += _write_pair(inputs, outputs, out_dir, scenario, suffix)
+    return written
+
+
+#: years of :func:`generate_record`: a 140-year record, the last 40 years held out
+RECORD_YEARS, RECORD_SPLIT = (1961, 2100), 2061
+
+
+def generate_record(out_dir: str | Path, scenario: str = "ssp245", years: tuple[int, int] = RECORD_YEARS,
+                    split_year: int = RECORD_SPLIT, seed: int = 0, physics: str | Physics = "default") -> list[Path]:
+    """A record where only the global mean is known, like an observed one: a 1 x 1 grid, one member, one
+    scenario (with its historical part) over ``years`` (inclusive), split in time into the scenarios
+    ``record_train`` (before ``split_year``) and ``record_test`` (from ``split_year`` on), in the
+    ClimateBench layout. Train on ``record_train``, test on ``record_test``."""
+    first, last = years
+    if not first < split_year <= last:
+        raise DataError(f"split_year {split_year} must lie in ({first}, {last}]")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs, outputs = simulate(scenario, Grid(1, 1), 1, seed, read_emissions(), _physics(physics), with_history=True)
+    written = []
+    for name, (a, b) in (("record_train", (first, split_year - 1)), ("record_test", (split_year, last))):
+        pair = [ds.sel(time=slice(a, b)) for ds in (inputs, outputs)]
+        for ds in pair:
+            ds.attrs.update(scenario=name, record_of=scenario)
+        written += _write_pair(*pair, out_dir, name, ".nc")
     return written
