@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         def lightning_fit(cls, epochs: int) -> nn.Module:
             torch.manual_seed(SEED)
-            model = cls(dm.spec, hidden_sizes=HIDDEN, lr=LR)
+            model = cls(dm.spec, hidden_sizes=HIDDEN, lr=LR, base="none")  # the plain MLP the hand loop trains
             trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                 limit_val_batches=0, num_sanity_val_steps=0)

@@ -573,7 +573,7 @@ def _emulator():
              "y_std": torch.ones(nlat * nlon), "cell_weights": torch.ones(nlat * nlon) / (nlat * nlon)}
     spec = DataSpec(names, ["tas"], (4,), (nlat * nlon,), stats, {"field_dims": ["lat", "lon"]})
     torch.manual_seed(0)
-    return TemperatureEmulator(spec, hidden_sizes=[16]), names
+    return TemperatureEmulator(spec, hidden_sizes=[16], base="none"), names  # a hand-made spec: no pattern scaling
 
 
 def test_temperature_emulator_regional_tas():

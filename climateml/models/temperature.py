@@ -120,9 +120,13 @@ class TemperatureEmulator(ClimateTask):
             raise ConfigError(f"{n_out} outputs are not a multiple of the {len(self.spec.outputs)} targets")
         self._co2 = None
         if self._base == "pattern_scaling":
-            if "CO2" not in self.spec.inputs or "ps_slope" not in self.spec.statistics:
+            if "CO2" not in self.spec.inputs:
                 raise ConfigError(f"model.base: pattern_scaling needs CO2 among data.inputs (the inputs are "
                                   f"{list(self.spec.inputs)}); add it or set model.base to none")
+            if not {"ps_intercept", "ps_slope"} <= set(self.spec.statistics):
+                raise ConfigError("model.base: pattern_scaling needs the data spec's pattern-scaling fit (statistics "
+                                  "ps_intercept, ps_slope, as ClimateBenchDataModule.spec has them); or set "
+                                  "model.base to none")
             self._co2 = self.spec.inputs.index("CO2")
             if self._modes:  # the correction's coefficients of the first k residual modes
                 self._modes = min(self._modes, self.spec.statistics["ps_modes"].shape[0])
