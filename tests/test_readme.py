@@ -34,6 +34,8 @@ try:
 except ImportError:  # Python 3.10: pytest's own TOML reader
     import tomli as tomllib
 
+from climateml.evaluation.base import VERDICT_KEY
+from climateml.evaluation.base import variables as metric_variables
 from readme_commands import TASKS, Command, commands, option, task_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,6 +239,9 @@ def test_readme_command_runs_and_does_what_the_readme_says(command, workspace):
     elif sub == "fit":
         run = run_directory(out, ws)
         metrics = json.loads((run / "metrics.json").read_text())
+        # who won, in words: one verdict per variable and headline score (the reserved key, not a variable)
+        assert set(metrics[VERDICT_KEY]) == set(metric_variables(metrics)) and all(metrics[VERDICT_KEY].values())
+        metrics = metric_variables(metrics)
         for by_name in metrics.values():  # the model and every baseline, scored by the same code
             assert "model" in by_name and len(by_name) >= 2, by_name.keys()
             if workspace.is_quick_start(command):
