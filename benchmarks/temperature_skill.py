@@ -66,7 +66,8 @@ def table(results: dict[str, dict], grid: Grid) -> str:
         tas = m["tas"]
         scores = {e: tas[e]["nrmse_total"] for e in ENTRIES if e in tas}
         best = min(scores, key=scores.get)
-        cells = [f"**{scores[e]:.3f}**" if e == best else f"{scores[e]:.3f}" for e in ENTRIES if e in scores]
+        cells = ["—" if e not in scores else f"**{scores[e]:.3f}**" if e == best else f"{scores[e]:.3f}"
+                 for e in ENTRIES]
         size = "1 x 1" if name == "record" else f"{grid.nlat} x {grid.nlon}"
         lines.append(f"| {name} ({size}) | " + " | ".join(cells) + f" | {best} |")
     return "\n".join(lines)

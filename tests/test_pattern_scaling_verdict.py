@@ -146,10 +146,14 @@ def test_skill_benchmark_script_prints_the_table(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "temperature_skill.py"
     out = subprocess.run([sys.executable, str(script), "--nlat", "4", "--nlon", "6", "--data-sets", "noisy",
-                          "--work", str(tmp_path), "--", "--trainer.max_steps", "20"],
+                          "--work", str(tmp_path), "--", "--trainer.max_steps", "20",
+                          "--evaluation.init_args.baselines", "[pattern_scaling, random_forest]",
+                          "--evaluation.init_args.baseline_options", "{random_forest: {rf_options: {n_estimators: 10}}}",
+                          "--evaluation.init_args.make_figures", "false", "--evaluation.init_args.write_predictions", "false"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     row = next(line for line in out.stdout.splitlines() if line.startswith("| noisy (4 x 6)"))
     m = json.loads(next((tmp_path / "runs_noisy").rglob("metrics.json")).read_text())["tas"]
     best = min(m, key=lambda e: m[e]["nrmse_total"])
     assert row.rstrip(" |").endswith(best) and f"{m['pattern_scaling']['nrmse_total']:.3f}" in row
+    assert row.count("—") == 2  # the two baselines left out (Gaussian process, multiple linear regression)
