@@ -1,4 +1,5 @@
-"""NowcastModel: a U-Net (as RainNet) from stacked past radar frames to the next frames' rain rate."""
+"""NowcastModel: a U-Net (as RainNet) from stacked past radar frames to the next frames' rain rate, by default as a
+learned correction of the optical-flow extrapolation (zero at initialisation, kept only where it helps)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from climateml.data.radar import RainTransform
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 from climateml.models.base import ClimateTask
 from climateml.models.blocks_unet import UNet
+from climateml.models.extrapolation import optical_flow_nowcast
 
 LOSSES = ("mse", "mae", "logcosh")
+BASES = ("optical_flow", "none")
 
 
 def pointwise_loss(err: torch.Tensor, kind: str) -> torch.Tensor:
@@ -55,6 +58,18 @@ class NowcastModel(ClimateTask):
     with cells outside the radar's range masked out. Logs ``{stage}_loss`` and ``{stage}_mae_mm_h``
     (mean absolute error in mm/h over every valid cell and lead time of the epoch).
 
+    With ``base="optical_flow"`` (the default) the model stands on the field's strong simple method: the
+    optical-flow extrapolation of the past frames (:func:`~climateml.models.extrapolation.optical_flow_nowcast`,
+    the same function the evaluation's baseline uses; rain advected in from outside the domain taken as
+    dry) is computed inside ``forward``, given to the U-Net with the past frames, and the U-Net's output is a
+    correction added to it on the transformed scale. The U-Net's last convolution starts at zero, so the
+    untrained model IS optical flow. At every validation the corrected nowcast is compared with optical flow
+    alone on MAE and CSI at ``gate_threshold``; the buffer ``correction_gate`` is set to 1 if the correction helps, else
+    0, and ``val_loss`` (what early stopping and the checkpoints watch) is the loss of the nowcast given: the
+    best checkpoint, restored at the end of fit, is optical flow itself unless a correction beat it on
+    validation (see :meth:`on_validation_epoch_end`). Nowcasts are clamped to [0,
+    ``rain_cap``], the cap taken from the training data (the spec's ``rain_cap`` statistic).
+
     Args:
         mode: "direct" predicts every lead time at once; "recursive" predicts one frame and feeds it
             back n_out times (RainNet's way; the loss covers every fed-back step).
@@ -71,6 +86,14 @@ class NowcastModel(ClimateTask):
             A 3 x 3 convolution at full resolution, starting as the binomial filter [1, 2, 1] x [1, 2, 1]
             / 16 (which cancels a pattern of period 2 cells), then smooths the seams between the
             unfolded cells, which would otherwise show as a checkerboard.
+        base: "optical_flow" (learn a correction of the optical-flow extrapolation; direct mode only) or
+            "none" (the U-Net maps past frames to the nowcast alone).
+        flow_options: options of the Lucas-Kanade motion estimate (see
+            :func:`~climateml.models.extrapolation.estimate_motion`); keep them equal to the evaluation's.
+        gate_threshold: rain rate [mm/h] of the CSI the correction gate compares (the evaluation's headline CSI).
+        coarsen: the correction is computed on a grid ``coarsen`` times coarser (frames averaged over
+            ``coarsen`` x ``coarsen`` cells) and brought back by bilinear interpolation: about ``coarsen``^2
+            cheaper, and smooth by construction (no checkerboard); the optical-flow base keeps full resolution.
         depth, width, norm, dropout, upsampling: the U-Net (shared with segmentation; no longitude wrap).
     """
 
@@ -79,7 +102,10 @@ class NowcastModel(ClimateTask):
                  weight_threshold: float = 1.0, csi_weight: float = 0.0, csi_thresholds: list[float] = [1.0],
                  csi_temperature: float = 0.1, space_to_depth: int = 1, depth: int = 3, width: int = 16,
                  norm: Literal["batch", "group", "instance", "none"] = "batch", dropout: float = 0.0,
-                 upsampling: Literal["transpose", "bilinear"] = "bilinear", **task_options):
+                 upsampling: Literal["transpose", "bilinear"] = "bilinear",
+                 base: Literal["optical_flow", "none"] = "optical_flow", flow_options: dict = {}, coarsen: int = 1,
+                 gate_threshold: float = 1.0,
+                 **task_options):
         check_choice("model.mode", mode, ("direct", "recursive"))
         check_choice("model.loss", loss, LOSSES)
         check_positive("model.width", width)
@@ -90,6 +116,14 @@ class NowcastModel(ClimateTask):
         check_positive("model.csi_weight", csi_weight, allow_zero=True)
         check_positive("model.csi_temperature", csi_temperature)
         check_positive("model.space_to_depth", space_to_depth)
+        check_choice("model.base", base, BASES)
+        check_positive("model.coarsen", coarsen)
+        if base == "optical_flow" and mode != "direct":
+            raise ConfigError("model.base optical_flow corrects a nowcast of every lead time at once: use model.mode "
+                              "direct, or model.base none with mode recursive")
+        check_positive("model.gate_threshold", gate_threshold)
+        self.base, self.flow_options, self.coarsen = base, dict(flow_options), int(coarsen)
+        self.gate_threshold = float(gate_threshold)
         if csi_weight > 0 and (not csi_thresholds or min(csi_thresholds) <= 0):
             raise ConfigError(f"model.csi_thresholds must be rain rates > 0 [mm/h] when csi_weight > 0, got {csi_thresholds}")
         self._arch = dict(depth=depth, width=width, norm=norm, dropout=dropout, upsampling=upsampling)
@@ -110,7 +144,14 @@ class NowcastModel(ClimateTask):
     def configure_models(self) -> None:
         out = self.n_out if self.mode == "direct" else 1
         s2 = self.space_to_depth ** 2
-        self.net = UNet(self.n_in * s2, out * s2, circular_lon=False, edge_padding="replicate", **self._arch)
+        n_in = self.n_in + (self.n_out if self.base == "optical_flow" else 0)
+        self.net = UNet(n_in * s2, out * s2, circular_lon=False, edge_padding="replicate", **self._arch)
+        if self.base == "optical_flow":  # the correction starts at zero: the untrained model is optical flow
+            with torch.no_grad():
+                self.net.head.weight.zero_()
+                self.net.head.bias.zero_()
+        self.register_buffer("correction_gate", torch.tensor(1.0))
+        self._val_sums = torch.zeros(3, dtype=torch.float64)  # validation: [n, sum loss corrected, sum loss base]
         if self.space_to_depth > 1:
             self.refine = torch.nn.Conv2d(out, out, 3, padding=1, padding_mode="replicate")
             with torch.no_grad():
@@ -132,7 +173,18 @@ class NowcastModel(ClimateTask):
 
     def _step(self, z: torch.Tensor) -> torch.Tensor:
         """One U-Net pass, folding space into channels first when ``space_to_depth`` > 1 (the grid is
-        padded up to a multiple by replicating the edge, and the output cropped back)."""
+        padded up to a multiple by replicating the edge, and the output cropped back), on a grid ``coarsen``
+        times coarser (averaged, then the output interpolated back bilinearly) when ``coarsen`` > 1."""
+        c = self.coarsen
+        if c > 1:
+            h, w = z.shape[-2:]
+            ph, pw = (-h) % c, (-w) % c
+            zc = F.avg_pool2d(F.pad(z, (0, pw, 0, ph), mode="replicate") if ph or pw else z, c)
+            out = F.interpolate(self._fold_step(zc), scale_factor=c, mode="bilinear", align_corners=False)
+            return out[..., :h, :w]
+        return self._fold_step(z)
+
+    def _fold_step(self, z: torch.Tensor) -> torch.Tensor:
         s = self.space_to_depth
         if s == 1:
             return self.net(z)
@@ -154,10 +206,33 @@ class NowcastModel(ClimateTask):
             frames = torch.cat([frames[:, 1:], nxt], dim=1)
         return torch.cat(out, dim=1)
 
+    def extrapolate(self, x: torch.Tensor) -> torch.Tensor:
+        """The optical-flow nowcast (batch, n_out, y, x) [mm/h] of past frames ``x`` [mm/h], as the evaluation's
+        baseline computes it (NaN-aware motion; rain from outside the grid or from NaN taken as dry)."""
+        base = optical_flow_nowcast(x.float(), self.n_out, fill_value=0.0, **self.flow_options)
+        return torch.nan_to_num(base, nan=0.0)
+
+    def predict_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(transformed nowcast with the correction on, transformed optical-flow base or None) of past frames [mm/h]."""
+        z_in = self.to_network(x)
+        if self.base == "none":
+            return self.predict_network(z_in).float(), None
+        z_base = self.to_network(self.extrapolate(x))
+        return (z_base + self.predict_network(torch.cat([z_in, z_base], dim=1))).float(), z_base
+
+    def to_rain(self, z: torch.Tensor) -> torch.Tensor:
+        """Transformed values -> rain rate [mm/h] in [0, rain_cap]."""
+        cap = getattr(self, "rain_cap", None)
+        rain = self.transform.inverse(z.double()).float()
+        return rain if cap is None else rain.clamp(max=float(cap))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Past frames [mm/h] -> nowcast [mm/h] for every lead time."""
-        z = self.predict_network(self.to_network(x))
-        return self.transform.inverse(z.double()).float()
+        """Past frames [mm/h] -> nowcast [mm/h] for every lead time (optical flow alone while the correction is
+        switched off, see ``correction_gate``)."""
+        z, z_base = self.predict_parts(x)
+        if z_base is not None and float(self.correction_gate) == 0.0:
+            z = z_base
+        return self.to_rain(z)
 
     def _transformed_thresholds(self, like: torch.Tensor) -> torch.Tensor:
         """``csi_thresholds`` on the transformed scale, one small tensor on ``like``'s device and dtype."""
@@ -183,12 +258,60 @@ class NowcastModel(ClimateTask):
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         x, y = batch["x"], batch["y"]
-        z_pred = self.predict_network(self.to_network(x)).float()
+        z_pred, z_base = self.predict_parts(x)
+        if stage == "test" and z_base is not None and float(self.correction_gate) == 0.0:
+            z_pred = z_base
         loss = self.compute_loss(z_pred, y)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
+        if stage == "val" and z_base is not None:  # val_loss is logged per validation run, see on_validation_epoch_end
+            with torch.no_grad():
+                self._val_sums += torch.cat([self._gate_sums(z_pred, y, loss), self._gate_sums(z_base, y)]).cpu()
+        else:
+            self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
         with torch.no_grad():  # mm/h error over valid cells, weighted by their count: exact over the epoch
-            rain = self.transform.inverse(z_pred.detach().double()).float()
+            rain = self.to_rain(z_pred.detach())
             mae, n_valid = masked_loss(rain, y, "mae")
-        self.log(f"{stage}_mae_mm_h", mae, on_step=False, on_epoch=True, prog_bar=stage == "val",
-                 batch_size=int(n_valid))
+        if not (stage == "val" and z_base is not None):
+            self.log(f"{stage}_mae_mm_h", mae, on_step=False, on_epoch=True, prog_bar=stage == "val",
+                     batch_size=int(n_valid))
         return loss
+
+    def _gate_sums(self, z: torch.Tensor, y: torch.Tensor, loss: torch.Tensor | None = None) -> torch.Tensor:
+        """[samples, samples x loss, valid cells, sum |error| (mm/h), hits, misses, false alarms at
+        ``gate_threshold``] of one validation batch (float64): what the correction gate compares."""
+        if loss is None:
+            loss = self.compute_loss(z, y)
+        rain, valid = self.to_rain(z), torch.isfinite(y)
+        event, observed = (rain >= self.gate_threshold) & valid, (y >= self.gate_threshold) & valid
+        return torch.stack([torch.tensor(float(len(y))), loss.detach().double().cpu() * len(y),
+                            valid.sum().double().cpu(), (rain - y)[valid].abs().double().sum().cpu(),
+                            (event & observed).sum().double().cpu(), (~event & observed).sum().double().cpu(),
+                            (event & ~observed).sum().double().cpu()]).double()
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(14, dtype=torch.float64)
+
+    def on_validation_epoch_end(self) -> None:
+        """With the optical-flow base: switch the correction on only if, over this whole validation run (every
+        sample of every process), it beat optical flow alone on both headline scores, MAE [mm/h] (lower) and CSI
+        at ``gate_threshold`` (higher, event: rain >= threshold); ``val_loss`` is then the loss of the nowcast the
+        model gives (corrected if the gate is on, else optical flow), so early stopping and the best checkpoint
+        only ever prefer a correction that helped."""
+        if self.base == "optical_flow":
+            sums = self._val_sums.to(self.device)
+            if self.trainer.world_size > 1:
+                sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            scores = {}
+            for name, part in (("correction", sums[:7]), ("optical_flow", sums[7:])):
+                n, loss, cells, abs_err, hits, misses, false_alarms = (float(v) for v in part)
+                scores[name] = {"loss": loss / max(n, 1.0), "mae": abs_err / max(cells, 1.0),
+                                "csi": hits / max(hits + misses + false_alarms, 1.0)}
+            c, b = scores["correction"], scores["optical_flow"]
+            on = c["mae"] <= b["mae"] and c["csi"] >= b["csi"] and (c["mae"] < b["mae"] or c["csi"] > b["csi"])
+            self.correction_gate.fill_(1.0 if on else 0.0)
+            chosen = c if on else b
+            logged = {"val_loss": chosen["loss"], "val_mae_mm_h": chosen["mae"], "val_csi": chosen["csi"],
+                      "val_correction_on": float(on),
+                      **{f"val_{k}_{name}": v for name, sc in scores.items() for k, v in sc.items()}}
+            for name, value in logged.items():
+                self.log(name, torch.tensor(value), prog_bar=name in ("val_loss", "val_mae_mm_h"), sync_dist=False)
+        super().on_validation_epoch_end()
