@@ -34,12 +34,13 @@ class NowcastEvaluation(Evaluation):
         fss_scales_km: neighbourhood sizes [km] of the FSS, turned into odd numbers of grid cells.
         fss_threshold: the rain rate [mm/h] of the FSS event.
         figure_thresholds: threshold [mm/h] of the skill-per-lead-time figure's CSI panel.
+        headline_keys: the scores the summary's verdict names (which entry won each, and by how much).
     """
 
     def __init__(self, baselines: list[str] = ["persistence", "optical_flow"],
                  optical_flow_method: str = "lucas-kanade", thresholds: list[float] = [0.5, 1.0, 5.0, 10.0],
                  fss_scales_km: list[float] = [1, 2, 4, 8, 16, 32], fss_threshold: float = 1.0,
-                 figure_threshold: float = 1.0,
+                 figure_threshold: float = 1.0, headline_keys: list[str] = ["csi_1.0", "mae"],
                  summary_keys: list[str] = ["mae", "rmse", "csi_1.0", "csi_5.0"],
                  comparison_keys: list[str] = ["mae", "rmse", "csi_0.5", "csi_1.0", "csi_5.0", "csi_10.0"], **options):
         super().__init__(summary_keys=summary_keys, comparison_keys=comparison_keys, **options)
@@ -52,6 +53,7 @@ class NowcastEvaluation(Evaluation):
         self.thresholds = [float(t) for t in thresholds]
         self.fss_scales_km, self.fss_threshold = [float(s) for s in fss_scales_km], float(fss_threshold)
         self.figure_threshold = float(figure_threshold)
+        self.headline_keys = list(headline_keys)
 
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
         past = datamodule.past_frames(self.split)
@@ -67,6 +69,36 @@ class NowcastEvaluation(Evaluation):
                 pred = optical_flow_nowcast(past, datamodule.n_out, method=self.optical_flow_method, fill_value=0.0)
             out[name] = datamodule.to_xarray(np.asarray(pred), self.split)
         return out
+
+    def summary(self, result: dict) -> list[str]:
+        """The scores, then the verdict: for each headline score (means over lead times), which entry won and
+        by how much, and the model against each baseline, saying so when a baseline beats the model."""
+        lines = super().summary(result)
+        for variable, by_model in result.items():
+            for key in self.headline_keys:
+                if not all(key in m for m in by_model.values()):
+                    continue
+                higher = key.startswith(("csi", "pod", "fss"))
+                unit = " mm/h" if key in ("mae", "rmse") else ""
+                name = key.replace("csi_", "CSI at ").replace("mae", "MAE") + (" mm/h" if key.startswith("csi") else "")
+                ranked = sorted(by_model, key=lambda n: by_model[n][key], reverse=higher)
+                top = [n.replace("_", " ") for n in ranked if by_model[n][key] == by_model[ranked[0]][key]]
+                rest = ranked[len(top):]
+                value = by_model[ranked[0]][key]
+                text = (f"  {variable} {name}: {top[0]} wins ({value:.4g}{unit})" if len(top) == 1
+                        else f"  {variable} {name}: {' and '.join(top)} tie ({value:.4g}{unit})")
+                if rest:
+                    text += (f", {abs(value - by_model[rest[0]][key]):.3g}{unit} {'above' if higher else 'below'} "
+                             f"{rest[0].replace('_', ' ')}")
+                lines.append(text)
+                model = by_model.get("model")
+                for baseline in (n for n in by_model if n != "model" and model is not None):
+                    diff = by_model[baseline][key] - model[key]
+                    if diff == 0:
+                        lines.append(f"    {baseline.replace('_', ' ')} ties the model on {name}")
+                    elif (diff > 0) == higher:
+                        lines.append(f"    {baseline.replace('_', ' ')} beats the model on {name} by {abs(diff):.3g}{unit}")
+        return lines
 
     def score_variable(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict:
         """MAE, RMSE [mm/h], CSI/POD/FAR per threshold and FSS per scale: means over lead times, and

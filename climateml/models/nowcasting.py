@@ -12,7 +12,7 @@ from climateml.data.radar import RainTransform
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 from climateml.models.base import ClimateTask
 from climateml.models.blocks_unet import UNet
-from climateml.models.extrapolation import optical_flow_nowcast
+from climateml.models.extrapolation import gaussian_blur, optical_flow_nowcast
 
 LOSSES = ("mse", "mae", "logcosh")
 BASES = ("optical_flow", "none")
@@ -65,9 +65,8 @@ class NowcastModel(ClimateTask):
     correction added to it on the transformed scale. The U-Net's last convolution starts at zero, so the
     untrained model IS optical flow. At every validation the corrected nowcast is compared with optical flow
     alone on MAE and CSI at ``gate_threshold``; the buffer ``correction_gate`` is set to 1 if the correction helps, else
-    0, and ``val_loss`` (what early stopping and the checkpoints watch) is the loss of the nowcast given: the
-    best checkpoint, restored at the end of fit, is optical flow itself unless a correction beat it on
-    validation (see :meth:`on_validation_epoch_end`). Nowcasts are clamped to [0,
+    0, and the best checkpoint (``val_selection``), restored at the end of fit, is optical flow itself unless a
+    correction beat it on validation (see :meth:`on_validation_epoch_end`). Nowcasts are clamped to [0,
     ``rain_cap``], the cap taken from the training data (the spec's ``rain_cap`` statistic).
 
     Args:
@@ -91,6 +90,11 @@ class NowcastModel(ClimateTask):
         flow_options: options of the Lucas-Kanade motion estimate (see
             :func:`~climateml.models.extrapolation.estimate_motion`); keep them equal to the evaluation's.
         gate_threshold: rain rate [mm/h] of the CSI the correction gate compares (the evaluation's headline CSI).
+        smoothing_scales: Gaussian widths [grid cells] of a learned scale filter of the optical-flow nowcast, before
+            the U-Net: at each lead time the base becomes sum_j w_j G(s_j) * base, with s_0 = 0 (the base itself) and
+            the weights starting at (1, 0, ...), so the filter starts as the identity and can learn how much small-
+            scale detail stays predictable at each lead time (and a gain); clamped at 0. Empty: no filter.
+        loss_scale: "transformed" (the loss on the network's scale) or "rain" (on mm/h, the scale MAE is scored on).
         coarsen: the correction is computed on a grid ``coarsen`` times coarser (frames averaged over
             ``coarsen`` x ``coarsen`` cells) and brought back by bilinear interpolation: about ``coarsen``^2
             cheaper, and smooth by construction (no checkerboard); the optical-flow base keeps full resolution.
@@ -104,7 +108,7 @@ class NowcastModel(ClimateTask):
                  norm: Literal["batch", "group", "instance", "none"] = "batch", dropout: float = 0.0,
                  upsampling: Literal["transpose", "bilinear"] = "bilinear",
                  base: Literal["optical_flow", "none"] = "optical_flow", flow_options: dict = {}, coarsen: int = 1,
-                 gate_threshold: float = 1.0,
+                 gate_threshold: float = 1.0, smoothing_scales: list[float] = [], loss_scale: str = "transformed",
                  **task_options):
         check_choice("model.mode", mode, ("direct", "recursive"))
         check_choice("model.loss", loss, LOSSES)
@@ -122,6 +126,10 @@ class NowcastModel(ClimateTask):
             raise ConfigError("model.base optical_flow corrects a nowcast of every lead time at once: use model.mode "
                               "direct, or model.base none with mode recursive")
         check_positive("model.gate_threshold", gate_threshold)
+        check_choice("model.loss_scale", loss_scale, ("transformed", "rain"))
+        if any(not float(v) > 0 for v in smoothing_scales):
+            raise ConfigError(f"model.smoothing_scales must be Gaussian widths > 0 [grid cells], got {smoothing_scales}")
+        self.smoothing_scales, self.loss_scale = [float(v) for v in smoothing_scales], loss_scale
         self.base, self.flow_options, self.coarsen = base, dict(flow_options), int(coarsen)
         self.gate_threshold = float(gate_threshold)
         if csi_weight > 0 and (not csi_thresholds or min(csi_thresholds) <= 0):
@@ -151,6 +159,10 @@ class NowcastModel(ClimateTask):
                 self.net.head.weight.zero_()
                 self.net.head.bias.zero_()
         self.register_buffer("correction_gate", torch.tensor(1.0))
+        if self.base == "optical_flow" and self.smoothing_scales:
+            weights = torch.zeros(self.n_out, 1 + len(self.smoothing_scales))
+            weights[:, 0] = 1.0
+            self.scale_weights = torch.nn.Parameter(weights)
         self._val_sums = torch.zeros(3, dtype=torch.float64)  # validation: [n, sum loss corrected, sum loss base]
         if self.space_to_depth > 1:
             self.refine = torch.nn.Conv2d(out, out, 3, padding=1, padding_mode="replicate")
@@ -212,26 +224,34 @@ class NowcastModel(ClimateTask):
         base = optical_flow_nowcast(x.float(), self.n_out, fill_value=0.0, **self.flow_options)
         return torch.nan_to_num(base, nan=0.0)
 
-    def predict_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(transformed nowcast with the correction on, transformed optical-flow base or None) of past frames [mm/h]."""
+    def predict_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(transformed nowcast with the correction on, transformed optical-flow base, optical-flow base [mm/h]) of
+        past frames [mm/h]; the last two None without the base."""
         z_in = self.to_network(x)
         if self.base == "none":
-            return self.predict_network(z_in).float(), None
-        z_base = self.to_network(self.extrapolate(x))
-        return (z_base + self.predict_network(torch.cat([z_in, z_base], dim=1))).float(), z_base
+            return self.predict_network(z_in).float(), None, None
+        base = self.extrapolate(x)
+        z_base = self.to_network(base)
+        z_start = z_base
+        if self.smoothing_scales:
+            filtered = [base] + [gaussian_blur(base, s) for s in self.smoothing_scales]
+            mixed = torch.einsum("kj,jbkhw->bkhw", self.scale_weights, torch.stack(filtered))
+            self._sync_transform()
+            z_start = self.transform(mixed.clamp(min=0.0)).float()
+        return (z_start + self.predict_network(torch.cat([z_in, z_start], dim=1))).float(), z_base, base
 
-    def to_rain(self, z: torch.Tensor) -> torch.Tensor:
-        """Transformed values -> rain rate [mm/h] in [0, rain_cap]."""
+    def to_rain(self, z: torch.Tensor, transformed: bool = True) -> torch.Tensor:
+        """Transformed values (or, with ``transformed=False``, rain rates) -> rain rate [mm/h] in [0, rain_cap]."""
         cap = getattr(self, "rain_cap", None)
-        rain = self.transform.inverse(z.double()).float()
+        rain = self.transform.inverse(z.double()).float() if transformed else z.float().clamp(min=0.0)
         return rain if cap is None else rain.clamp(max=float(cap))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Past frames [mm/h] -> nowcast [mm/h] for every lead time (optical flow alone while the correction is
         switched off, see ``correction_gate``)."""
-        z, z_base = self.predict_parts(x)
-        if z_base is not None and float(self.correction_gate) == 0.0:
-            z = z_base
+        z, _, base = self.predict_parts(x)
+        if base is not None and float(self.correction_gate) == 0.0:
+            return self.to_rain(base, transformed=False)  # exactly the optical-flow nowcast (no round trip)
         return self.to_rain(z)
 
     def _transformed_thresholds(self, like: torch.Tensor) -> torch.Tensor:
@@ -247,7 +267,10 @@ class NowcastModel(ClimateTask):
         weight = None
         if self.rain_weight != 1.0:
             weight = torch.where(y >= self.weight_threshold, self.rain_weight, 1.0)
-        loss, _ = masked_loss(z_pred, z_true, self.loss_kind, weight, valid=valid)
+        if self.loss_scale == "rain":  # the error in mm/h: the scale MAE is scored on
+            loss, _ = masked_loss(self.transform.inverse(z_pred), y, self.loss_kind, weight, valid=valid)
+        else:
+            loss, _ = masked_loss(z_pred, z_true, self.loss_kind, weight, valid=valid)
         if self.csi_weight > 0:
             valid_f = valid.to(z_pred.dtype)
             terms = [1.0 - soft_csi(torch.sigmoid((z_pred - zt) / self.csi_temperature), (y >= t).to(z_pred.dtype),
@@ -258,13 +281,15 @@ class NowcastModel(ClimateTask):
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         x, y = batch["x"], batch["y"]
-        z_pred, z_base = self.predict_parts(x)
+        z_pred, z_base, base = self.predict_parts(x)
         if stage == "test" and z_base is not None and float(self.correction_gate) == 0.0:
             z_pred = z_base
         loss = self.compute_loss(z_pred, y)
         if stage == "val" and z_base is not None:  # val_loss is logged per validation run, see on_validation_epoch_end
             with torch.no_grad():
-                self._val_sums += torch.cat([self._gate_sums(z_pred, y, loss), self._gate_sums(z_base, y)]).cpu()
+                self._val_sums += torch.cat([self._gate_sums(self.to_rain(z_pred), y, loss),
+                                             self._gate_sums(self.to_rain(base, transformed=False), y,
+                                                             self.compute_loss(z_base, y))]).cpu()
         else:
             self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
         with torch.no_grad():  # mm/h error over valid cells, weighted by their count: exact over the epoch
@@ -273,14 +298,14 @@ class NowcastModel(ClimateTask):
         if not (stage == "val" and z_base is not None):
             self.log(f"{stage}_mae_mm_h", mae, on_step=False, on_epoch=True, prog_bar=stage == "val",
                      batch_size=int(n_valid))
+        if stage == "val" and z_base is None:
+            self.log("val_selection", loss, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
-    def _gate_sums(self, z: torch.Tensor, y: torch.Tensor, loss: torch.Tensor | None = None) -> torch.Tensor:
+    def _gate_sums(self, rain: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """[samples, samples x loss, valid cells, sum |error| (mm/h), hits, misses, false alarms at
-        ``gate_threshold``] of one validation batch (float64): what the correction gate compares."""
-        if loss is None:
-            loss = self.compute_loss(z, y)
-        rain, valid = self.to_rain(z), torch.isfinite(y)
+        ``gate_threshold``] of one validation batch's nowcast ``rain`` [mm/h] (float64): what the gate compares."""
+        valid = torch.isfinite(y)
         event, observed = (rain >= self.gate_threshold) & valid, (y >= self.gate_threshold) & valid
         return torch.stack([torch.tensor(float(len(y))), loss.detach().double().cpu() * len(y),
                             valid.sum().double().cpu(), (rain - y)[valid].abs().double().sum().cpu(),
@@ -293,9 +318,15 @@ class NowcastModel(ClimateTask):
     def on_validation_epoch_end(self) -> None:
         """With the optical-flow base: switch the correction on only if, over this whole validation run (every
         sample of every process), it beat optical flow alone on both headline scores, MAE [mm/h] (lower) and CSI
-        at ``gate_threshold`` (higher, event: rain >= threshold); ``val_loss`` is then the loss of the nowcast the
-        model gives (corrected if the gate is on, else optical flow), so early stopping and the best checkpoint
-        only ever prefer a correction that helped."""
+        at ``gate_threshold`` (higher, event: rain >= threshold).
+
+        Logged: ``val_loss``, the corrected nowcast's loss (what the network learns; early stopping and the
+        learning-rate schedule watch it), and ``val_selection`` (what the best checkpoint watches, lower is
+        better): 0 while the correction is off (the model is optical flow), else minus its gain, the relative
+        MAE improvement plus the relative CSI improvement over optical flow. The checkpoint kept is therefore
+        optical flow itself unless a correction beat it on both scores; without the base, ``val_selection`` is
+        ``val_loss``. Also logged: each one's loss, MAE and CSI (``val_mae_correction``, ``val_csi_optical_flow``
+        ...), the chosen one's (``val_mae_mm_h``, ``val_csi``) and ``val_correction_on``."""
         if self.base == "optical_flow":
             sums = self._val_sums.to(self.device)
             if self.trainer.world_size > 1:
@@ -309,8 +340,9 @@ class NowcastModel(ClimateTask):
             on = c["mae"] <= b["mae"] and c["csi"] >= b["csi"] and (c["mae"] < b["mae"] or c["csi"] > b["csi"])
             self.correction_gate.fill_(1.0 if on else 0.0)
             chosen = c if on else b
-            logged = {"val_loss": chosen["loss"], "val_mae_mm_h": chosen["mae"], "val_csi": chosen["csi"],
-                      "val_correction_on": float(on),
+            gain = (1.0 - c["mae"] / max(b["mae"], 1e-12)) + (c["csi"] / max(b["csi"], 1e-12) - 1.0) if on else 0.0
+            logged = {"val_loss": c["loss"], "val_selection": -gain, "val_mae_mm_h": chosen["mae"],
+                      "val_csi": chosen["csi"], "val_correction_on": float(on),
                       **{f"val_{k}_{name}": v for name, sc in scores.items() for k, v in sc.items()}}
             for name, value in logged.items():
                 self.log(name, torch.tensor(value), prog_bar=name in ("val_loss", "val_mae_mm_h"), sync_dist=False)
