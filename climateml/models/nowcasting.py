@@ -64,8 +64,8 @@ class NowcastModel(ClimateTask):
     dry) is computed inside ``forward``, given to the U-Net with the past frames, and the U-Net's output is a
     correction added to it on the transformed scale. The U-Net's last convolution starts at zero, so the
     untrained model IS optical flow. At every validation the corrected nowcast is compared with optical flow
-    alone on MAE and CSI at ``gate_threshold``; the buffer ``correction_gate`` is set to 1 if the correction helps, else
-    0, and the best checkpoint (``val_selection``), restored at the end of fit, is optical flow itself unless a
+    alone on MAE and CSI at ``gate_threshold``, lead time by lead time; the buffer ``correction_gate`` is set
+    to 1 at the lead times where the correction helps, else 0, and the best checkpoint (``val_selection``), restored at the end of fit, is optical flow itself unless a
     correction beat it on validation (see :meth:`on_validation_epoch_end`). Nowcasts are clamped to [0,
     ``rain_cap``], the cap taken from the training data (the spec's ``rain_cap`` statistic).
 
@@ -158,12 +158,12 @@ class NowcastModel(ClimateTask):
             with torch.no_grad():
                 self.net.head.weight.zero_()
                 self.net.head.bias.zero_()
-        self.register_buffer("correction_gate", torch.tensor(1.0))
+        self.register_buffer("correction_gate", torch.ones(self.n_out))  # per lead time: 1 correction on, 0 off
         if self.base == "optical_flow" and self.smoothing_scales:
             weights = torch.zeros(self.n_out, 1 + len(self.smoothing_scales))
             weights[:, 0] = 1.0
             self.scale_weights = torch.nn.Parameter(weights)
-        self._val_sums = torch.zeros(3, dtype=torch.float64)  # validation: [n, sum loss corrected, sum loss base]
+        self._val_sums = torch.zeros(2, 5, self.n_out, dtype=torch.float64)  # validation sums, see _gate_sums
         if self.space_to_depth > 1:
             self.refine = torch.nn.Conv2d(out, out, 3, padding=1, padding_mode="replicate")
             with torch.no_grad():
@@ -250,9 +250,10 @@ class NowcastModel(ClimateTask):
         """Past frames [mm/h] -> nowcast [mm/h] for every lead time (optical flow alone while the correction is
         switched off, see ``correction_gate``)."""
         z, _, base = self.predict_parts(x)
-        if base is not None and float(self.correction_gate) == 0.0:
-            return self.to_rain(base, transformed=False)  # exactly the optical-flow nowcast (no round trip)
-        return self.to_rain(z)
+        if base is None:
+            return self.to_rain(z)
+        on = self.correction_gate.view(1, -1, 1, 1) > 0  # off: exactly the optical-flow nowcast (no round trip)
+        return torch.where(on, self.to_rain(z), self.to_rain(base, transformed=False))
 
     def _transformed_thresholds(self, like: torch.Tensor) -> torch.Tensor:
         """``csi_thresholds`` on the transformed scale, one small tensor on ``like``'s device and dtype."""
@@ -282,14 +283,14 @@ class NowcastModel(ClimateTask):
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         x, y = batch["x"], batch["y"]
         z_pred, z_base, base = self.predict_parts(x)
-        if stage == "test" and z_base is not None and float(self.correction_gate) == 0.0:
-            z_pred = z_base
+        if stage == "test" and z_base is not None:
+            z_pred = torch.where(self.correction_gate.view(1, -1, 1, 1) > 0, z_pred, z_base)
         loss = self.compute_loss(z_pred, y)
         if stage == "val" and z_base is not None:  # val_loss is logged per validation run, see on_validation_epoch_end
             with torch.no_grad():
-                self._val_sums += torch.cat([self._gate_sums(self.to_rain(z_pred), y, loss),
-                                             self._gate_sums(self.to_rain(base, transformed=False), y,
-                                                             self.compute_loss(z_base, y))]).cpu()
+                self._val_sums += torch.stack([self._gate_sums(self.to_rain(z_pred), y),
+                                               self._gate_sums(self.to_rain(base, transformed=False), y)]).cpu()
+                self._val_loss_sums += torch.tensor([float(len(x)), float(loss) * len(x)], dtype=torch.float64)
         else:
             self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
         with torch.no_grad():  # mm/h error over valid cells, weighted by their count: exact over the epoch
@@ -302,48 +303,56 @@ class NowcastModel(ClimateTask):
             self.log("val_selection", loss, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
-    def _gate_sums(self, rain: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        """[samples, samples x loss, valid cells, sum |error| (mm/h), hits, misses, false alarms at
-        ``gate_threshold``] of one validation batch's nowcast ``rain`` [mm/h] (float64): what the gate compares."""
+    def _gate_sums(self, rain: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(5, lead time): valid cells, sum |error| [mm/h], hits, misses, false alarms at ``gate_threshold`` of one
+        validation batch's nowcast ``rain`` [mm/h], float64: what the gate compares."""
         valid = torch.isfinite(y)
         event, observed = (rain >= self.gate_threshold) & valid, (y >= self.gate_threshold) & valid
-        return torch.stack([torch.tensor(float(len(y))), loss.detach().double().cpu() * len(y),
-                            valid.sum().double().cpu(), (rain - y)[valid].abs().double().sum().cpu(),
-                            (event & observed).sum().double().cpu(), (~event & observed).sum().double().cpu(),
-                            (event & ~observed).sum().double().cpu()]).double()
+        dims = (0, 2, 3)
+        return torch.stack([valid.sum(dims), torch.where(valid, (rain - y).abs(), 0.0).double().sum(dims),
+                            (event & observed).sum(dims), (~event & observed).sum(dims),
+                            (event & ~observed).sum(dims)]).double()
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(14, dtype=torch.float64)
+        self._val_sums = torch.zeros(2, 5, self.n_out, dtype=torch.float64)
+        self._val_loss_sums = torch.zeros(2, dtype=torch.float64)
 
     def on_validation_epoch_end(self) -> None:
-        """With the optical-flow base: switch the correction on only if, over this whole validation run (every
-        sample of every process), it beat optical flow alone on both headline scores, MAE [mm/h] (lower) and CSI
-        at ``gate_threshold`` (higher, event: rain >= threshold).
+        """With the optical-flow base, per lead time: switch the correction on only at the lead times where, over
+        this whole validation run (every sample of every process), it beat optical flow alone on both headline
+        scores, MAE [mm/h] (lower) and CSI at ``gate_threshold`` (higher, event: rain >= threshold).
 
         Logged: ``val_loss``, the corrected nowcast's loss (what the network learns; early stopping and the
         learning-rate schedule watch it), and ``val_selection`` (what the best checkpoint watches, lower is
-        better): 0 while the correction is off (the model is optical flow), else minus its gain, the relative
-        MAE improvement plus the relative CSI improvement over optical flow. The checkpoint kept is therefore
-        optical flow itself unless a correction beat it on both scores; without the base, ``val_selection`` is
-        ``val_loss``. Also logged: each one's loss, MAE and CSI (``val_mae_correction``, ``val_csi_optical_flow``
-        ...), the chosen one's (``val_mae_mm_h``, ``val_csi``) and ``val_correction_on``."""
+        better): minus the mean over lead times of the gain, at a lead time where the correction is on its
+        relative MAE improvement plus its relative CSI improvement over optical flow, 0 where it is off. The
+        checkpoint kept is therefore optical flow itself unless a correction beat it on both scores at some lead
+        time; without the base, ``val_selection`` is ``val_loss``. Also logged: MAE and CSI (pooled over lead
+        times) of the correction, of optical flow and of the nowcast given (``val_mae_correction``,
+        ``val_csi_optical_flow``, ``val_mae_mm_h``, ``val_csi``), and ``val_correction_on``, the fraction of
+        lead times where the correction is on."""
         if self.base == "optical_flow":
-            sums = self._val_sums.to(self.device)
+            sums, losses = self._val_sums.to(self.device), self._val_loss_sums.to(self.device)
             if self.trainer.world_size > 1:
                 sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-            scores = {}
-            for name, part in (("correction", sums[:7]), ("optical_flow", sums[7:])):
-                n, loss, cells, abs_err, hits, misses, false_alarms = (float(v) for v in part)
-                scores[name] = {"loss": loss / max(n, 1.0), "mae": abs_err / max(cells, 1.0),
-                                "csi": hits / max(hits + misses + false_alarms, 1.0)}
-            c, b = scores["correction"], scores["optical_flow"]
-            on = c["mae"] <= b["mae"] and c["csi"] >= b["csi"] and (c["mae"] < b["mae"] or c["csi"] > b["csi"])
-            self.correction_gate.fill_(1.0 if on else 0.0)
-            chosen = c if on else b
-            gain = (1.0 - c["mae"] / max(b["mae"], 1e-12)) + (c["csi"] / max(b["csi"], 1e-12) - 1.0) if on else 0.0
-            logged = {"val_loss": c["loss"], "val_selection": -gain, "val_mae_mm_h": chosen["mae"],
-                      "val_csi": chosen["csi"], "val_correction_on": float(on),
-                      **{f"val_{k}_{name}": v for name, sc in scores.items() for k, v in sc.items()}}
+                losses = self.trainer.strategy.reduce(losses, reduce_op="sum")
+
+            def scores(part):  # part (5, ...): MAE and CSI
+                cells, abs_err, hits, misses, false_alarms = part
+                return abs_err / cells.clamp(min=1.0), hits / (hits + misses + false_alarms).clamp(min=1.0)
+
+            (mae_c, csi_c), (mae_b, csi_b) = scores(sums[0]), scores(sums[1])
+            on = (mae_c <= mae_b) & (csi_c >= csi_b) & ((mae_c < mae_b) | (csi_c > csi_b))
+            self.correction_gate.copy_(on.to(self.correction_gate.dtype))
+            gain = torch.where(on, (1.0 - mae_c / mae_b.clamp(min=1e-12)) + (csi_c / csi_b.clamp(min=1e-12) - 1.0), 0.0)
+            chosen = torch.where(on.view(1, -1), sums[0], sums[1])
+            pooled = {name: scores(part.sum(-1)) for name, part in (("correction", sums[0]), ("optical_flow", sums[1]),
+                                                                    ("given", chosen))}
+            logged = {"val_loss": float(losses[1] / losses[0].clamp(min=1.0)), "val_selection": -float(gain.mean()),
+                      "val_mae_mm_h": float(pooled["given"][0]), "val_csi": float(pooled["given"][1]),
+                      "val_correction_on": float(on.double().mean()),
+                      **{f"val_{k}_{name}": float(v) for name in ("correction", "optical_flow")
+                         for k, v in zip(("mae", "csi"), pooled[name])}}
             for name, value in logged.items():
                 self.log(name, torch.tensor(value), prog_bar=name in ("val_loss", "val_mae_mm_h"), sync_dist=False)
         super().on_validation_epoch_end()
