@@ -203,3 +203,15 @@ def test_rain_cap_is_twice_the_training_maximum(outage_dir):
     frames = np.unique(dm.starts["train"][:, None] + np.arange(4))
     expected = 2.0 * np.nanmax(dm.reader.read_frames(frames))
     assert float(dm.statistics["rain_cap"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_summary_says_when_optical_flow_beats_the_model():
+    result = {"rain_rate": {"model": {"mae": 1.0, "csi_1.0": 0.50},
+                            "persistence": {"mae": 1.3, "csi_1.0": 0.45},
+                            "optical_flow": {"mae": 0.9, "csi_1.0": 0.50}}}
+    lines = NowcastEvaluation().summary(result)
+    assert "  rain_rate MAE: optical flow wins (0.9 mm/h), 0.1 mm/h below model" in lines
+    assert "    optical flow beats the model on MAE by 0.1 mm/h" in lines
+    assert "  rain_rate CSI at 1.0 mm/h: model and optical flow tie (0.5), 0.05 above persistence" in lines
+    assert "    optical flow ties the model on CSI at 1.0 mm/h" in lines
+    assert not any("persistence beats" in line for line in lines)
