@@ -97,15 +97,19 @@ def run(name: str, folder: Path, runs: Path, max_epochs: int, extra: list[str]) 
 
 
 def table(results: dict) -> str:
-    lines = ["| data set | entry | CSI at 1 mm/h | MAE (mm/h) | winner |", "| --- | --- | --- | --- | --- |"]
+    """One row per data set: CSI at 1 mm/h and MAE of the model, persistence and optical flow, and the verdict."""
+    entries = ("model", "persistence", "optical_flow")
+    lines = ["| data set | CSI at 1 mm/h: model | persistence | optical flow | MAE (mm/h): model | persistence | "
+             "optical flow | verdict (model against optical flow) |", "| --- |" + " ---: |" * 6 + " --- |"]
     for name, by in results.items():
-        best_csi = max(by[e]["csi_1.0"] for e in ("model", "persistence", "optical_flow"))
-        best_mae = min(by[e]["mae"] for e in ("model", "persistence", "optical_flow"))
-        for entry in ("model", "persistence", "optical_flow"):
-            s = by[entry]
-            wins = [k for k, ok in (("CSI", s["csi_1.0"] == best_csi), ("MAE", s["mae"] == best_mae)) if ok]
-            lines.append(f"| {name} | {entry.replace('_', ' ')} | {s['csi_1.0']:.3f} | {s['mae']:.3f} | "
-                         f"{', '.join(wins)} |")
+        model, flow = by["model"], by["optical_flow"]
+        words = []
+        for key, label, higher in (("csi_1.0", "CSI", True), ("mae", "MAE", False)):
+            diff = model[key] - flow[key]
+            words.append(f"{label} tie" if abs(diff) < 5e-5 else
+                         f"{label} {'model' if (diff > 0) == higher else 'optical flow'} by {abs(diff):.3f}")
+        cells = [f"{by[e]['csi_1.0']:.3f}" for e in entries] + [f"{by[e]['mae']:.3f}" for e in entries]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'; '.join(words)} |")
     return "\n".join(lines)
 
 
