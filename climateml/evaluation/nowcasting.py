@@ -34,15 +34,17 @@ class NowcastEvaluation(Evaluation):
         fss_scales_km: neighbourhood sizes [km] of the FSS, turned into odd numbers of grid cells.
         fss_threshold: the rain rate [mm/h] of the FSS event.
         figure_thresholds: threshold [mm/h] of the skill-per-lead-time figure's CSI panel.
-        headline_keys: the scores the summary's verdict names (which entry won each, and by how much).
+        headline: the scores the summary's verdict names (which entry won each, and by how much), each with the
+            direction that is better ("higher" or "lower").
     """
 
     def __init__(self, baselines: list[str] = ["persistence", "optical_flow"],
                  optical_flow_method: str = "lucas-kanade", thresholds: list[float] = [0.5, 1.0, 5.0, 10.0],
                  fss_scales_km: list[float] = [1, 2, 4, 8, 16, 32], fss_threshold: float = 1.0,
-                 figure_threshold: float = 1.0, headline_keys: list[str] = ["csi_1.0", "mae"],
+                 figure_threshold: float = 1.0,
                  summary_keys: list[str] = ["mae", "rmse", "csi_1.0", "csi_5.0"],
-                 comparison_keys: list[str] = ["mae", "rmse", "csi_0.5", "csi_1.0", "csi_5.0", "csi_10.0"], **options):
+                 comparison_keys: list[str] = ["mae", "rmse", "csi_0.5", "csi_1.0", "csi_5.0", "csi_10.0"],
+                 headline: dict[str, str] = {"csi_1.0": "higher", "mae": "lower"}, **options):
         super().__init__(summary_keys=summary_keys, comparison_keys=comparison_keys, **options)
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
@@ -53,7 +55,10 @@ class NowcastEvaluation(Evaluation):
         self.thresholds = [float(t) for t in thresholds]
         self.fss_scales_km, self.fss_threshold = [float(s) for s in fss_scales_km], float(fss_threshold)
         self.figure_threshold = float(figure_threshold)
-        self.headline_keys = list(headline_keys)
+        bad = {k: v for k, v in dict(headline).items() if v not in ("higher", "lower")}
+        if bad or not headline:
+            raise ConfigError(f"evaluation.headline must map score names to 'lower' or 'higher', got {dict(headline)}")
+        self.headline = {str(k): str(v) for k, v in dict(headline).items()}
 
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
         past = datamodule.past_frames(self.split)
@@ -75,10 +80,10 @@ class NowcastEvaluation(Evaluation):
         by how much, and the model against each baseline, saying so when a baseline beats the model."""
         lines = super().summary(result)
         for variable, by_model in result.items():
-            for key in self.headline_keys:
+            for key, better in self.headline.items():
                 if not all(key in m for m in by_model.values()):
                     continue
-                higher = key.startswith(("csi", "pod", "fss"))
+                higher = better == "higher"
                 unit = " mm/h" if key in ("mae", "rmse") else ""
                 name = key.replace("csi_", "CSI at ").replace("mae", "MAE") + (" mm/h" if key.startswith("csi") else "")
                 ranked = sorted(by_model, key=lambda n: by_model[n][key], reverse=higher)
