@@ -14,6 +14,7 @@ import pytest
 import torch
 import xarray as xr
 
+from climateml.data.base import TensorDictDataset, batched_collate
 from climateml.data.io import DataError
 from climateml.data.nowcasting import NowcastingDataModule
 from climateml.data.odim import write_odim
@@ -215,3 +216,25 @@ def test_summary_says_when_optical_flow_beats_the_model():
     assert "  rain_rate CSI at 1.0 mm/h: model and optical flow tie (0.5), 0.05 above persistence" in lines
     assert "    optical flow ties the model on CSI at 1.0 mm/h" in lines
     assert not any("persistence beats" in line for line in lines)
+
+
+def test_the_gate_is_decided_lead_time_by_lead_time(outage_dir):
+    """Truth = optical flow at lead 1 (nothing to correct) and dry at lead 2; a correction that dries lead 2 only:
+    kept at lead 2 (lower MAE, CSI no worse), off at lead 1 (a tie is not an improvement)."""
+    dm = NowcastingDataModule(str(outage_dir), n_in=2, n_out=2, batch_size=8, **OUTAGE_PERIODS)
+    dm.setup()
+    model = NowcastModel(dm.spec, width=4, depth=1).eval()
+    x = torch.from_numpy(dm.past_frames("test"))
+    flow = optical_flow_nowcast(x, 2, fill_value=0.0)
+    y = torch.stack([flow[:, 0], torch.zeros_like(flow[:, 1])], dim=1)
+    with torch.no_grad():
+        model.net.head.bias.copy_(torch.tensor([0.0, -50.0]))   # lead 2: far below dry on the network's scale
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(TensorDictDataset(x=x, y=y), batch_size=len(x), collate_fn=batched_collate)
+    logged = trainer.validate(model, dataloaders=loader, verbose=False)[0]
+    assert model.correction_gate.tolist() == [0.0, 1.0] and logged["val_correction_on"] == 0.5
+    assert logged["val_selection"] < 0 and logged["val_mae_mm_h"] < logged["val_mae_optical_flow"]
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(out[:, 0], flow[:, 0])                            # optical flow, exactly
+    assert float(out[:, 1].max()) == 0.0

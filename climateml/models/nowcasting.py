@@ -344,7 +344,7 @@ class NowcastModel(ClimateTask):
             (mae_c, csi_c), (mae_b, csi_b) = scores(sums[0]), scores(sums[1])
             on = (mae_c <= mae_b) & (csi_c >= csi_b) & ((mae_c < mae_b) | (csi_c > csi_b))
             self.correction_gate.copy_(on.to(self.correction_gate.dtype))
-            gain = torch.where(on, (1.0 - mae_c / mae_b.clamp(min=1e-12)) + (csi_c / csi_b.clamp(min=1e-12) - 1.0), 0.0)
+            gain = torch.where(on, (mae_b - mae_c) / mae_b.clamp(min=1e-12) + (csi_c - csi_b) / csi_b.clamp(min=1e-12), 0.0)
             chosen = torch.where(on.view(1, -1), sums[0], sums[1])
             pooled = {name: scores(part.sum(-1)) for name, part in (("correction", sums[0]), ("optical_flow", sums[1]),
                                                                     ("given", chosen))}
