@@ -46,7 +46,8 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("task", ["temperature", "segmentation", "nowcasting"])
 def test_a_folder_of_other_files_is_an_error_and_is_left_untouched(task, tmp_path):
-    """The reported case: a folder of 39 ODIM .hdf composites. Nothing is written; the error lists what is there."""
+    """The reported case: a folder of 39 ODIM .hdf composites. Nothing is written; the error lists what is there
+    (for nowcasting the composites are its frames: the reader's error names the first unreadable one)."""
     folder = tmp_path / "archive"
     folder.mkdir()
     for i in range(39):
@@ -54,6 +55,14 @@ def test_a_folder_of_other_files_is_an_error_and_is_left_untouched(task, tmp_pat
     (folder / "notes").mkdir()
     (folder / ".listing").write_text("hidden")
     before = _snapshot(folder)
+    if task == "nowcasting":  # ODIM composites are radar frames: nothing is written, the reader judges them
+        dm = _datamodule(task, folder)
+        dm.prepare_data()
+        with pytest.raises(DataError) as err:
+            dm.setup()
+        assert str(err.value).startswith(f"{folder / 'T_PAAH21_C_EUOC_20240601000000.hdf'}: cannot be read as ODIM")
+        assert _snapshot(folder) == before
+        return
     with pytest.raises(DataError) as err:
         _datamodule(task, folder).prepare_data()
     message = str(err.value)
@@ -98,15 +107,16 @@ def test_a_glob_writes_into_its_folder_only_when_that_is_empty(tmp_path):
     assert len(list((tmp_path / "new").glob("RAD_*.nc"))) == 3
     other = tmp_path / "other"
     other.mkdir()
-    (other / "a.h5").write_bytes(b"x")
-    with pytest.raises(DataError, match=r"holds 1 \*\.h5 file and no radar files"):
+    (other / "a.grib2").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"holds 1 \*\.grib2 file and no radar files"):
         NowcastingDataModule(str(other / "*.nc"), **options).prepare_data()
-    assert [p.name for p in other.iterdir()] == ["a.h5"]
+    assert [p.name for p in other.iterdir()] == ["a.grib2"]
 
 
 def test_the_command_line_reports_the_folder_in_one_line(tmp_path, cli_error):
     """`climateml fit --config configs/nowcasting.yaml --data.paths <folder of .hdf files>`: one error line, no frame
-    written (the run reported in the issue wrote 1,147 sample frames there)."""
+    written (the run reported in the issue wrote 1,147 sample frames there). ODIM .hdf files are radar frames: the
+    line names the first one the ODIM reader cannot read."""
     folder = tmp_path / "odim"
     folder.mkdir()
     for i in range(3):
@@ -115,5 +125,5 @@ def test_the_command_line_reports_the_folder_in_one_line(tmp_path, cli_error):
     rc, lines = cli_error(["fit", "--config", str(config), "--data.paths", str(folder),
                            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
     assert rc == 2 and len(lines) == 1
-    assert lines[0].startswith(f"climateml: error: {folder}: holds 3 *.hdf files and no radar files (*.nc, *.zarr)")
+    assert lines[0].startswith(f"climateml: error: {folder / 'composite_0.hdf'}: cannot be read as ODIM HDF5")
     assert sorted(p.name for p in folder.iterdir()) == [f"composite_{i}.hdf" for i in range(3)]

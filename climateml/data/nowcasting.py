@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from climateml.data.base import ClimateDataModule, DataSpec
 from climateml.data.io import may_write_sample_data, open_dataset
 from climateml.data.radar import FILE_PATTERNS, RadarReader, RainTransform, resolve_paths, window_starts
-from climateml.errors import ConfigError, DataError, check_choice, check_positive
+from climateml.errors import ConfigError, DataError, check_choice, check_fraction, check_positive
 
 VARIABLE = "rain_rate"
 
@@ -84,6 +84,12 @@ class NowcastingDataModule(ClimateDataModule):
             the archive's time step).
         cache_mb: memory [MiB] per process for converted frames, least recently used dropped first (0:
             read every frame from its file every time); ``max_open_files`` files kept open per process.
+        region: a fixed part of the grid, ``{y: [low, high], x: [low, high]}`` in coordinate values (inclusive;
+            a dimension left out is whole): only it is read, trained on and scored (e.g. a rainy part of a
+            continental composite).
+        rain_cap_quantile, rain_cap_factor: the physical cap on the model's nowcasts [mm/h] is ``rain_cap_factor``
+            x the highest, over the training windows' frames, of each frame's ``rain_cap_quantile`` quantile
+            (1: its maximum); it travels in the spec's statistics (``rain_cap``) and the checkpoint.
         synthesize_if_missing: write sample frames (``climateml synth nowcasting``) into ``paths`` (a glob's
             folder) when it does not exist or is empty, with ``sample_options`` passed to the generator; a folder of
             other files is an error, never written into (:func:`~climateml.data.io.may_write_sample_data`).
@@ -107,6 +113,9 @@ class NowcastingDataModule(ClimateDataModule):
         accumulation_minutes: float | None = None,
         cache_mb: float = 128.0,
         max_open_files: int = 64,
+        region: dict = {},
+        rain_cap_quantile: float = 1.0,
+        rain_cap_factor: float = 2.0,
         synthesize_if_missing: bool = False,
         sample_options: dict = {},
         batch_size: int = 16,
@@ -147,6 +156,10 @@ class NowcastingDataModule(ClimateDataModule):
         self.crop, self.augment = list(crop), bool(augment)
         self.zr_a, self.zr_b, self.accumulation_minutes = zr_a, zr_b, accumulation_minutes
         self.cache_mb, self.max_open_files = float(cache_mb), int(max_open_files)
+        check_fraction("data.rain_cap_quantile", rain_cap_quantile, low_open=True, high_open=False)
+        check_positive("data.rain_cap_factor", rain_cap_factor)
+        self.region = {str(k): list(v) for k, v in dict(region).items()}
+        self.rain_cap_quantile, self.rain_cap_factor = float(rain_cap_quantile), float(rain_cap_factor)
         self.synthesize_if_missing, self.sample_options = synthesize_if_missing, dict(sample_options)
         self.reader: RadarReader | None = None
         self.starts: dict[str, np.ndarray] = {}
@@ -174,36 +187,52 @@ class NowcastingDataModule(ClimateDataModule):
     def build(self) -> None:
         self.prepare_data()
         reader = RadarReader(self.paths, self.variable, self.zr_a, self.zr_b, self.accumulation_minutes,
-                             max_open_files=self.max_open_files, cache_mb=self.cache_mb)
+                             max_open_files=self.max_open_files, cache_mb=self.cache_mb, region=self.region)
         if len(reader) < 2:
             raise DataError(f"{reader.path(0)}: the archive {self.paths} holds {len(reader)} frame; expected a "
                             f"sequence of at least n_in + n_out = {self.n_in + self.n_out}")
         self.reader, self.times, self.step = reader, reader.times, reader.step
         self._unseen, self._aux = {}, None  # masks and coordinates of a previous build describe another archive
+        # one streaming pass over every frame: find all-NaN frames (radar outages), keep each frame's moments
+        # of the transformed rain and its high quantile (the training frames' are summed / maxed below)
+        transform = RainTransform(self.transform_kind, self.rain_threshold)
+        moments = np.zeros((len(reader), 3))
+        highs = np.zeros(len(reader))
+
+        def record(k: int, frame: np.ndarray) -> None:
+            moments[k] = transform.moments(frame)
+            finite = frame[np.isfinite(frame)]
+            highs[k] = float(np.quantile(finite, self.rain_cap_quantile)) if finite.size else 0.0
+
+        empty = reader.check_frames(each=record, allow_empty=True)
+        reader.close()  # no open file crosses a fork into the DataLoader workers
+        missing = np.zeros(len(reader), bool)
+        missing[empty] = True
+        skipped = 0
         for split, (start, end) in self.periods.items():
             try:
-                self.starts[split] = window_starts(self.times, self.n_in, self.n_out, start, end, self.step)
+                self.starts[split] = window_starts(self.times, self.n_in, self.n_out, start, end, self.step, missing)
             except DataError as err:
                 inside = np.nonzero((self.times >= np.datetime64(pd.Timestamp(start)))
                                     & (self.times <= np.datetime64(pd.Timestamp(end))))[0]
                 where = (f"its frames in {reader.path(inside[0])} .. {reader.path(inside[-1])}" if inside.size
                          else f"no frame of the archive ({reader.path(0)} .. {reader.path(len(reader) - 1)}) in it")
-                raise DataError(f"{self.paths}: {split} {err} ({where})") from err
-        # one streaming pass over every frame: refuse all-NaN frames, sum the training frames' moments
-        transform = RainTransform(self.transform_kind, self.rain_threshold)
+                outage = f", {int(missing[inside].sum())} of them NaN everywhere" if inside.size and missing[inside].any() else ""
+                raise DataError(f"{self.paths}: {split} {err} ({where}{outage})") from err
+            if empty.size:
+                try:
+                    skipped += len(window_starts(self.times, self.n_in, self.n_out, start, end, self.step)) - len(self.starts[split])
+                except DataError:
+                    pass
+        self.outage_frames = empty
+        if empty.size:
+            print(f"climateml: {empty.size} frame(s) NaN everywhere (radar outage), counted as missing: {skipped} "
+                  f"window(s) across them skipped (first: {reader.path(int(empty[0]))} at {self.times[empty[0]]})")
         window = np.arange(self.n_in + self.n_out)
-        train_frames = set(np.unique(self.starts["train"][:, None] + window).tolist())
-        total = np.zeros(3)
-
-        def accumulate(k: int, frame: np.ndarray) -> None:
-            nonlocal total
-            if k in train_frames:
-                total = total + transform.moments(frame)
-
-        reader.check_frames(each=accumulate)
-        reader.close()  # no open file crosses a fork into the DataLoader workers
-        transform.fit_moments(total)
-        self.statistics = {"rain_mean": transform.mean.float().clone(), "rain_std": transform.std.float().clone()}
+        train_frames = np.unique(self.starts["train"][:, None] + window)
+        transform.fit_moments(moments[train_frames].sum(0))
+        self.statistics = {"rain_mean": transform.mean.float().clone(), "rain_std": transform.std.float().clone(),
+                           "rain_cap": torch.tensor(float(highs[train_frames].max()) * self.rain_cap_factor)}
         self.train_dataset = WindowDataset(reader, self.starts["train"], self.n_in, self.n_out, self.crop or None,
                                            self.augment)
         self.val_dataset = WindowDataset(reader, self.starts["val"], self.n_in, self.n_out)
@@ -279,7 +308,8 @@ class NowcastingDataModule(ClimateDataModule):
                         found = next((n for n in disk_names if n in ds.variables
                                       and set(ds[n].dims) == set(self.reader.spatial)), None)
                         if found is not None:
-                            da = ds[found].transpose(*self.reader.spatial)
+                            da = ds[found].transpose(*self.reader.spatial).isel(
+                                dict(zip(self.reader.spatial, self.reader.window)))  # the data.region read
                             self._aux[name] = xr.DataArray(da.values, dims=self.reader.spatial, attrs=dict(da.attrs))
         return self._aux
 

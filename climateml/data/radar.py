@@ -1,7 +1,8 @@
 """Reading radar rain archives: lazy (time, y, x) rain rate in mm/h, sample windows, and rain transforms.
 
 An archive is one file with a ``time`` dimension, or many files each holding one frame with a scalar
-``valid_time`` (or a length-1 ``time`` dimension), in NetCDF or Zarr. Accumulations, rates and
+``valid_time`` (or a length-1 ``time`` dimension), in NetCDF or Zarr, or one ODIM HDF5 composite per frame
+(:mod:`climateml.data.odim`; the variable is then the ODIM quantity, e.g. ``RATE``). Accumulations, rates and
 reflectivities are all converted to a rain rate in mm/h from the variable's ``units`` /
 ``standard_name``. Opening reads only metadata (times, grid, units) into a per-frame index
 (:class:`RadarReader`: file + position in the file + unit conversion); a frame is then read straight
@@ -25,10 +26,11 @@ import xarray as xr
 
 from climateml.data.io import HDF5_LOCK as _FILE_LOCK  # netCDF4/HDF5 is not thread-safe: reads take turns
 from climateml.data.io import DataError, open_dataset
+from climateml.data import odim
 
 #: the files an archive folder is read from (globs of names): a folder's entries matching one of them are its
 #: frames, and a folder holding none of them gets no sample data (climateml.data.io.may_write_sample_data)
-FILE_PATTERNS = ("*.nc", "*.zarr")
+FILE_PATTERNS = ("*.nc", "*.zarr", *(f"*{suffix}" for suffix in odim.SUFFIXES))  # ODIM: *.h5, *.hdf, *.hdf5
 SPATIAL_DIMS = (("y", "x"), ("lat", "lon"))
 RENAMES = {"latitude": "lat", "longitude": "lon"}
 TIME_NAMES = ("valid_time", "time")
@@ -44,7 +46,8 @@ REFLECTIVITY_NAMES = {"equivalent_reflectivity_factor"}
 
 
 def resolve_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Files of an archive from a file, a directory (its .nc / .zarr entries), a glob, or a list of those."""
+    """Files of an archive from a file, a directory (its .nc / .zarr / ODIM .h5 .hdf .hdf5 entries), a glob, or a
+    list of those."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found: list[Path] = []
@@ -125,6 +128,8 @@ def _as_datetime(values: np.ndarray, path: Path, name: str) -> np.ndarray:
 def _open_piece(path: Path, variable: str) -> dict:
     """Metadata of one file: its frames' times and accumulation intervals, the variable's on-disk dims,
     the grid's coordinates and the unit conversion. Nothing but coordinates and times is read."""
+    if odim.is_odim(path):
+        return _odim_piece(path, variable)
     if not _is_zarr(path):
         return _describe_piece(_netcdf_header(path), path, variable)
     ds = open_dataset(path)
@@ -133,6 +138,16 @@ def _open_piece(path: Path, variable: str) -> dict:
     finally:
         ds.close()
     return _describe_piece(header, path, variable)
+
+
+def _odim_piece(path: Path, quantity: str) -> dict:
+    """:func:`_describe_piece`'s answer for one ODIM HDF5 composite (one frame, grid from ``where``)."""
+    header = odim.odim_header(path, quantity, _FILE_LOCK)
+    kind, factor = _conversion(header["attrs"], path, quantity)
+    return {"path": path, "zarr": False, "odim": True, "times": header["times"], "interval": header["interval"],
+            "kind": kind, "factor": factor, "spatial": ("y", "x"), "coords": header["coords"],
+            "units": header["attrs"]["units"], "disk_dims": ("y", "x"), "disk_names": {"time": None, "y": "y", "x": "x"},
+            "data_path": header["data_path"], "scaling": header["scaling"], "grid_id": header["grid_id"]}
 
 
 def _netcdf_header(path: Path) -> dict:
@@ -217,7 +232,7 @@ def _describe_piece(header: dict, path: Path, variable: str) -> dict:
     interval = None if start is None else (times - start)
     if interval is not None and np.any(interval <= np.timedelta64(0, "ns")):
         raise DataError(f"{path}: start_time is not before valid_time; expected the start of the accumulation")
-    return {"path": path, "zarr": _is_zarr(path), "times": times, "interval": interval, "kind": kind,
+    return {"path": path, "zarr": _is_zarr(path), "odim": False, "times": times, "interval": interval, "kind": kind,
             "factor": factor, "spatial": spatial, "coords": coords, "units": var_attrs.get("units"),
             "disk_dims": tuple(on_disk.get(d, d) for d in var_dims),
             "disk_names": {"time": time_dim, **{d: on_disk.get(d, d) for d in spatial}}}
@@ -245,7 +260,7 @@ class RadarReader:
 
     def __init__(self, paths: str | Path | Sequence[str | Path], variable: str, zr_a: float = 200.0,
                  zr_b: float = 1.6, accumulation_minutes: float | None = None, max_open_files: int = 64,
-                 cache_mb: float = 0.0):
+                 cache_mb: float = 0.0, region: dict | None = None):
         self.variable, self.zr_a, self.zr_b = variable, float(zr_a), float(zr_b)
         self.max_open_files = max(1, int(max_open_files))
         self.cache_bytes = int(max(0.0, float(cache_mb)) * 2**20)
@@ -255,6 +270,9 @@ class RadarReader:
             if piece["spatial"] != first["spatial"]:
                 raise DataError(f"{piece['path']}: variable {variable!r} is on {piece['spatial']}, but "
                                 f"{first['path']} is on {first['spatial']}; expected one grid for the archive")
+            if piece.get("grid_id") != first.get("grid_id"):
+                raise DataError(f"{piece['path']}: grid differs from {first['path']}: {_grid_text(piece)} against "
+                                f"{_grid_text(first)}; expected one grid for the archive")
             for dim in first["spatial"]:
                 a, b = first["coords"][dim][0], piece["coords"][dim][0]
                 if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-6 * max(1.0, float(np.abs(a).max()))):
@@ -289,9 +307,16 @@ class RadarReader:
             else:
                 scales.append(np.full(n, piece["factor"]))
         self.frame_scale = np.concatenate(scales).astype(np.float64)
-        self.files = [{k: p[k] for k in ("path", "zarr", "kind", "disk_dims", "disk_names")} for p in pieces]
+        self.files = [{k: p.get(k) for k in ("path", "zarr", "odim", "kind", "disk_dims", "disk_names", "data_path",
+                                             "scaling")} for p in pieces]
         self.spatial = first["spatial"]
-        self.coords = {d: xr.DataArray(v, dims=d, attrs=a, name=d) for d, (v, a) in first["coords"].items()}
+        self.window = tuple(_region_slice(first["coords"][d][0], (region or {}).get(d), d, first["path"])
+                            for d in self.spatial)
+        unknown = sorted(set(region or {}) - set(self.spatial))
+        if unknown:
+            raise DataError(f"{first['path']}: region names {unknown}, but the grid's dimensions are {self.spatial}")
+        self.coords = {d: xr.DataArray(v[w], dims=d, attrs=a, name=d)
+                       for (d, (v, a)), w in zip(((d, first["coords"][d]) for d in self.spatial), self.window)}
         self.source_units = str(first["units"])
         self._handles: OrderedDict = OrderedDict()
         self._pid = os.getpid()
@@ -321,6 +346,10 @@ class RadarReader:
         try:
             if info["zarr"]:
                 handle = xr.open_dataset(info["path"], engine="zarr", consolidated=None, chunks=None, cache=False)
+            elif info["odim"]:
+                import h5py  # noqa: PLC0415
+
+                handle = h5py.File(info["path"], "r")
             else:
                 import netCDF4  # noqa: PLC0415 (imported where used: the generators do not need it)
 
@@ -386,6 +415,7 @@ class RadarReader:
             return full[rows, cols].copy()
 
     def _read_file(self, frame: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        rows, cols = (_within(w, part, self.coords[d].size) for w, part, d in zip(self.window, (rows, cols), self.spatial))
         f = int(self.frame_file[frame])
         info = self.files[f]
         names = info["disk_names"]
@@ -393,7 +423,14 @@ class RadarReader:
         handle = self._handle(f)
         dbz = info["kind"] == "dbz"
         dtype = np.float64 if dbz else np.float32  # float64 only for the dBZ -> rain conversion
-        if info["zarr"]:
+        dry = None
+        if info["odim"]:
+            try:
+                values, dry = odim.read_odim(handle, info["data_path"], info["scaling"], rows, cols, dtype)
+            except Exception as err:  # a file damaged after the archive was opened
+                raise DataError(f"{info['path']}: cannot read {info['data_path']} ({type(err).__name__}: {err}); "
+                                "the file looks corrupt or truncated") from err
+        elif info["zarr"]:
             da = handle[self.variable]
             if names["time"] is not None:
                 da = da.isel({names["time"]: int(self.frame_index[frame])})
@@ -406,27 +443,35 @@ class RadarReader:
                 values = values.T
             values = np.ma.filled(np.ma.asarray(values).astype(dtype), np.nan)
         if dbz:
-            return ((10.0 ** (values / 10.0) / self.zr_a) ** (1.0 / self.zr_b)).astype(np.float32)
-        scale = self.frame_scale[frame]
-        if scale != 1.0:
-            values *= np.float32(scale)
+            values = ((10.0 ** (values / 10.0) / self.zr_a) ** (1.0 / self.zr_b)).astype(np.float32)
+        else:
+            scale = self.frame_scale[frame]
+            if scale != 1.0:
+                values *= np.float32(scale)
+        if dry is not None:
+            values[dry] = 0.0  # ODIM undetect: looked at, no rain
         return values
 
     def read_frames(self, frames: Iterable[int], rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """Frames (n, y, x) [mm/h], each read on its own (see :meth:`read`)."""
         return np.stack([self.read(int(k), rows, cols) for k in frames])
 
-    def check_frames(self, frames: Iterable[int] | None = None, each=None) -> None:
-        """Read every frame once, one at a time, and refuse an all-NaN one (DataError naming its file);
-        ``each(k, frame)`` is called with every frame read (e.g. to accumulate statistics)."""
+    def check_frames(self, frames: Iterable[int] | None = None, each=None, allow_empty: bool = False) -> np.ndarray:
+        """Read every frame once, one at a time; ``each(k, frame)`` is called with every frame read (e.g. to
+        accumulate statistics). Returns the indices of frames that are NaN everywhere (a radar outage): with
+        ``allow_empty`` they are the caller's to treat as missing, else the first is a DataError naming its file."""
+        empty = []
         for k in range(len(self)) if frames is None else frames:
             frame = self.read(int(k))
             if not np.isfinite(frame).any():
-                raise DataError(f"{self.path(k)}: variable {self.variable!r} is NaN everywhere at time "
-                                f"{self.times[k]}; expected some valid pixels (delete the file to mark the frame "
-                                f"missing)")
+                if not allow_empty:
+                    raise DataError(f"{self.path(k)}: variable {self.variable!r} is NaN everywhere at time "
+                                    f"{self.times[k]}; expected some valid pixels (delete the file to mark the "
+                                    f"frame missing)")
+                empty.append(int(k))
             if each is not None:
                 each(int(k), frame)
+        return np.array(empty, dtype=np.int64)
 
     def to_dataarray(self) -> xr.DataArray:
         """The archive as a lazy (time, y, x) DataArray [mm/h], one dask chunk per frame read by :meth:`read`."""
@@ -447,6 +492,37 @@ class RadarReader:
         if self.step is not None:
             rain.attrs["time_step_minutes"] = float(self.step / np.timedelta64(1, "m"))
         return rain
+
+
+def _region_slice(values: np.ndarray, bounds, dim: str, path: Path) -> slice:
+    """The cells whose coordinate lies in the inclusive ``bounds`` [lo, hi] (None: all), as a slice."""
+    if bounds is None:
+        return slice(0, values.size)
+    if len(bounds) != 2:
+        raise DataError(f"region {dim}: expected [low, high] coordinate values, got {bounds}")
+    lo, hi = sorted(float(b) for b in bounds)
+    inside = np.nonzero((values >= lo) & (values <= hi))[0]
+    if inside.size < 2:
+        raise DataError(f"{path}: region {dim} [{lo:g}, {hi:g}] holds {inside.size} cells; the grid's {dim} runs from "
+                        f"{values.min():g} to {values.max():g}")
+    return slice(int(inside[0]), int(inside[-1]) + 1)
+
+
+def _within(window: slice, part: slice, size: int) -> slice:
+    """``part`` of the region ``window`` (``size`` cells), as a slice of the whole grid."""
+    start, stop, _ = part.indices(size)
+    return slice(window.start + start, window.start + stop)
+
+
+def _grid_text(piece: dict) -> str:
+    """A grid in words for error messages: size, cell size and (ODIM) projection and lower-left corner."""
+    gid = piece.get("grid_id")
+    if gid is None:
+        return f"a CF grid of {' x '.join(str(piece['coords'][d][0].size) for d in piece['spatial'])} cells"
+    ny, nx, dx, dy, projdef, corners = gid
+    ll = dict(corners)
+    return (f"{ny} x {nx} cells of {dy:g} x {dx:g} km, {projdef!r}, lower-left corner "
+            f"({ll.get('LL_lon')}, {ll.get('LL_lat')})")
 
 
 _INHERITED: list = []  # handles a forked process inherited: kept referenced so they are never closed there
@@ -509,12 +585,13 @@ def time_step(times) -> np.timedelta64:
     return step
 
 
-def window_starts(times, n_in: int, n_out: int, start=None, end=None, step=None) -> np.ndarray:
+def window_starts(times, n_in: int, n_out: int, start=None, end=None, step=None, missing=None) -> np.ndarray:
     """Indices i into ``times`` such that times[i : i + n_in + n_out] are consecutive at ``step``.
 
-    A window never spans a missing frame and lies entirely inside the inclusive period [start, end]
-    (None: open-ended), so windows of two periods never overlap. ``step`` defaults to the archive's.
-    A DataError if the period holds no complete window.
+    A window never spans a missing frame (absent from ``times``, or True in the boolean ``missing``, e.g.
+    a radar outage) and lies entirely inside the inclusive period [start, end] (None: open-ended), so
+    windows of two periods never overlap. ``step`` defaults to the archive's. A DataError if the period
+    holds no complete window.
     """
     t = _datetimes(times)
     n = n_in + n_out
@@ -526,6 +603,8 @@ def window_starts(times, n_in: int, n_out: int, start=None, end=None, step=None)
         inside &= t >= np.datetime64(pd.Timestamp(start))
     if end is not None:
         inside &= t <= np.datetime64(pd.Timestamp(end))
+    if missing is not None:
+        inside &= ~np.asarray(missing, bool)
     good = (np.diff(t) == step) & inside[:-1] & inside[1:]  # link i -> i+1 usable
     links = np.concatenate([[0], np.cumsum(good)])
     i = np.arange(max(t.size - n + 1, 0))

@@ -34,6 +34,8 @@ class NowcastEvaluation(Evaluation):
         fss_scales_km: neighbourhood sizes [km] of the FSS, turned into odd numbers of grid cells.
         fss_threshold: the rain rate [mm/h] of the FSS event.
         figure_thresholds: threshold [mm/h] of the skill-per-lead-time figure's CSI panel.
+        headline: the scores the summary's verdict names (which entry won each, and by how much), each with the
+            direction that is better ("higher" or "lower").
     """
 
     def __init__(self, baselines: list[str] = ["persistence", "optical_flow"],
@@ -235,10 +237,13 @@ def plot_score_bars(result: dict, thresholds) -> plt.Figure:
 
 def plot_learning_curves(histories: dict, loss_label: str = "loss") -> plt.Figure:
     """Training and validation loss per epoch (the model's loss on the transformed rain scale, NaN masked;
-    y label ``loss_label``, the lowest validation loss circled: the weights restored) and the training and
-    validation MAE in mm/h, from Lightning CSVLogger ``metrics.csv`` files: :func:`plotting.plot_learning_curves`
+    y label ``loss_label``; the weights restored are chosen by ``val_selection``, not the loss, so no epoch is
+    circled) and the training and validation MAE in mm/h (with the optical-flow base: of the nowcast given, of the
+    corrected nowcast and of optical flow alone), from Lightning CSVLogger ``metrics.csv`` files: :func:`plotting.plot_learning_curves`
     with this task's keys."""
     return plotting.plot_learning_curves(
-        histories, loss_label, metrics={"train_mae_mm_h": "train", "val_mae_mm_h": "val"}, metric_label="MAE (mm/h)",
-        metric_title="mean absolute error (mm/h)", log_y=False,
-        loss_title="training and validation loss (transformed rain scale, NaN masked)")
+        histories, loss_label, metrics={"train_mae_mm_h": "train", "val_mae_mm_h": "val (nowcast given)",
+                                        "val_mae_correction": "val, correction on",
+                                        "val_mae_optical_flow": "val, optical flow alone"},
+        metric_label="MAE (mm/h)", metric_title="mean absolute error (mm/h)", log_y=False, mark_best_loss=False,
+        loss_title="loss (transformed rain scale, NaN masked); weights kept by val_selection")

@@ -120,6 +120,12 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (..., H, W) along H and W, standard deviation ``sigma`` cells, edges replicated."""
+    shape = x.shape
+    return _blur(x.reshape(-1, 1, *shape[-2:]), sigma).reshape(shape)
+
+
 # --------------------------------------------------------------------------------------- motion
 def estimate_motion(
     frames,
