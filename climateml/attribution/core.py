@@ -108,11 +108,6 @@ class InputLayout:
         return out
 
 
-def as_dataarray(x: xr.DataArray | xr.Dataset, variables: Sequence[str] | None = None) -> xr.DataArray:
-    """A DataArray from an input: itself, or a Dataset's ``variables`` stacked on a ``variable`` dim after the sample dim."""
-    return input_layout(x, variables).template
-
-
 def input_layout(x: xr.DataArray | xr.Dataset, variables: Sequence[str] | None = None,
                  model: nn.Module | None = None) -> InputLayout:
     """The :class:`InputLayout` of ``x``; a Dataset's variables are taken in the order of ``variables``, else
