@@ -788,6 +788,27 @@ def test_mismatched_grid_inputs_vs_outputs(cb_copy, tmp_path):
     assert str(cb_copy / "inputs_ssp245.nc") in msg and "SO2" in msg and "outputs_ssp245.nc" in msg
 
 
+@pytest.mark.parametrize("values", [np.arange(-88.75, 90.0, 2.5),          # lat in degrees
+                                    np.arange(0.0, 360.0, 0.25),            # lon in degrees
+                                    np.arange(-400e3, 400e3 + 1, 1000.0)],  # radar y in metres
+                         ids=["lat 2.5 deg", "lon 0.25 deg", "y 1 km"])
+def test_one_grid_tolerance_a_fraction_of_the_spacing(values):
+    """Grids agree within GRID_TOLERANCE x spacing whatever the unit; float32 storage stays inside it."""
+    from climateml.data.io import grid_difference
+    from climateml.grid import GRID_TOLERANCE, coord_mismatch
+
+    step = float(np.diff(values).min())
+    assert coord_mismatch(values, values.astype(np.float32)) is None
+    assert coord_mismatch(values, values + 0.5 * GRID_TOLERANCE * step) is None
+    shifted = values.copy()
+    shifted[3] += 2 * GRID_TOLERANCE * step
+    assert coord_mismatch(values, shifted) == 3
+    assert coord_mismatch([7.0], [7.0 + 2 * GRID_TOLERANCE]) == 0  # one point: within a unit's fraction
+    a, b = (xr.Dataset(coords={"lat": [0.0, 1.0], "lon": v}) for v in (values, shifted))
+    assert grid_difference(a, a.assign_coords(lon=values.astype(np.float32))) is None
+    assert grid_difference(a, b).startswith("lon values differ: lon[3]")
+
+
 def test_same_size_but_shifted_grid(cb_copy):
     rewrite(cb_copy / "outputs_ssp126.nc", lambda ds: ds.assign_coords(lon=ds["lon"].values + 15.0))
     with pytest.raises(DataError, match=r"outputs_ssp126\.nc"):

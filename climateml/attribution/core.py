@@ -34,6 +34,7 @@ from torch import nn
 
 from climateml.attribution.targets import BoundTarget, TargetModule, as_target
 from climateml.errors import ConfigError, DataError
+from climateml.grid import coord_mismatch
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "deeplift", "gradient_shap", "smoothgrad",
            "occlusion", "grad_cam", "lrp")
@@ -192,7 +193,7 @@ def check_input(model: nn.Module, layout: InputLayout, expected_coords: Mapping[
         if dim not in x.dims:
             raise DataError(f"input has no {dim!r} dim, which the model expects (input dims {tuple(x.dims)})")
         have, want = np.asarray(x[dim].values), np.asarray(values)
-        same = have.shape == want.shape and (np.allclose(have, want) if np.issubdtype(have.dtype, np.number) and
+        same = have.shape == want.shape and (coord_mismatch(have, want) is None if np.issubdtype(have.dtype, np.number) and
                                               np.issubdtype(want.dtype, np.number) else np.array_equal(have, want))
         if not same:
             raise DataError(f"input {dim!r} coordinate ({have.size} values, {have.min() if have.size else ''}.."
