@@ -14,6 +14,13 @@ import xarray as xr
 
 EARTH_RADIUS_M = 6.371e6
 
+#: Two grids are one grid when each coordinate value agrees within GRID_TOLERANCE x the axis's grid spacing
+#: (its smallest step). A fraction of the spacing holds for lat/lon in degrees and projected y/x in metres
+#: alike: 2.5e-4 degrees (about 28 m) on a 0.25-degree grid, 2.5e-3 degrees on a 2.5-degree one, 1 m on a
+#: 1 km radar grid, far above the rounding of coordinates stored as float32 and far below any real shift.
+#: An axis of one point is compared within GRID_TOLERANCE of one unit (degree or metre).
+GRID_TOLERANCE = 1e-3
+
 
 def lat_weights(lat) -> np.ndarray:
     """cos(latitude) weights, never negative (the poles of a pole-inclusive grid get 0)."""
@@ -62,6 +69,19 @@ def spatial_dims(obj: xr.DataArray | xr.Dataset, required: bool = True) -> tuple
     if not required:
         return None
     raise ValueError(f"no horizontal dims (lat, lon) or (y, x) among {tuple(obj.dims)}")
+
+
+def coord_mismatch(a, b) -> int | None:
+    """None if the coordinate values ``a`` and ``b`` (equal shapes) are the same within :data:`GRID_TOLERANCE`,
+    else the flat index of the first value that differs (NaN always differs)."""
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"coordinates of {a.size} and {b.size} values cannot be compared value by value")
+    steps = np.abs(np.diff(a))
+    steps = steps[steps > 0]
+    spacing = float(steps.min()) if steps.size else 1.0
+    bad = ~(np.abs(a - b) <= GRID_TOLERANCE * spacing)
+    return int(np.argmax(bad)) if bad.any() else None
 
 
 def box_mask(obj: xr.DataArray | xr.Dataset, lat: Sequence[float] | None = None,

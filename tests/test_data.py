@@ -805,6 +805,27 @@ def test_mismatched_grid_inputs_vs_outputs(cb_copy, tmp_path):
     assert str(cb_copy / "inputs_ssp245.nc") in msg and "SO2" in msg and "outputs_ssp245.nc" in msg
 
 
+@pytest.mark.parametrize("values", [np.arange(-88.75, 90.0, 2.5),          # lat in degrees
+                                    np.arange(0.0, 360.0, 0.25),            # lon in degrees
+                                    np.arange(-400e3, 400e3 + 1, 1000.0)],  # radar y in metres
+                         ids=["lat 2.5 deg", "lon 0.25 deg", "y 1 km"])
+def test_one_grid_tolerance_a_fraction_of_the_spacing(values):
+    """Grids agree within GRID_TOLERANCE x spacing whatever the unit; float32 storage stays inside it."""
+    from climateml.data.io import grid_difference
+    from climateml.grid import GRID_TOLERANCE, coord_mismatch
+
+    step = float(np.diff(values).min())
+    assert coord_mismatch(values, values.astype(np.float32)) is None
+    assert coord_mismatch(values, values + 0.5 * GRID_TOLERANCE * step) is None
+    shifted = values.copy()
+    shifted[3] += 2 * GRID_TOLERANCE * step
+    assert coord_mismatch(values, shifted) == 3
+    assert coord_mismatch([7.0], [7.0 + 2 * GRID_TOLERANCE]) == 0  # one point: within a unit's fraction
+    a, b = (xr.Dataset(coords={"lat": [0.0, 1.0], "lon": v}) for v in (values, shifted))
+    assert grid_difference(a, a.assign_coords(lon=values.astype(np.float32))) is None
+    assert grid_difference(a, b).startswith("lon values differ: lon[3]")
+
+
 def test_same_size_but_shifted_grid(cb_copy):
     rewrite(cb_copy / "outputs_ssp126.nc", lambda ds: ds.assign_coords(lon=ds["lon"].values + 15.0))
     with pytest.raises(DataError, match=r"outputs_ssp126\.nc"):
@@ -981,13 +1002,38 @@ def test_metrics_on_projected_xy_grid():
 
 
 def test_r2_by_hand():
-    truth = _field([[1, 3], [5, 7]])
+    """SST about each cell's mean over time (the evaluation set's climatology), cos(lat) weights."""
+    truth = _field([[1, 3], [5, 7]])  # (time, lat): cell means 3 (equator) and 5 (60N); every anomaly is +-2
     pred = truth + 1.0
+    assert metrics.r2(pred, truth) == pytest.approx(1 - 1.0 / 4.0, rel=1e-12)
+    assert metrics.r2(truth, truth) == 1.0
+    # about the grand weighted mean instead, the spatial pattern would count as skill
     w = np.array([1.0, 0.5])
     mean = (np.array([[1, 3], [5, 7]]) * w).sum() / (w.sum() * 2)
     ss_tot = (((np.array([[1, 3], [5, 7]]) - mean) ** 2) * w).sum() / (w.sum() * 2)
-    assert metrics.r2(pred, truth) == pytest.approx(1 - 1.0 / ss_tot, rel=1e-12)
-    assert metrics.r2(truth, truth) == 1.0
+    assert metrics.r2(pred, truth, sample_dim=None) == pytest.approx(1 - 1.0 / ss_tot, rel=1e-12)
+    with pytest.raises(ValueError, match="sample_dim 'member'"):
+        metrics.r2(pred, truth, sample_dim="member")
+
+
+def test_r2_is_scikit_learns_and_the_attribution_skill():
+    from sklearn.metrics import r2_score
+
+    from climateml.attribution import r2_skill
+
+    rng = np.random.default_rng(1)
+    truth = _field(rng.normal(size=(30, 2)) * [1.0, 3.0] + [10.0, -5.0])
+    pred = truth + rng.normal(scale=0.5, size=truth.shape)
+    want = r2_score(truth.values.reshape(30, -1), pred.values.reshape(30, -1), multioutput="variance_weighted")
+    assert float(metrics.r2(pred, truth, weights=None)) == pytest.approx(want, rel=1e-12)
+    assert r2_skill(pred.values, truth.values) == pytest.approx(want, rel=1e-12)
+    pred[0, 0, 0] = np.nan  # a missing prediction leaves its cell out of both sums
+    keep = np.ones((30, 4), bool)
+    keep[0, 0] = False
+    t, p = truth.values.reshape(30, -1), pred.values.reshape(30, -1)
+    clim = np.array([t[keep[:, j], j].mean() for j in range(4)])
+    want = 1 - ((p - t) ** 2)[keep].sum() / ((t - clim) ** 2)[keep].sum()
+    assert float(metrics.r2(pred, truth, weights=None)) == pytest.approx(want, rel=1e-12)
 
 
 def test_nrmse_by_hand():

@@ -3,6 +3,8 @@ loader, and lazily read data in DataLoader worker processes (num_workers=2) for 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -145,8 +147,9 @@ def test_two_worker_processes_load_what_the_main_process_loads(task, data_root):
 
 
 def test_dask_reads_in_forked_workers_do_not_deadlock(tmp_path):
-    """A dataset reading dask-backed xarray (open_mfdataset) in forked workers after the parent used dask's
-    thread pool: a plain DataLoader hangs for ever (the pool's threads stay in the parent); ours finishes."""
+    """A dataset computing dask-backed xarray (open_mfdataset) with dask's threads in forked workers, after the
+    parent used dask's thread pool: a plain DataLoader hangs for ever (the pool's threads stay in the parent);
+    ours finishes, as worker_init starts each worker on fresh pools. Importing climateml leaves forks alone."""
     script = textwrap.dedent(f"""
         import numpy as np, torch, xarray as xr
         from climateml.data.base import ClimateDataModule
@@ -164,7 +167,7 @@ def test_dask_reads_in_forked_workers_do_not_deadlock(tmp_path):
             def __len__(self):
                 return 16
             def __getitem__(self, i):
-                return {{"x": torch.from_numpy(ds.v.isel(time=slice(5 * i, 5 * i + 5)).values)}}
+                return {{"x": torch.from_numpy(ds.v.isel(time=slice(5 * i, 5 * i + 5)).compute(scheduler="threads").values)}}
 
         class DM(ClimateDataModule):
             def build(self):
@@ -173,7 +176,20 @@ def test_dask_reads_in_forked_workers_do_not_deadlock(tmp_path):
         dm = DM(batch_size=2, num_workers=2)
         total = sum(float(b["x"].sum()) for b in dm.dataloader("val"))
         print("TOTAL", total)
+        import os, dask.threaded
+        pid = os.fork()  # no at-fork hook of ours: the child keeps the parent's pools
+        if pid == 0:
+            os._exit(0 if dask.threaded.default_pool is not None else 3)
+        print("CHILD", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     """)
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "TOTAL 12000.0" in out.stdout
+    # its own session, so that a hang ends with its worker processes too (they would outlive a killed parent)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the loader's forked workers hung on the parent's dask thread pool")
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "TOTAL 12000.0" in stdout and "CHILD 0" in stdout

@@ -8,10 +8,10 @@ relevance analysis; :mod:`.plots` figures; :mod:`.callbacks` the Lightning callb
 Clever-Hans demonstration data and run; :mod:`.fidelity` the Mamalakis et al. (2022) benchmark.
 """
 
-from climateml.attribution.core import METHOD_OPTIONS, METHODS, as_dataarray, attribute, predict  # noqa: F401
+from climateml.attribution.core import METHOD_OPTIONS, METHODS, attribute, predict  # noqa: F401
 from climateml.attribution.diagnostics import (  # noqa: F401
-    ablate, accuracy_skill, climatology, cue_ablation, neg_rmse_skill, optimise_input, permutation_importance,
-    r2_skill, relevance_in_regions, relevance_mass_accuracy, relevance_rank_accuracy,
+    ablate, accuracy_skill, climatology, cue_ablation, optimise_input, permutation_importance,
+    r2_skill, relevance_mass_accuracy, relevance_rank_accuracy,
 )
 from climateml.attribution.regions import region_mask  # noqa: F401
 from climateml.attribution.spray import SprayResult, spray  # noqa: F401

@@ -34,6 +34,7 @@ from torch import nn
 
 from climateml.attribution.targets import BoundTarget, TargetModule, as_target
 from climateml.errors import ConfigError, DataError
+from climateml.grid import coord_mismatch
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "deeplift", "gradient_shap", "smoothgrad",
            "occlusion", "grad_cam", "lrp")
@@ -106,11 +107,6 @@ class InputLayout:
             arr.attrs = {**dict(attrs), "variable": v}
             out[v] = arr
         return out
-
-
-def as_dataarray(x: xr.DataArray | xr.Dataset, variables: Sequence[str] | None = None) -> xr.DataArray:
-    """A DataArray from an input: itself, or a Dataset's ``variables`` stacked on a ``variable`` dim after the sample dim."""
-    return input_layout(x, variables).template
 
 
 def input_layout(x: xr.DataArray | xr.Dataset, variables: Sequence[str] | None = None,
@@ -197,7 +193,7 @@ def check_input(model: nn.Module, layout: InputLayout, expected_coords: Mapping[
         if dim not in x.dims:
             raise DataError(f"input has no {dim!r} dim, which the model expects (input dims {tuple(x.dims)})")
         have, want = np.asarray(x[dim].values), np.asarray(values)
-        same = have.shape == want.shape and (np.allclose(have, want) if np.issubdtype(have.dtype, np.number) and
+        same = have.shape == want.shape and (coord_mismatch(have, want) is None if np.issubdtype(have.dtype, np.number) and
                                               np.issubdtype(want.dtype, np.number) else np.array_equal(have, want))
         if not same:
             raise DataError(f"input {dim!r} coordinate ({have.size} values, {have.min() if have.size else ''}.."

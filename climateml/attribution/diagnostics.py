@@ -28,6 +28,7 @@ from climateml.attribution.regions import describe_region, mask_array, region_ma
 from climateml.attribution.targets import TargetModule, as_target
 from climateml.errors import ConfigError, DataError
 from climateml.grid import spatial_dims
+from climateml.metrics.continuous import r2
 
 Skill = Callable[[np.ndarray, np.ndarray], float]
 
@@ -40,9 +41,14 @@ ARRAS_NOTE = ("Arras et al. 2022; only positive relevance counts (negative relev
 # ---------------------------------------------------------------------------------------------------
 
 def r2_skill(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Coefficient of determination over all values: 1 - SSE / SST (1 is perfect, 0 is the truth's mean)."""
-    pred, truth = np.asarray(pred, float).reshape(len(truth), -1), np.asarray(truth, float).reshape(len(truth), -1)
-    return float(1.0 - ((pred - truth) ** 2).sum() / max(((truth - truth.mean(0)) ** 2).sum(), 1e-300))
+    """:func:`climateml.metrics.r2` on arrays with the sample axis first, unweighted: 1 - SSE / SST with SST
+    about each output's mean over the samples (scikit-learn's variance-weighted R²; 1 is perfect, 0 is the
+    truth's per-output mean, NaN for a constant truth)."""
+    truth = np.asarray(truth, float)
+    table = truth.reshape(len(truth), -1)
+    dims = ("sample", "output")
+    return float(r2(xr.DataArray(np.asarray(pred, float).reshape(table.shape), dims=dims),
+                    xr.DataArray(table, dims=dims), weights=None, sample_dim="sample"))
 
 
 def accuracy_skill(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -53,11 +59,6 @@ def accuracy_skill(pred: np.ndarray, truth: np.ndarray) -> float:
     else:
         label = (pred.reshape(truth.shape) > 0).astype(truth.dtype)
     return float((label == truth).mean())
-
-
-def neg_rmse_skill(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Minus the root mean squared error (so that higher is better)."""
-    return -float(np.sqrt(np.mean((np.asarray(pred, float).reshape(np.shape(truth)) - np.asarray(truth, float)) ** 2)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,12 +128,6 @@ def relevance_rank_accuracy(attr: xr.DataArray | xr.Dataset, region: Any, orient
                         attrs={"region": describe_region(region), "definition": "share of the K most relevant cells "
                                "inside the region, K = cells in the region", "reference": ARRAS_NOTE,
                                "mean": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")})
-
-
-def relevance_in_regions(attr: xr.DataArray | xr.Dataset, regions: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """{region name: {"relevance_mass": mean, "relevance_rank": mean}} for named region specs."""
-    return {name: {"relevance_mass": relevance_mass_accuracy(attr, r).attrs["mean"],
-                   "relevance_rank": relevance_rank_accuracy(attr, r).attrs["mean"]} for name, r in regions.items()}
 
 
 # ---------------------------------------------------------------------------------------------------

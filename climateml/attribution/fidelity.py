@@ -23,6 +23,7 @@ from torch import nn
 
 from climateml.attribution._fields import correlated_fields
 from climateml.attribution.core import METHODS, attribute
+from climateml.attribution.diagnostics import r2_skill
 
 #: methods the benchmark runs by default (Grad-CAM needs a conv layer; the benchmark's model is an MLP)
 FIDELITY_METHODS = tuple(m for m in METHODS if m != "grad_cam")
@@ -170,7 +171,7 @@ def run_fidelity(n_train: int = 20000, n_test: int = 200, shape: tuple[int, int]
     with torch.no_grad():
         pred = model(torch.as_tensor(test["x"].values, device=device)).cpu().numpy().ravel()
     yt = test["y"].values
-    r2 = float(1 - ((pred - yt) ** 2).sum() / ((yt - yt.mean()) ** 2).sum())
+    r2 = r2_skill(pred, yt)
     truth = test["contribution"].values
     opts = {**DEFAULT_METHOD_OPTIONS, **{k: dict(v) for k, v in (method_options or {}).items()}}
     results, maps = {}, {}

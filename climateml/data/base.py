@@ -218,26 +218,20 @@ class ResumableDataLoader(DataLoader):
 
 # ---- worker processes ----
 
-def _reset_dask_pools_after_fork() -> None:
-    """dask's thread pools do not survive a fork (their threads stay in the parent): forget them in the child,
-    so a threaded compute there starts a fresh pool instead of waiting forever on the parent's."""
-    try:
-        import dask.threaded as threaded
-    except ImportError:  # pragma: no cover
-        return
-    threaded.default_pool = None
-    threaded.pools.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_dask_pools_after_fork)
-
-
 def worker_init(worker_id: int, rank: int = 0) -> None:
-    """Runs first in every DataLoader worker process: dask reads synchronously (one process = one reader;
-    parallelism comes from the workers), then Lightning's per-worker seeds."""
-    import dask
+    """Runs first in every DataLoader worker process (every loader of :meth:`ClimateDataModule.dataloader`; pass
+    it as ``worker_init_fn`` to a loader of your own): dask reads synchronously (one process = one reader;
+    parallelism comes from the workers), then Lightning's per-worker seeds.
 
+    A forked worker also forgets the dask thread pools it inherited: their threads stayed in the parent, so a
+    threaded compute in the worker (a dataset asking for ``scheduler="threads"``) would otherwise wait on
+    them for ever; it starts a fresh pool instead.
+    """
+    import dask
+    import dask.threaded
+
+    dask.threaded.default_pool = None
+    dask.threaded.pools.clear()
     dask.config.set(scheduler="synchronous")
     if os.environ.get("PL_SEED_WORKERS") == "1":
         from lightning.fabric.utilities.seed import pl_worker_init_function

@@ -24,11 +24,12 @@ from climateml.data.base import ClimateDataModule, DataSpec
 from climateml.data.io import FLAG_ATTRS  # noqa: F401 (re-exported: climateml.data.climatenet.FLAG_ATTRS)
 from climateml.data.io import HDF5_LOCK, DataError, grid_difference, may_write_sample_data, open_dataset
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
+from climateml.grid import coord_mismatch
+from climateml.metrics.segmentation import CLASS_NAMES  # noqa: F401 (re-exported: climateml.data.climatenet.CLASS_NAMES)
 
 FILE_PATTERN = re.compile(r"^data-(\d{4}-\d{2}-\d{2})-01-1_(\d+)\.nc$")
 #: FILE_PATTERN as a glob: the files this layout reads; a folder holding none of them gets no sample data
 FILE_PATTERNS = ("data-????-??-??-01-1_*.nc",)
-CLASS_NAMES = ("background", "tc", "ar")
 LABEL_VAR = "LABELS"
 
 
@@ -396,23 +397,23 @@ class SegmentationDataModule(ClimateDataModule):
         return chosen
 
     def _check_grids(self, snapshots: list[Snapshot]) -> xr.Dataset:
-        """The (lat, lon) grid most files share; a DataError naming the first file on another grid."""
-        grids: dict[tuple, list[Path]] = {}
-        coords: dict[tuple, xr.Dataset] = {}
+        """The (lat, lon) grid most files share (within climateml.grid.GRID_TOLERANCE); a DataError naming the
+        first file on another grid."""
+        grids: list[tuple[xr.Dataset, list[Path]]] = []  # each distinct grid and its files
         for s in snapshots:
             for f in s.files:
                 lat, lon = read_grid(f)
-                key = (tuple(np.round(lat, 4)), tuple(np.round(lon, 4)))
-                grids.setdefault(key, []).append(f)
-                if key not in coords:
-                    coords[key] = xr.Dataset(coords={"lat": lat, "lon": lon})
-        common = max(grids, key=lambda k: len(grids[k]))
-        grid = coords[common]
-        for key, files in grids.items():
-            if key != common:
-                bad = sorted(files)[0]
-                raise DataError(f"{bad}: grid differs from the {len(grids[common])} file(s) like {grids[common][0]}: "
-                                f"{grid_difference(coords[key], grid)}")
+                same = [files for g, files in grids if len(g["lat"]) == len(lat) and len(g["lon"]) == len(lon)
+                        and coord_mismatch(g["lat"], lat) is None and coord_mismatch(g["lon"], lon) is None]
+                if same:
+                    same[0].append(f)
+                else:
+                    grids.append((xr.Dataset(coords={"lat": lat, "lon": lon}), [f]))
+        grid, common = max(grids, key=lambda g: len(g[1]))
+        for other, files in grids:
+            if files is not common:
+                raise DataError(f"{sorted(files)[0]}: grid differs from the {len(common)} file(s) like {common[0]}: "
+                                f"{grid_difference(other, grid)}")
         return grid
 
     def build(self) -> None:

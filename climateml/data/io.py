@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from climateml.errors import DataError  # noqa: F401  (re-exported: climateml.data.io.DataError)
+from climateml.grid import coord_mismatch
 from climateml.writers import write_dataset  # noqa: F401  (re-exported for the readers and generators)
 
 SUFFIXES = (".nc", ".zarr")
@@ -63,9 +64,9 @@ def to_standard_grid(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def grid_difference(a: xr.DataArray | xr.Dataset, b: xr.DataArray | xr.Dataset, dims=("lat", "lon"),
-                    atol: float = 1e-4) -> str | None:
-    """None if ``a`` and ``b`` share the grid ``dims``, else a short phrase saying which coordinate differs and how."""
+def grid_difference(a: xr.DataArray | xr.Dataset, b: xr.DataArray | xr.Dataset, dims=("lat", "lon")) -> str | None:
+    """None if ``a`` and ``b`` share the grid ``dims`` (within :data:`climateml.grid.GRID_TOLERANCE`), else a short
+    phrase saying which coordinate differs and how."""
     for d in dims:
         if d not in a.dims or d not in b.dims:
             missing = "first" if d not in a.dims else "second"
@@ -73,8 +74,8 @@ def grid_difference(a: xr.DataArray | xr.Dataset, b: xr.DataArray | xr.Dataset, 
         va, vb = np.asarray(a[d].values, float), np.asarray(b[d].values, float)
         if len(va) != len(vb):
             return f"{d} has {len(va)} points vs {len(vb)}"
-        if not np.allclose(va, vb, atol=atol):
-            i = int(np.argmax(np.abs(va - vb) > atol))
+        i = coord_mismatch(va, vb)
+        if i is not None:
             return (f"{d} values differ: {d}[{i}] = {va[i]:g} vs {vb[i]:g} "
                     f"(ranges {va.min():g}..{va.max():g} vs {vb.min():g}..{vb.max():g})")
     return None

@@ -27,6 +27,7 @@ import xarray as xr
 from climateml.data.io import HDF5_LOCK as _FILE_LOCK  # netCDF4/HDF5 is not thread-safe: reads take turns
 from climateml.data.io import DataError, open_dataset
 from climateml.data import odim
+from climateml.grid import coord_mismatch
 
 #: the files an archive folder is read from (globs of names): a folder's entries matching one of them are its
 #: frames, and a folder holding none of them gets no sample data (climateml.data.io.may_write_sample_data)
@@ -275,7 +276,7 @@ class RadarReader:
                                 f"{_grid_text(first)}; expected one grid for the archive")
             for dim in first["spatial"]:
                 a, b = first["coords"][dim][0], piece["coords"][dim][0]
-                if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-6 * max(1.0, float(np.abs(a).max()))):
+                if a.shape != b.shape or coord_mismatch(a, b) is not None:
                     raise DataError(f"{piece['path']}: grid differs from {first['path']}: {dim} has {b.size} values "
                                     f"from {b[0]:g} to {b[-1]:g}, expected {a.size} from {a[0]:g} to {a[-1]:g}")
         times = np.concatenate([p["times"] for p in pieces])

@@ -9,10 +9,8 @@ import xarray as xr
 
 from climateml import plotting
 from climateml.evaluation.base import Evaluation
-from climateml.metrics.segmentation import confusion_matrix, scores_from_confusion
+from climateml.metrics.segmentation import CLASS_NAMES, confusion_matrix, scores_from_confusion
 from climateml.models.heuristic_detection import HeuristicDetector
-
-CLASS_NAMES = ("background", "tc", "ar")
 
 
 class SegmentationEvaluation(Evaluation):

@@ -60,11 +60,30 @@ def bias(pred: xr.DataArray, truth: xr.DataArray, dim: Dims = None, weights: Wei
     return weighted_mean(pred - truth, dim, _weights(truth, weights))
 
 
-def r2(pred: xr.DataArray, truth: xr.DataArray, dim: Dims = None, weights: Weights = "area") -> xr.DataArray:
-    """Weighted coefficient of determination 1 - SS_res / SS_tot over ``dim`` (NaN where truth is constant)."""
+def r2(pred: xr.DataArray, truth: xr.DataArray, dim: Dims = None, weights: Weights = "area",
+       sample_dim: str | None = "time") -> xr.DataArray:
+    """Weighted coefficient of determination over ``dim``: 1 - SSE / SST, on the evaluation set given.
+
+    SSE = sum of w (pred - truth)^2 and SST = sum of w (truth - clim)^2 over ``dim``, where ``clim`` is the
+    truth's (weighted) mean over ``sample_dim`` at each grid cell: the evaluation set's own climatology of
+    that cell, so 0 means "no better than each cell's mean over the evaluation period", 1 perfect, below 0
+    worse. The spatial pattern of the mean field earns nothing (a grand mean over every dim would credit a
+    model for it). With ``weights=None`` and every dim reduced this is scikit-learn's
+    ``r2_score(truth, pred, multioutput="variance_weighted")`` on a (samples, cells) table; the default
+    weights are cos(lat) (see the module). ``sample_dim=None`` takes ``clim`` as the mean over ``dim``
+    instead. A cell where either argument is NaN is left out of both sums; NaN where SST is 0.
+    """
+    if sample_dim is not None and sample_dim not in truth.dims:
+        raise ValueError(f"r2: sample_dim {sample_dim!r} is not a dim of the truth {tuple(truth.dims)}; "
+                         "name the dim the climatology is taken over, or pass sample_dim=None")
     w = _weights(truth, weights)
+    truth = truth.where(pred.notnull())
+    if sample_dim is None:
+        clim = weighted_mean(truth, dim, w)
+    else:  # weights constant along the samples (area) leave each cell's mean unweighted
+        clim = weighted_mean(truth, sample_dim, w if w is not None and sample_dim in w.dims else None)
     ss_res = weighted_mean((pred - truth) ** 2, dim, w)
-    ss_tot = weighted_mean((truth - weighted_mean(truth, dim, w)) ** 2, dim, w)
+    ss_tot = weighted_mean((truth - clim) ** 2, dim, w)
     return (1.0 - ss_res / ss_tot).where(ss_tot > 0)
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+#: The classes of ClimateNet's LABELS (0 background, 1 tropical cyclone, 2 atmospheric river), in label order; the
+#: one definition (data, models and evaluation import it from here: metrics imports neither data nor models)
 CLASS_NAMES = ("background", "tc", "ar")
 
 

@@ -62,8 +62,7 @@ EARTH_RADIUS_KM = 6371.0
 R_DRY = 287.04  # J kg-1 K-1
 GRAVITY = 9.80665  # m s-2
 MM_PER_DAY = 1.0 / 86400.0 / 1000.0  # m s-1 per mm day-1
-BACKGROUND, TC, AR = 0, 1, 2
-CLASS_NAMES = ("background", "tc", "ar")
+BACKGROUND, TC, AR = 0, 1, 2  # the label values (names: climateml.metrics.segmentation.CLASS_NAMES)
 
 VARIABLES = {  # CAM5 name: (units, long_name)
     "TMQ": ("kg/m2", "Total (vertically integrated) precipitable water"),
