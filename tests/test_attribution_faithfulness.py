@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,83 @@ def test_attribution_scores_on_a_trained_cnn(trained_cnn):
     # the MoRF curve starts at the model's target on the unperturbed input
     f0 = model(torch.as_tensor(np.stack([x[v].values[:3] for v in INPUTS], 1))).detach().numpy().mean()
     assert d["region_perturbation_curve"]["target"][0] == pytest.approx(float(f0), rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a segmentation model trained on the sample data: integrated gradients find the cyclones
+# ----------------------------------------------------------------------------------------------------------
+
+SEG_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "segmentation.yaml")
+SEG_DATA = dict(channels=["TMQ", "U850", "V850", "PSL"], crop=[], val_fraction=0.15, test_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def tc_segmentation(tmp_path_factory):
+    """(data folder, DataModule, trained model, checkpoint) on 12 dates of the sample data on a 64 x 96 grid:
+    a depth-2, width-8 U-Net, 15 epochs (about 10 s on one core)."""
+    import lightning as L
+
+    from climateml.data.climatenet import SegmentationDataModule
+    from climateml.data.synthetic.climatenet import generate_climatenet
+    from climateml.models.segmentation import SegmentationModel
+
+    out = tmp_path_factory.mktemp("climatenet_tc")
+    generate_climatenet(out / "data", n_dates=12, nlat=64, nlon=96, seed=0, progress=False)
+    L.seed_everything(0)
+    dm = SegmentationDataModule(str(out / "data"), batch_size=4, **SEG_DATA)
+    dm.setup()
+    model = SegmentationModel(dm.spec, depth=2, width=8, lr=3e-3)
+    trainer = L.Trainer(max_epochs=15, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(out / "model.ckpt")
+    return out / "data", dm, model, out / "model.ckpt"
+
+
+def test_integrated_gradients_of_the_tc_class_sit_on_the_cyclones(tc_segmentation):
+    """Default baseline (training climatology): positive relevance inside the labelled TC cells of held-out dates
+    is at least 5 x their share of the grid (pooled over the dates and the four channels)."""
+    from climateml.attribution import class_score
+
+    _, dm, model, _ = tc_segmentation
+    for split in ("val", "test"):
+        x = dm.inputs_xarray(split)
+        tc = dm.truth(split)[split]["LABELS"].values == 1
+        a = attribute(model, x, "integrated_gradients", target=class_score(1), n_steps=16)
+        assert a.attrs["baseline"] == TRAINING_CLIMATOLOGY
+        positive = np.clip(a.values, 0, None).sum(1)  # (time, lat, lon)
+        ratio = (positive * tc).sum() / positive.sum() / tc.mean()
+        assert 0 < tc.mean() < 0.05 and ratio >= 5.0, (split, ratio)
+
+
+def test_attribute_command_with_sanity_and_scores(tc_segmentation, tmp_path, capsys):
+    """The issue's run: `climateml attribute ... --sanity` with the default baseline writes a NetCDF whose baseline
+    is the training climatology, no channel holds most of |attribution|, and the scores pass the sanity check."""
+    from climateml.cli import main
+
+    data, _, _, ckpt = tc_segmentation
+    args = ["attribute", "--config", SEG_CONFIG, "--ckpt_path", str(ckpt), "--method", "integrated_gradients",
+            "--target", "{kind: class_score, cls: 1}", "--n_figures", "1", "--options", "{n_steps: 8}",
+            "--data.init_args.data_dir", str(data), "--model.init_args.depth", "2", "--model.init_args.width", "8",
+            *[a for k, v in SEG_DATA.items() for a in (f"--data.init_args.{k}", json.dumps(v))],
+            "--trainer.logger", "false"]
+    assert main([*args, "--sanity", "--out", str(tmp_path),
+                 "--score_options", "{n_samples: 2, n_draws: 16, n_sensitivity_draws: 2}"]) == 0
+    out = capsys.readouterr().out
+    ds = xr.load_dataset(tmp_path / "attribution_integrated_gradients_test.nc")
+    assert ds.attrs["baseline"] == TRAINING_CLIMATOLOGY and ds.attrs["sanity_check"] == "passes"
+    a = np.abs(ds["attribution_integrated_gradients"].values)
+    shares = a.sum((0, 2, 3)) / a.sum()
+    assert shares.max() <= 0.8, shares
+    scores = json.loads((tmp_path / "scores_integrated_gradients_test.json").read_text())
+    assert scores["randomisation_spearman"] < 0.5 and scores["faithfulness_correlation"] > 0
+    assert scores["details"]["sanity"]["n_randomised"][-1] == len(scores["details"]["sanity"]["layers_top_down"])
+    np.testing.assert_allclose(list(scores["details"]["abs_share_per_channel"].values()), shares, rtol=1e-5)
+    assert "sanity check passed" in out and "share of |attribution| per channel: TMQ" in out
+    for name in ("sanity_integrated_gradients_test.png", "scores_test.png", "attribution_integrated_gradients_test_0.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 10_000
+    # a zeros baseline on PSL warns once, in one line, on stderr
+    assert main([*args, "--baseline", "zeros", "--score_options", "{n_samples: 1, n_sensitivity_draws: 1}",
+                 "--n_figures", "0", "--out", str(tmp_path / "zeros")]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "baseline 'zeros'" in line]
+    assert len(err) == 1 and err[0].startswith("warning: ") and "PSL (pressure" in err[0]

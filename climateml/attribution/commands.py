@@ -109,6 +109,34 @@ def _rank_figure(out_dir: Path, split: str) -> Path | None:
                       out_dir / "figures" / f"scores_{split}.png")
 
 
+def _scores(model, x, a, method: str, target, baseline, split: str, out_dir: Path, sanity: bool,
+            score_options: Mapping[str, Any] | None, options: Mapping[str, Any]) -> dict:
+    """Scores (and with ``sanity`` the full randomisation cascade and its figure) of the maps ``a`` of ``x``,
+    written to ``scores_<method>_<split>.json``."""
+    import json
+
+    from climateml.attribution import faithfulness, plots
+    from climateml.writers import write_text
+
+    opts = {**faithfulness.SCORE_OPTIONS, **dict(score_options or {})}
+    n_scored = int(opts["n_samples"])
+    with warnings.catch_warnings():
+        # the maps gave the baseline's warning once; the scores' own attribution runs would repeat it
+        warnings.filterwarnings("ignore", message="baseline 'zeros'")
+        check = None
+        if sanity:
+            check = faithfulness.randomisation_check(
+                model, faithfulness.first_samples(x, n_scored), method, target=target, baseline=baseline,
+                cascade_steps=int(opts["randomisation_steps"]), seed=int(opts["seed"]),
+                attr=faithfulness.first_samples(a, n_scored), **options)
+            plots.save(plots.plot_sanity(check), out_dir / "figures" / f"sanity_{method}_{split}.png")
+        result = faithfulness.attribution_scores(model, x, method, target=target, baseline=baseline, attr=a,
+                                                 sanity=check, score_options=opts, **options)
+    result["details"]["abs_share_per_channel"] = channel_shares(a)
+    write_text(json.dumps(result, indent=2, default=float), out_dir / f"scores_{method}_{split}.json")
+    return result
+
+
 def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any = None, split: str = "test",
                    n_samples: int | None = 16, out_dir: str | Path = "attribution", baseline: Any = None,
                    n_figures: int = 3, sanity: bool = False, scores: bool = True,
@@ -133,10 +161,8 @@ def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any 
     ``target`` may be a config mapping (``{kind: region_mean, index: tas, lat: [30, 60]}``); region targets
     get the DataModule's output grid and names unless they give their own.
     """
-    import json
-
     from climateml.attribution import faithfulness, plots
-    from climateml.writers import write_cf, write_text
+    from climateml.writers import write_cf
 
     datamodule.setup("test")
     x = inputs_from_datamodule(datamodule, split, n_samples, model)
@@ -148,19 +174,7 @@ def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any 
     flag = ""
     result = None
     if scores or sanity:
-        opts = {**faithfulness.SCORE_OPTIONS, **dict(score_options or {})}
-        n_scored = int(opts["n_samples"])
-        check = None
-        if sanity:
-            xs = faithfulness._subset(x, n_scored)
-            check = faithfulness.randomisation_check(model, xs, method, target=t, baseline=baseline,
-                                                     n_steps=int(opts["randomisation_steps"]), seed=int(opts["seed"]),
-                                                     attr=faithfulness._subset(a, n_scored), **options)
-            plots.save(plots.plot_sanity(check), out_dir / "figures" / f"sanity_{method}_{split}.png")
-        result = faithfulness.attribution_scores(model, x, method, target=t, baseline=baseline, attr=a, sanity=check,
-                                                 score_options=opts, **options)
-        result["details"]["abs_share_per_channel"] = channel_shares(a)
-        write_text(json.dumps(result, indent=2, default=float), out_dir / f"scores_{method}_{split}.json")
+        result = _scores(model, x, a, method, t, baseline, split, out_dir, sanity, score_options, options)
         if abs(result["randomisation_spearman"]) > faithfulness.SANITY_THRESHOLD:
             flag = " [FAILS the randomisation sanity check]"
     attrs = {**a.attrs, "split": split}
@@ -356,6 +370,11 @@ def demo_clever_hans_main(argv: Sequence[str]) -> int:
         print(f"{twin:>10}: relevance_mass_cue {r['relevance_mass_cue']:.3f}, skill {r['skill']:.3f} "
               f"(cue ablated {r['skill_cue_ablated']:.3f}, test {r['skill_test']:.3f}), "
               f"spray_n_clusters {r['spray_n_clusters']}")
+    for twin, r in res.items():
+        if "method_scores" in r:
+            print(f"{twin:>10}: scores of {a.method}: " + ", ".join(
+                f"{key} {value:.2f}" for key, value in r["method_scores"][a.method].items() if isinstance(value, float))
+                  + f" (sanity check: {r['method_scores'][a.method]['sanity_check']})")
     c, k = res["confounded"], res["clean"]
     ratio = c["relevance_mass_cue"] / max(k["relevance_mass_cue"], 1e-12)
     print(f"relevance on the cue: confounded / clean = {ratio:.1f}x; wrote {Path(a.out) / 'clever_hans.json'}")

@@ -42,13 +42,13 @@ SANITY_THRESHOLD = 0.5
 
 #: defaults of the scores (``climateml attribute --score_options`` overrides them)
 SCORE_OPTIONS: dict[str, Any] = {
-    "n_samples": 4,           # samples scored (the first ones of the attributed input)
+    "n_samples": 3,           # samples scored (the first ones of the attributed input)
     "n_draws": 32,            # faithfulness correlation: random subsets per sample
     "subset_fraction": 0.1,   # ... each holding this fraction of the regions
     "n_curve_steps": 16,      # region perturbation: points of the MoRF curve
-    "n_sensitivity_draws": 3,  # max-sensitivity: perturbed copies of every sample (each one attribution run)
+    "n_sensitivity_draws": 2,  # max-sensitivity: perturbed copies of every sample (each one attribution run)
     "radius": 0.1,            # ... half-width of the uniform noise, in units of each channel's std
-    "randomisation_steps": 4,  # cascading randomisation: steps from the output layer down to all layers
+    "randomisation_steps": 3,  # cascading randomisation: steps from the output layer down to all layers
     "seed": 0,
 }
 
@@ -311,7 +311,8 @@ def perturbation_regions(layout: InputLayout) -> np.ndarray:
     return np.ravel_multi_index(tiles, n_tiles)
 
 
-def _subset(x: xr.DataArray | xr.Dataset, n: int) -> xr.DataArray | xr.Dataset:
+def first_samples(x: xr.DataArray | xr.Dataset, n: int) -> xr.DataArray | xr.Dataset:
+    """The first ``n`` samples of an input or of its maps (the sample dim first)."""
     layout = input_layout(x)
     return x.isel({layout.sample_dim: slice(0, n)})
 
@@ -382,7 +383,7 @@ class SanityResult:
 
 
 def randomisation_check(model: nn.Module, x: xr.DataArray | xr.Dataset, method: str, target: Any = None,
-                        baseline: Any = None, n_steps: int | None = None, seed: int = 0,
+                        baseline: Any = None, cascade_steps: int | None = None, seed: int = 0,
                         attr: xr.DataArray | xr.Dataset | None = None,
                         explain: Callable[[nn.Module, xr.DataArray | xr.Dataset], Any] | None = None,
                         **options) -> SanityResult:
@@ -397,8 +398,8 @@ def randomisation_check(model: nn.Module, x: xr.DataArray | xr.Dataset, method: 
 
     Args:
         model, x, method, target, baseline, options: as for :func:`~climateml.attribution.attribute`.
-        n_steps: number of cascade steps (evenly spaced counts of randomised layers, the last one all of
-            them); default: one step per layer.
+        cascade_steps: number of cascade steps (evenly spaced counts of randomised layers, the last one all
+            of them); default: one step per layer.
         attr: the trained model's maps of ``x`` (computed if not given).
         explain: ``explain(model, x) -> maps`` instead of ``attribute`` (to check any explanation function, e.g.
             one that returns the input itself).
@@ -413,7 +414,7 @@ def randomisation_check(model: nn.Module, x: xr.DataArray | xr.Dataset, method: 
     layers = cascade_layers(model, torch.as_tensor(layout.values()[:1], device=dev, dtype=dtype))
     if not layers:
         raise ConfigError(f"{type(model).__name__} has no layer with parameters to randomise")
-    steps = len(layers) if n_steps is None else max(1, min(int(n_steps), len(layers)))
+    steps = len(layers) if cascade_steps is None else max(1, min(int(cascade_steps), len(layers)))
     counts = sorted({int(c) for c in np.round(np.linspace(1, len(layers), steps))} | {len(layers)})
     randomised = copy.deepcopy(model)
     modules = dict(randomised.named_modules())
@@ -466,14 +467,14 @@ def attribution_scores(model: nn.Module, x: xr.DataArray | xr.Dataset, method: s
     if unknown:
         raise ConfigError(f"score options {sorted(unknown)} unknown; known: {sorted(SCORE_OPTIONS)}")
     seed = int(opts["seed"])
-    xs = _subset(x, int(opts["n_samples"]))
+    xs = first_samples(x, int(opts["n_samples"]))
     layout = input_layout(xs, None, model)
     variables = layout.variables
 
     def explain(m: nn.Module, inputs) -> Any:
         return attribute(m, inputs, method, target=target, baseline=baseline, seed=seed, **options)
 
-    a = _subset(attr, int(opts["n_samples"])) if attr is not None else explain(model, xs)
+    a = first_samples(attr, int(opts["n_samples"])) if attr is not None else explain(model, xs)
     values, maps = layout.values(), _values(a, variables)
     reference, reference_desc = default_baseline(model, layout)
     regions = perturbation_regions(layout)
@@ -489,7 +490,7 @@ def attribution_scores(model: nn.Module, x: xr.DataArray | xr.Dataset, method: s
     sens = max_sensitivity(explain_values, values, maps, float(opts["radius"]), _channel_std(values),
                            int(opts["n_sensitivity_draws"]), seed)
     if sanity is None:
-        sanity = randomisation_check(model, xs, method, n_steps=1, seed=seed, attr=a,
+        sanity = randomisation_check(model, xs, method, cascade_steps=1, seed=seed, attr=a,
                                      explain=lambda m, inputs: explain(m, inputs))
 
     def mean(v: np.ndarray) -> float:
