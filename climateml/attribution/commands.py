@@ -342,7 +342,7 @@ def synth_confounded_main(argv: Sequence[str]) -> int:
 
 def demo_clever_hans_main(argv: Sequence[str]) -> int:
     """``climateml demo clever-hans --out DIR``: train on both twins, diagnose, write clever_hans.json and figures."""
-    from climateml.attribution.confounded import read_confounded, run_clever_hans
+    from climateml.attribution.confounded import SCORED_METHODS, read_confounded, run_clever_hans
 
     p = argparse.ArgumentParser(prog="climateml demo clever-hans",
                                 description="Train a small CNN on a confounded data set and on its clean twin, and "
@@ -360,12 +360,16 @@ def demo_clever_hans_main(argv: Sequence[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--score-methods", default=",".join(SCORED_METHODS),
+                   help="comma-separated methods whose faithfulness / robustness scores and sanity check are computed "
+                        "and ranked ('' for none; the diagnosed --method is always scored when any is)")
     a = p.parse_args(list(argv))
     if a.threads:
         torch.set_num_threads(a.threads)
     data = read_confounded(a.data) if a.data else None
     res = run_clever_hans(a.out, data=data, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, epochs=a.epochs,
-                          method=a.method, n_attribution=a.n_attribution, seed=a.seed, make_figures=not a.no_figures)
+                          method=a.method, n_attribution=a.n_attribution, seed=a.seed, make_figures=not a.no_figures,
+                          scored_methods=[m for m in a.score_methods.split(",") if m.strip()])
     for twin, r in res.items():
         print(f"{twin:>10}: relevance_mass_cue {r['relevance_mass_cue']:.3f}, skill {r['skill']:.3f} "
               f"(cue ablated {r['skill_cue_ablated']:.3f}, test {r['skill_test']:.3f}), "
