@@ -344,7 +344,7 @@ def plot_sanity(results: Sequence[Any] | Any, title: str | None = None):
     from the output down; the band |rho| <= threshold is where a method passes. A failing method is named in
     the title."""
     results = list(results) if isinstance(results, (list, tuple)) else [results]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(7.6, 3.6), constrained_layout=True)
     threshold = results[0].threshold
     ax.axhspan(-threshold, threshold, color="0.9", label=f"passes: |rho| <= {threshold:g}")
     for r in results:
@@ -354,7 +354,8 @@ def plot_sanity(results: Sequence[Any] | Any, title: str | None = None):
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("layers re-initialised, from the output layer down")
     ax.set_ylabel("Spearman rho with the trained model's maps", fontsize=8)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    fig.legend(fontsize=7, loc="outside right upper")
     failed = [r.method for r in results if not r.passed]
     if title is None:
         title = ("Sanity check (model-parameter randomisation, Adebayo et al. 2018): "
