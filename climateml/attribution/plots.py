@@ -360,7 +360,7 @@ def plot_sanity(results: Sequence[Any] | Any, title: str | None = None):
     if title is None:
         title = ("Sanity check (model-parameter randomisation, Adebayo et al. 2018): "
                  + (f"FAILED by {', '.join(failed)}: the maps barely change when the model is randomised"
-                    if failed else "every method passes"))
+                    if failed else f"{results[0].method} passes" if len(results) == 1 else "every method passes"))
     ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9, color="C3" if failed else "k")
     return fig
 
