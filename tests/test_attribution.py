@@ -300,6 +300,8 @@ def test_same_numbers_as_captum_called_per_sample(method):
     kw = {"n_steps": 16} if method == "integrated_gradients" else {}
     a = attribute(model, x, method, **kw)
     cls = {"integrated_gradients": ca.IntegratedGradients, "saliency": ca.Saliency, "deeplift": ca.DeepLift}[method]
+    if method != "saliency":  # the default baseline of a model without training statistics: the samples' mean
+        kw["baselines"] = torch.as_tensor(x.values.mean(0, keepdims=True))
     ref = np.concatenate([cls(model).attribute(torch.as_tensor(x.values[i:i + 1]).requires_grad_(), target=0, **kw)
                           .detach().numpy()
                           for i in range(N)])

@@ -73,7 +73,8 @@ def test_confounded_twins_differ_only_in_the_cue(tmp_path):
 
 
 def test_clever_hans_small(tmp_path):
-    res = run_clever_hans(tmp_path, n_train=1000, n_val=300, n_test=300, epochs=12, n_attribution=100)
+    res = run_clever_hans(tmp_path, n_train=1000, n_val=300, n_test=300, epochs=12, n_attribution=100,
+                          scored_methods=("saliency",))  # and the diagnosed method, integrated gradients
     conf, clean = res["confounded"], res["clean"]
     assert set(res) == {"confounded", "clean"}
     for r in (conf, clean):
@@ -82,6 +83,13 @@ def test_clever_hans_small(tmp_path):
     assert conf["skill"] - conf["skill_cue_ablated"] > 0.5          # ablating the cue ruins the confounded model
     assert abs(clean["skill"] - clean["skill_cue_ablated"]) < max(0.05, 2 * clean["skill_std"])  # within noise
     assert conf["skill_test"] < clean["skill_test"]                 # and it fails where the cue is random
+    for r in (conf, clean):  # the default baseline's maps are faithful to the model and pass the sanity check
+        ig = r["method_scores"]["integrated_gradients"]
+        assert set(r["method_scores"]) == {"saliency", "integrated_gradients"}
+        assert ig["faithfulness_correlation"] > 0.8 and ig["sanity_check"] == "passes"
+        assert ig["region_perturbation_auc"] > ig["region_perturbation_auc_random_order"]
+    assert (tmp_path / "figures" / "method_scores_confounded.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "sanity_confounded.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "clever_hans.json").read_text())
     assert saved["confounded"]["relevance_mass_cue"] == pytest.approx(conf["relevance_mass_cue"])
     assert (tmp_path / "figures" / "attribution_confounded.png").stat().st_size > 10_000
@@ -98,11 +106,13 @@ def test_commands_synth_and_demo(tmp_path, capsys):
         assert {"tas", "psl", "station_density", "heat_index"} <= set(train.data_vars)
         assert train["heat_index"].size == 600
     assert main(["demo", "clever-hans", "--out", str(tmp_path / "demo"), "--data", str(tmp_path / "data"),
-                 "--epochs", "8", "--n-attribution", "60", "--no-figures", "--threads", "1"]) == 0
+                 "--epochs", "8", "--n-attribution", "60", "--no-figures", "--threads", "1",
+                 "--score-methods", "integrated_gradients"]) == 0
     assert main(["demo", "something-else"]) == 2
     res = json.loads((tmp_path / "demo" / "clever_hans.json").read_text())
     assert res["confounded"]["relevance_mass_cue"] > res["clean"]["relevance_mass_cue"]
-    assert "confounded / clean" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "confounded / clean" in out and "confounded: scores of integrated_gradients: faithfulness_correlation" in out
 
 
 def test_attribute_command_on_the_temperature_task(small_climatebench, tmp_path):

@@ -20,7 +20,8 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_clever_hans_a
 SAMPLES, EPOCHS, N_ATTRIBUTION, FIDELITY_SAMPLES = 600, 8, 100, 8000
 METHODS = ["saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deeplift", "gradient_shap",
            "occlusion", "grad_cam"]
-TAGS = ("skill", "coords", "relevance_mass", "relevance_ig", "ablation", "importance", "spray", "fidelity", "netcdf")
+TAGS = ("skill", "coords", "relevance_mass", "relevance_ig", "ablation", "importance", "spray", "fidelity", "scores",
+        "netcdf")
 SETTINGS = ("CLIMATEML_CH_SAMPLES", "CLIMATEML_CH_EPOCHS", "CLIMATEML_CH_ATTRIBUTION", "CLIMATEML_CH_FIDELITY_SAMPLES",
             "CLIMATEML_CH_OUT", "CLIMATEML_CH_THREADS")
 
@@ -107,6 +108,19 @@ def test_clever_hans_notebook_runs_on_small_data(tmp_path, monkeypatch):
     assert saved["methods"]["integrated_gradients"]["correlation"] == pytest.approx(
         fid.loc["integrated_gradients", "correlation"], abs=1e-3)
     assert (out / "fidelity" / "figures" / "fidelity_correlation.png").stat().st_size > 10_000
+
+    # faithfulness scores and the sanity check on the confounded model: path methods are faithful, gradient
+    # methods pass the randomisation check, the input itself fails it
+    text = tagged_text(nb, "scores")
+    scores = printed_table(text.split("sanity check (")[0])
+    assert list(scores.index) == ["saliency", "input_x_gradient", "integrated_gradients", "deeplift", "gradient_shap",
+                                  "occlusion"]
+    for method in ("integrated_gradients", "deeplift", "occlusion"):
+        assert scores.loc[method, "faithfulness_correlation"] > 0.5, method
+        assert scores.loc[method, "region_perturbation_auc"] > scores.loc[method, "region_perturbation_auc_random_order"]
+    for method in ("saliency", "input_x_gradient", "integrated_gradients"):
+        assert scores.loc[method, "sanity_check"] == "passes" and abs(scores.loc[method, "randomisation_spearman"]) < 0.5
+    assert "the input itself FAILS" in text
 
     # the NetCDF file: maps, inputs and clusters of both models on the data's own grid
     assert "read back identical: True" in tagged_text(nb, "netcdf")

@@ -68,7 +68,7 @@ SMALL_SYNTH = {
     "confounded": ["--n-train", "24", "--n-val", "12", "--n-test", "12", "--nlat", "8", "--nlon", "12"],
 }
 SMALL_DEMO = ["--n-train", "96", "--n-val", "32", "--n-test", "32", "--epochs", "1", "--n-attribution", "8",
-              "--no-figures", "--threads", "1"]
+              "--no-figures", "--threads", "1", "--score-methods", "integrated_gradients"]
 SMALL_ATTRIBUTE = ["--n_samples", "2", "--n_figures", "1", "--options", "{n_steps: 4}"]
 
 
@@ -295,9 +295,13 @@ def test_readme_command_runs_and_does_what_the_readme_says(command, workspace):
             dims = {"temperature": ("sample", "feature"), "segmentation": ("time", "channel", "lat", "lon"),
                     "nowcasting": ("time", "input_frame", "y", "x")}[task]
             assert a.dims == dims and np.isfinite(a.values).all()
+            assert ds.attrs["baseline"].startswith("training climatology")  # the README's default
             region = (yaml.safe_load(option(argv, "--target") or "{}") or {}).get("region") or {}
             for dim, (low, high) in region.items():
                 assert f"{dim} {low:g}..{high:g}" in ds.attrs["target"], ds.attrs["target"]
+        scores = json.loads((out_dir / f"scores_{method}_{split}.json").read_text())
+        assert {"faithfulness_correlation", "region_perturbation_auc", "max_sensitivity", "sparseness",
+                "randomisation_spearman"} <= set(scores)
     elif sub == "demo":
         res = json.loads((ws.root / option(argv, "--out") / "clever_hans.json").read_text())
         assert set(res) >= {"confounded", "clean"}

@@ -209,7 +209,8 @@ def diagnose(model: nn.Module, data: Mapping[str, xr.Dataset], method: str = "in
                         base_pred=pred_val)
     skill_test = r2_skill(predict(model, _inputs(test)).ravel(), test[TARGET].values)
     sub = x_val.isel(sample=slice(0, n_attribution))
-    attr = attribute(model, sub, method, baseline=clim.isel(sample=0, drop=True), **dict(method_options or {}))
+    # the default baseline: the training climatology the model standardises with (its mean per channel)
+    attr = attribute(model, sub, method, **dict(method_options or {}))
     mass = relevance_mass_accuracy(attr, cue_region_spec())
     mass_oriented = relevance_mass_accuracy(attr, cue_region_spec(), orient=True)
     rank = relevance_rank_accuracy(attr, cue_region_spec())
@@ -239,10 +240,35 @@ def diagnose(model: nn.Module, data: Mapping[str, xr.Dataset], method: str = "in
                      "climatology": clim, "train_std": std}
 
 
+#: the methods the demo scores and ranks (faithfulness, robustness, sanity) on each model
+SCORED_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "deeplift", "gradient_shap", "occlusion")
+
+
+def score_methods(model: nn.Module, x: xr.Dataset, methods: Sequence[str] = SCORED_METHODS,
+                  score_options: Mapping[str, Any] | None = None, seed: int = 0) -> tuple[dict, list]:
+    """({method: scores}, [SanityResult]) of each method on ``x``'s first samples, with the default baselines and
+    the full cascading randomisation (:mod:`climateml.attribution.faithfulness`)."""
+    from climateml.attribution.faithfulness import SCORE_OPTIONS, first_samples, attribution_scores, randomisation_check
+
+    opts = {**SCORE_OPTIONS, "n_samples": 8, "seed": seed, **dict(score_options or {})}
+    xs = first_samples(x, int(opts["n_samples"]))
+    scores, checks = {}, []
+    for m in methods:
+        a = attribute(model, xs, m, seed=seed)
+        check = randomisation_check(model, xs, m, seed=seed, attr=a)
+        res = attribution_scores(model, xs, m, attr=a, sanity=check, score_options=opts)
+        scores[m] = {k: v for k, v in res.items() if k != "details"}
+        scores[m]["region_perturbation_auc_random_order"] = res["details"]["region_perturbation_auc_random_order"]
+        scores[m]["sanity_check"] = "passes" if check.passed else "fails"
+        checks.append(check)
+    return scores, checks
+
+
 def run_clever_hans(out_dir: str | Path | None = None, data: Mapping[str, Mapping[str, xr.Dataset]] | None = None,
                     n_train: int = 3000, n_val: int = 400, n_test: int = 400, epochs: int = 25,
                     method: str = "integrated_gradients", n_attribution: int = 200, seed: int = 0,
-                    make_figures: bool = True, **data_options) -> dict[str, dict[str, Any]]:
+                    make_figures: bool = True, scored_methods: Sequence[str] = SCORED_METHODS,
+                    **data_options) -> dict[str, dict[str, Any]]:
     """Train a model on each twin and diagnose both: ``{"confounded": {...}, "clean": {...}}``.
 
     Args:
@@ -251,8 +277,12 @@ def run_clever_hans(out_dir: str | Path | None = None, data: Mapping[str, Mappin
         data: the twins as :func:`generate_confounded` returns them (default: generated with the sizes given
             and ``data_options``).
         epochs: training epochs per model.
-        method: the attribution method for relevance mass and SpRAy.
+        method: the attribution method for relevance mass and SpRAy (with its default baseline, the training
+            climatology the model standardises with).
         n_attribution: validation samples attributed.
+        scored_methods: methods whose faithfulness and robustness scores and sanity check (on 8 validation
+            samples) go to ``result[twin]["method_scores"]`` and, with figures, ``figures/method_scores_<twin>.png``
+            and ``figures/sanity_<twin>.png``.
     """
     torch_threads = torch.get_num_threads()
     data = data or generate_confounded(n_train, n_val, n_test, seed=seed, **data_options)
@@ -262,6 +292,9 @@ def run_clever_hans(out_dir: str | Path | None = None, data: Mapping[str, Mappin
         model = train_cnn(data[twin]["train"], epochs=epochs, seed=seed)
         t1 = time.perf_counter()
         numbers, art = diagnose(model, data[twin], method, n_attribution, seed=seed)
+        if scored_methods:  # the diagnosed method among them
+            scored = list(dict.fromkeys([*scored_methods, method]))
+            numbers["method_scores"], art["sanity"] = score_methods(model, _inputs(data[twin]["val"]), scored, seed=seed)
         numbers["train_seconds"] = t1 - t0
         numbers["diagnose_seconds"] = time.perf_counter() - t1
         result[twin], artefacts[twin] = numbers, art
@@ -290,6 +323,12 @@ def _write(out: Path, result, artefacts, data, make_figures: bool, settings: dic
     boxes = [SIGNAL_REGION, CUE_REGION]
     plots.save(plots.plot_clever_hans(result), fig_dir / "clever_hans_scores.png")
     for twin, art in artefacts.items():
+        if "method_scores" in result[twin]:
+            plots.save(plots.plot_method_scores(result[twin]["method_scores"],
+                                               title=f"{twin} model: attribution methods ranked on 8 validation samples "
+                                                     "(best at the top of each panel; red: fails the sanity check)"),
+                       fig_dir / f"method_scores_{twin}.png")
+            plots.save(plots.plot_sanity(art["sanity"]), fig_dir / f"sanity_{twin}.png")
         # the sample with the highest heat index among the attributed ones: relevance is mostly positive there
         y = data[twin]["val"][TARGET].values[: art["attribution"].sizes["sample"]]
         k = int(np.argmax(y))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -264,7 +265,107 @@ def auto_batch_size(activations_per_row: int, device: torch.device, budget_mib: 
 # baselines
 # ---------------------------------------------------------------------------------------------------
 
-def _baseline_array(baseline: Any, layout: InputLayout, method: str, max_baselines: int, seed: int) -> tuple[np.ndarray | float, str]:
+#: variable names (lower case) whose zero is no physical state: absolute temperature [K], pressure [Pa] and
+#: geopotential [m2 s-2] or geopotential height [m] (CMIP / CF, ERA5 and CAM5 / ClimateNet spellings)
+UNPHYSICAL_ZERO_NAMES = {
+    "temperature": re.compile(r"^(t|ta|tas|tasmax|tasmin|ts|t2m?|skt|sst|trefht|tbot|t\d+|air_temperature)$"),
+    "pressure": re.compile(r"^(p|ps|psl|msl|mslp|slp|sp|pres|pressure|pbot|air_pressure)$"),
+    "geopotential": re.compile(r"^(z|zg|phi|phis|zbot|z\d+|gh|geopotential)$"),
+}
+#: units whose zero is no physical state (spelled without blanks, '**' or '^', lower case)
+UNPHYSICAL_ZERO_UNITS = {"k": "temperature", "degk": "temperature", "kelvin": "temperature",
+                         "pa": "pressure", "hpa": "pressure", "kpa": "pressure", "mbar": "pressure",
+                         "millibar": "pressure", "bar": "pressure", "atm": "pressure",
+                         "m2s-2": "geopotential", "m2/s2": "geopotential", "gpm": "geopotential"}
+
+
+def _zero_kind(name: str, attrs: Mapping[str, Any]) -> str | None:
+    """"temperature", "pressure" or "geopotential" when 0 in this variable's units is no physical state, from its
+    ``standard_name``, ``units`` and name; None for anomalies (``anomaly`` in its names) and other quantities."""
+    names = " ".join(str(attrs.get(k, "")) for k in ("standard_name", "long_name")).lower()
+    if "anomal" in names or "anomal" in name.lower():
+        return None
+    std = str(attrs.get("standard_name", "")).lower()
+    for kind in ("geopotential", "pressure", "temperature"):
+        if kind in std:
+            return kind
+    units = str(attrs.get("units", "")).lower().replace(" ", "").replace("**", "").replace("^", "")
+    if units in UNPHYSICAL_ZERO_UNITS:
+        return UNPHYSICAL_ZERO_UNITS[units]
+    return next((k for k, pattern in UNPHYSICAL_ZERO_NAMES.items() if pattern.match(name.lower())), None)
+
+
+def unphysical_zero_channels(layout: InputLayout) -> list[tuple[str, str, float]]:
+    """(name, kind, distance) of each input channel whose zero is no physical state (:func:`_zero_kind`):
+    ``distance`` is how far 0 lies from the channel's mean over the input, in its standard deviations."""
+    x = layout.template
+    values = layout.values()
+    if layout.variables is not None:
+        channels = [(v, dict(layout.dataset[v].attrs), i) for i, v in enumerate(layout.variables)]
+    elif x.ndim > 1 and x.dims[1] in x.coords and all(isinstance(v, str) for v in np.asarray(x[x.dims[1]].values).tolist()):
+        channels = [(str(v), dict(x.attrs) if x.shape[1] == 1 else {}, i) for i, v in enumerate(x[x.dims[1]].values)]
+    else:
+        channels = [(str(x.name or "input"), dict(x.attrs), None)]
+    out = []
+    for name, attrs, i in channels:
+        kind = _zero_kind(name, attrs)
+        if kind is None:
+            continue
+        v = values if i is None else values[:, i]
+        std = float(v.std()) or 1.0
+        out.append((name, kind, abs(float(v.mean())) / std))
+    return out
+
+
+def _warn_zeros(layout: InputLayout) -> None:
+    """One warning line when a zeros baseline is no physical state of some channel."""
+    bad = unphysical_zero_channels(layout)
+    if bad:
+        which = ", ".join(f"{n} ({k}, 0 lies {d:.0f} std from its mean)" for n, k, d in bad)
+        warnings.warn(f"baseline 'zeros' is no physical state of {which}: path methods then measure the distance "
+                      "from an impossible input, not what the model uses; leave the baseline at its default, the "
+                      "training climatology", UserWarning, stacklevel=4)
+
+
+def training_climatology(model: nn.Module, per_sample_shape: Sequence[int]) -> np.ndarray | None:
+    """The training climatology of the model's inputs, shaped (1, *per_sample_shape), in the input's units; None
+    if the model carries none.
+
+    Taken from ``model.input_climatology()`` when the model defines it (a tensor that broadcasts to one
+    sample, e.g. the nowcasting model's rain rate at its training mean), else from the training mean the
+    model standardises with (its ``x_mean`` buffer, fitted on training data by the DataModule and saved in
+    the checkpoint): one value per channel (axis 1 of the input), or one per cell when it has a sample's
+    full shape. Either way it is zero in the model's standardised space.
+    """
+    shape = tuple(int(s) for s in per_sample_shape)
+    fn = getattr(model, "input_climatology", None)
+    mean = fn() if callable(fn) else getattr(model, "x_mean", None)
+    if not isinstance(mean, torch.Tensor):
+        return None
+    m = mean.detach().float().cpu().numpy()
+    if m.size == int(np.prod(shape)):
+        return m.reshape(1, *shape)
+    if shape and m.size == shape[0]:
+        return np.broadcast_to(m.reshape(1, shape[0], *([1] * (len(shape) - 1))), (1, *shape)).copy()
+    return None
+
+
+#: descriptions of the default baseline stored in the maps' ``baseline`` attribute
+TRAINING_CLIMATOLOGY = "training climatology (the training mean the model standardises with; 0 in its standardised space)"
+SAMPLE_CLIMATOLOGY = "climatology of the input (mean over its {n} samples; the model carries no training mean)"
+
+
+def default_baseline(model: nn.Module, layout: InputLayout) -> tuple[np.ndarray, str]:
+    """(values (1, ...), description) of the default baseline: the training climatology the model carries
+    (:func:`training_climatology`), else the mean over the input's samples at every cell."""
+    clim = training_climatology(model, layout.template.shape[1:])
+    if clim is not None:
+        return clim.astype(np.float32), TRAINING_CLIMATOLOGY
+    return layout.values().mean(axis=0, keepdims=True), SAMPLE_CLIMATOLOGY.format(n=layout.template.shape[0])
+
+
+def _baseline_array(baseline: Any, layout: InputLayout, method: str, max_baselines: int, seed: int,
+                    model: nn.Module) -> tuple[np.ndarray | float, str]:
     """(values, description): a float, an array (1, ...) broadcast over samples, (n, ...) one per sample,
     or for gradient SHAP a distribution (m, ...)."""
     x = layout.template
@@ -273,14 +374,20 @@ def _baseline_array(baseline: Any, layout: InputLayout, method: str, max_baselin
         if method == "gradient_shap":
             idx = np.random.default_rng(seed).permutation(n)[:max_baselines]
             return layout.values()[np.sort(idx)], f"{min(n, max_baselines)} input samples (the input's distribution)"
-        return 0.0, "zeros"
+        return default_baseline(model, layout)
     if isinstance(baseline, str):
         if baseline == "zeros":
+            _warn_zeros(layout)
             return 0.0, "zeros"
         if baseline == "climatology":
-            return layout.values().mean(axis=0, keepdims=True), "climatology (mean over the input's samples)"
-        raise ConfigError(f"baseline must be 'zeros', 'climatology', a number or an array/xarray, got {baseline!r}")
+            return default_baseline(model, layout)
+        if baseline == "sample_mean":
+            return layout.values().mean(axis=0, keepdims=True), f"mean over the input's {n} samples"
+        raise ConfigError(f"baseline must be 'climatology', 'sample_mean', 'zeros', a number or an array/xarray, "
+                          f"got {baseline!r}")
     if isinstance(baseline, (int, float, np.integer, np.floating)):
+        if float(baseline) == 0.0:
+            _warn_zeros(layout)
         return float(baseline), f"constant {float(baseline):g}"
     if isinstance(baseline, (xr.DataArray, xr.Dataset)):
         b = input_layout(baseline, layout.variables).template if isinstance(baseline, xr.Dataset) else baseline
@@ -555,10 +662,16 @@ def attribute(model: nn.Module, x: xr.DataArray | xr.Dataset, method: str, targe
             index, a :class:`~climateml.attribution.targets.Target` (region means, class scores, nowcast rain),
             a callable ``f(output) -> (n,)`` or a config mapping (see :func:`~climateml.attribution.targets.as_target`).
             A region target's grid defaults to ``x``'s lat/lon or y/x coordinates.
-        baseline: reference input of integrated gradients, DeepLift, occlusion and gradient SHAP: None (zeros;
-            for gradient SHAP a random subset of ``x``'s samples), "zeros", "climatology" (mean over ``x``'s
-            samples), a number, an xarray field (with or without the sample dim) or an array. In physical
-            units zeros are rarely a neutral state: "climatology" usually is.
+        baseline: reference input of integrated gradients, DeepLift, occlusion and gradient SHAP. None (the
+            default) or "climatology": the **training climatology** the model carries (:func:`training_climatology`:
+            the training mean per channel, or per cell, that it standardises its inputs with, i.e. zero in its
+            standardised space); for a model that carries none, the mean over ``x``'s samples at every cell.
+            Gradient SHAP's default is a random subset of ``x``'s samples (its baseline is a distribution).
+            Also "sample_mean" (mean over ``x``'s samples), "zeros", a number, an xarray field (with or without
+            the sample dim) or an array. Zeros in physical units are rarely a neutral state: 0 Pa of pressure
+            or 0 K lie ~100 standard deviations from any real state, and path methods then measure the distance
+            from that impossible input; a zeros baseline on such a channel (pressure, temperature in K,
+            geopotential, from its standard_name, units or name) warns in one line.
         variables: a Dataset's variables in the model's channel order (default: ``model.spec.inputs`` if it names
             them, else the Dataset's order).
         internal_batch_size: at most this many rows go through the model at once (memory bound): samples
@@ -615,7 +728,8 @@ def attribute(model: nn.Module, x: xr.DataArray | xr.Dataset, method: str, targe
                                       n, layout.sample_dim)
         fwd = TargetModule(model, bound.reducer).to(dev)
         fwd.eval()
-        base, base_desc = _baseline_array(baseline, layout, method, int(opts.get("max_baselines", 64)), seed)
+        base, base_desc = _baseline_array(baseline, layout, method, int(opts.get("max_baselines", 64)), seed,
+                                           model)
         cam_layer, cam_name = None, ""
         if method == "grad_cam":
             cam_name, cam_layer = _conv_layer(model, order, opts["layer"], final)

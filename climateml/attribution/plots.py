@@ -336,3 +336,62 @@ def plot_clever_hans(result: Mapping[str, Mapping[str, float]],
     ax.set_title("Clever-Hans diagnostics: relevance on the cue, skill before / after ablating it", fontsize=9)
     return fig
 
+
+
+def plot_sanity(results: Sequence[Any] | Any, title: str | None = None):
+    """Cascading randomisation (:class:`~climateml.attribution.faithfulness.SanityResult`, one or several methods):
+    Spearman rho between the trained and the randomised model's maps against the number of layers randomised
+    from the output down; the band |rho| <= threshold is where a method passes. A failing method is named in
+    the title."""
+    results = list(results) if isinstance(results, (list, tuple)) else [results]
+    fig, ax = plt.subplots(figsize=(7.6, 3.6), constrained_layout=True)
+    threshold = results[0].threshold
+    ax.axhspan(-threshold, threshold, color="0.9", label=f"passes: |rho| <= {threshold:g}")
+    for r in results:
+        ax.plot([0, *r.n_randomised], [1.0, *r.spearman], marker="o", ms=3,
+                label=f"{r.method} ({'passes' if r.passed else 'FAILS'})")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("layers re-initialised, from the output layer down")
+    ax.set_ylabel("Spearman rho with the trained model's maps", fontsize=8)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    fig.legend(fontsize=7, loc="outside right upper")
+    failed = [r.method for r in results if not r.passed]
+    if title is None:
+        title = ("Sanity check (model-parameter randomisation, Adebayo et al. 2018): "
+                 + (f"FAILED by {', '.join(failed)}: the maps barely change when the model is randomised"
+                    if failed else f"{results[0].method} passes" if len(results) == 1 else "every method passes"))
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9, color="C3" if failed else "k")
+    return fig
+
+
+def plot_method_scores(scores: Mapping[str, Mapping[str, Any]], title: str = ""):
+    """Methods ranked on one run: one panel per score (:data:`~climateml.attribution.faithfulness.SCORE_DIRECTION`),
+    the methods' bars sorted best first (top), the direction of "better" in the panel's title."""
+    from climateml.attribution.faithfulness import SANITY_THRESHOLD, SCORE_DIRECTION
+
+    keys = [k for k in SCORE_DIRECTION if any(k in s for s in scores.values())]
+    methods = list(scores)
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.9 * len(keys) + 0.6, 0.42 * len(methods) + 1.6),
+                             constrained_layout=True, squeeze=False)
+    words = {1: "higher is better", -1: "lower is better", 0: "closer to 0 is better"}
+    for ax, key in zip(axes[0], keys):
+        d = SCORE_DIRECTION[key]
+        vals = {m: float(scores[m].get(key, np.nan)) for m in methods}
+        rank = {1: lambda v: -v, -1: lambda v: v, 0: lambda v: abs(v)}[d]
+        order = sorted(methods, key=lambda m: (not np.isfinite(vals[m]), rank(vals[m]) if np.isfinite(vals[m]) else 0))
+        y = np.arange(len(order))[::-1]
+        colors = ["C3" if key == "randomisation_spearman" and abs(vals[m]) > SANITY_THRESHOLD else "C0" for m in order]
+        ax.barh(y, [vals[m] if np.isfinite(vals[m]) else 0.0 for m in order], color=colors)
+        for yi, m in zip(y, order):
+            ax.text(0, yi, f" {vals[m]:.2f}", va="center", fontsize=7)
+        ax.set_yticks(y, order, fontsize=7)
+        ax.axvline(0, color="k", lw=0.5)
+        if key == "randomisation_spearman":
+            for s in (-1, 1):
+                ax.axvline(s * SANITY_THRESHOLD, color="C3", lw=0.8, ls="--")
+        ax.set_title(f"{key}\n({words[d]})", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(title or "Attribution methods ranked on one run (best at the top of each panel; red: fails the "
+                          "sanity check)", fontsize=9)
+    return fig

@@ -183,6 +183,12 @@ class NowcastModel(ClimateTask):
         self._sync_transform()
         return self.transform(torch.nan_to_num(rain, nan=0.0).clamp(min=0.0)).float()
 
+    def input_climatology(self) -> torch.Tensor:
+        """(n_in, 1, 1) rain rate [mm/h] at the training mean of the transformed scale (zero in the network's
+        space), every input frame: attribution's default baseline (:func:`climateml.attribution.attribute`)."""
+        self._sync_transform()
+        return self.transform.inverse(torch.zeros(self.n_in, 1, 1, dtype=self.rain_mean.dtype, device=self.rain_mean.device)).float()
+
     def _step(self, z: torch.Tensor) -> torch.Tensor:
         """One U-Net pass, folding space into channels first when ``space_to_depth`` > 1 (the grid is
         padded up to a multiple by replicating the edge, and the output cropped back), on a grid ``coarsen``
