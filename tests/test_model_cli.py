@@ -183,7 +183,8 @@ def test_ensemble_and_predict_writes_cf_netcdf(cli_data, tmp_path):
     runs = tmp_path / "runs"
     common = ["--data.data_dir", str(cli_data), "--trainer.logger.init_args.save_dir", str(runs),
               "--trainer.enable_progress_bar", "false"]
-    assert _run_cli([*common, "--ensemble", "2", "--trainer.max_epochs", "3"]) == 0
+    assert _run_cli([*common, "--ensemble", "2", "--trainer.max_epochs", "3",
+                     "--evaluation.init_args.baselines", "[linear]"]) == 0  # the EOF baselines: tested above
     run = runs / "temperature" / "version_0"
     model = json.loads((run / "metrics.json").read_text())["tas"]["model"]
     assert model["ensemble_size"] == 2 and model["ensemble_spread"] > 0
@@ -234,7 +235,8 @@ def test_cli_rejects_bad_config_values(cli_data, tmp_path, cli_error):
 def test_test_subcommand_reloads_a_checkpoint_with_eof_inputs(cli_data, tmp_path, capsys):
     common = ["--data.data_dir", str(cli_data), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
               "--data.inputs", "[CO2, CH4, SO2, BC]", "--data.map_reduction", "eof", "--data.n_eofs", "3",
-              "--trainer.enable_progress_bar", "false"]
+              "--trainer.enable_progress_bar", "false",
+              "--evaluation.init_args.baselines", "[linear]", "--evaluation.init_args.make_figures", "false"]
     assert _run_cli([*common, "--trainer.max_epochs", "2"]) == 0
     ckpt = next((tmp_path / "runs" / "temperature" / "version_0" / "checkpoints").glob("best-*.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)  # loads without unpickling arbitrary objects

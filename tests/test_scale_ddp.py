@@ -6,7 +6,7 @@ checks what DDP guarantees, and nothing that depends on how floating-point sums 
 
 - the ranks see the single run's samples, none of them twice in an epoch;
 - the gradients of the first optimiser step, averaged over the ranks, equal the single process's on the
-  whole batch, within float32 rounding; both ranks apply the same ones;
+  whole batch, within rounding; both ranks apply the same ones;
 - after training, both ranks hold bit-for-bit identical weights;
 - logged metrics are reduced across the processes: DDP's test scores (each rank scored half the test set)
   equal what the evaluation computes on the whole test set on rank 0, and the scores of the first
@@ -20,9 +20,11 @@ It does not compare the two trainings' end points: each step's rounding differs 
 one process and two halves summed in two, and a U-Net amplifies such differences within a few steps, by
 an amount that depends on the CPU's instruction set.
 
-Bit-for-bit equal weights across ranks rest on each rank computing the same optimiser step from the same
-averaged gradients, so every run uses ``trainer.deterministic: true`` (``torch.use_deterministic_algorithms``):
-no kernel whose result depends on thread scheduling.
+Both runs compute in float64 (``trainer.precision: 64-true``), so that "equal within rounding" holds with a
+margin on any CPU (see GRADIENT_TOLERANCE). Bit-for-bit equal weights across ranks rest on each rank
+computing the same optimiser step from the same averaged gradients, so every run uses
+``trainer.deterministic: true`` (``torch.use_deterministic_algorithms``): no kernel whose result depends on
+thread scheduling.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ import torch
 
 from test_scale_common import TASKS, make_data, read_csv, run_cli, run_dir, run_forked, task_args
 
-# |g_ddp - g_single| / |g_single| over all parameters: float32 rounding of sums over a batch in a different
-# order (two halves, then their mean), orders of magnitude below a real difference (a sample left out or
-# counted twice moves it by ~1/batch)
-GRADIENT_TOLERANCE = 1e-4
+# |g_ddp - g_single| / |g_single| over all parameters, in float64: rounding of sums over a batch taken in a
+# different order (two halves, then their mean). Measured ~3e-16 for the MLP and the segmentation U-Net and
+# ~6e-6 for the nowcasting U-Net, whose first convolution (no bias, GroupNorm after it, nearly uniform dry
+# input) has a gradient that is a difference of nearly equal sums (in float32 that difference is ~2%: hence
+# float64). A real difference, a sample left out or counted twice, moves it by ~1/batch (1/64 .. 1/8).
+GRADIENT_TOLERANCE = 1e-3
 # first validation scores, DDP vs single process (relative): one optimiser step from the same weights
 VAL_TOLERANCE = 1e-4
 # (metrics.csv test key, metrics.json variable, metrics.json score): the same score two ways
