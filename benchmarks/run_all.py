@@ -1,7 +1,7 @@
 """Run every benchmark, each in its own interpreter, and print a summary of the ratios.
 
-Generates the sample data once (or takes ``--data-dir``) and passes it to bench_datamodule.py and
-bench_training_epoch.py; bench_main_job.py always makes its own (its cold run must start without
+Generates the sample data once (or takes ``--data-dir``) and passes it to bench_datamodule.py,
+bench_training_epoch.py and bench_eof_baselines.py; bench_main_job.py always makes its own (its cold run must start without
 data). The full output is also written to benchmarks/results/run_all-<time>.txt (ignored by git).
 
 Run: ``python benchmarks/run_all.py [--quick] [--data-dir DIR] [--threads N] [--skip main_job ...]``
@@ -24,6 +24,7 @@ BENCHMARKS = {
     "datamodule": ("bench_datamodule.py", True, ["--repeats", "7", "--epochs", "3"]),
     "training_epoch": ("bench_training_epoch.py", True, ["--repeats", "3"]),
     "main_job": ("bench_main_job.py", False, ["--import-repeats", "2"]),
+    "eof_baselines": ("bench_eof_baselines.py", True, ["--repeats", "1"]),
 }
 SUMMARY_PREFIXES = ("RATIO", "main job", "baseline python", "DataModule setup", "plain PyTorch loop:",
                     "Lightning (TemperatureEmulator):", "DataModule train_dataloader:", "in-memory tensor baseline:")

@@ -412,7 +412,8 @@ class TrainingSpeed(L.Callback):
 
 
 class TorchThreads(L.Callback):
-    """Sets torch's CPU threads for the run (``threads`` > 0; 0 leaves torch's default, one per core).
+    """Sets torch's CPU threads for the run (``threads`` > 0; 0 leaves torch's default, one per core), and
+    gives back the previous count when the run (fit, validate, test or predict) ends.
 
     On a small machine shared with other jobs, one thread is much faster than two: torch's threads wait
     for each other at every operation, and a descheduled one stalls the rest (measured on the 2-core
@@ -424,7 +425,15 @@ class TorchThreads(L.Callback):
         if threads < 0:
             raise ConfigError(f"TorchThreads.threads must be >= 0, got {threads}")
         self.threads = int(threads)
+        self._previous: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.threads > 0:
+            if self._previous is None:
+                self._previous = torch.get_num_threads()
             torch.set_num_threads(self.threads)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous is not None:
+            torch.set_num_threads(self._previous)
+            self._previous = None

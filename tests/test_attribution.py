@@ -469,19 +469,78 @@ def test_spray_finds_three_strategies():
 # plots and the Lightning callback
 # ----------------------------------------------------------------------------------------------------------
 
-def test_plots_write_figures(tmp_path):
+def _mesh_of(ax):
+    """The one QuadMesh (a map's cells) drawn on ``ax``."""
+    from matplotlib.collections import QuadMesh
+
+    (mesh,) = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    return mesh
+
+
+def test_plots_show_the_maps_inputs_and_bars(tmp_path):
+    """What each figure shows: per channel, the input map above its attribution map, both on the field's own
+    grid with its extent, one symmetric colour range centred on zero for the attribution, the region boxes
+    outlined; feature attributions as one bar per feature, red up and blue down. Saved as PNG files."""
+    import matplotlib.pyplot as plt
+
     from climateml.attribution import plots
 
+    # a segmentation class score on (channel, lat, lon): 2 rows (input, attribution) x 3 channels
     model, x, target = CASES["segmentation"]
     a = attribute(model, x, "integrated_gradients", target=target, n_steps=8)
-    plots.save(plots.plot_attribution(a, x, sample=0, boxes=[{"lat": (0, 60), "lon": (0, 90)}]), tmp_path / "seg.png")
+    box = {"lat": (0, 60), "lon": (0, 90)}
+    fig = plots.plot_attribution(a, x, sample=0, boxes=[box])
+    maps = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in maps] == ["input tas", "input psl", "input pr"] + [
+        f"attribution {c} (contours: input)" for c in ("tas", "psl", "pr")]
+    lim = plots.symmetric_limit(a.isel(sample=0).values)
+    for c, channel in enumerate(("tas", "psl", "pr")):
+        top, bottom = _mesh_of(maps[c]), _mesh_of(maps[3 + c])
+        np.testing.assert_array_equal(np.ma.getdata(top.get_array()).reshape(8, 12), x.isel(sample=0)[c].values)
+        np.testing.assert_array_equal(np.ma.getdata(bottom.get_array()).reshape(8, 12), a.isel(sample=0)[c].values)
+        assert bottom.get_clim() == pytest.approx((-lim, lim)) and bottom.get_cmap().name == "RdBu_r"
+        for ax in (maps[c], maps[3 + c]):  # the grid's cells: 30 degrees of longitude, 120/7 of latitude
+            assert ax.get_xlim() == pytest.approx((-15.0, 345.0))
+            assert ax.get_ylim() == pytest.approx((-60.0 - 60.0 / 7, 60.0 + 60.0 / 7))
+            outlines = [line.get_xydata() for line in ax.get_lines() if line.get_linestyle() == "--"]
+            assert len(outlines) == 1 and {tuple(p) for p in outlines[0]} == {(0, 0), (90, 0), (90, 60), (0, 60)}
+    assert (a.isel(sample=0).values > 0).any() and (a.isel(sample=0).values < 0).any()  # both colours in use
+    plots.save(fig, tmp_path / "seg.png")
+    plt.close(fig)
+
+    # a nowcast on (time, y, x) km: 4 past frames, the second sample; axes in km, equal aspect
     model, x, target = CASES["nowcast"]
     a = attribute(model, x, "grad_cam", target=target)
-    plots.save(plots.plot_attribution(a, x, sample=1), tmp_path / "nowcast.png")
+    fig = plots.plot_attribution(a, x, sample=1)
+    maps = [ax for ax in fig.axes if ax.get_title()]
+    assert len(maps) == 2 * 4 and maps[4].get_title().startswith("attribution time -15")
+    for t in range(4):
+        np.testing.assert_array_equal(np.ma.getdata(_mesh_of(maps[4 + t]).get_array()).reshape(10, 12),
+                                      a.isel(sample=1, time=t).values)
+        np.testing.assert_array_equal(np.ma.getdata(_mesh_of(maps[t]).get_array()).reshape(10, 12),
+                                      x.isel(sample=1, time=t).values)
+        ax = maps[4 + t]
+        assert ax.get_xlabel() == "x (km)" and ax.get_ylabel() == "y (km)" and ax.get_aspect() == 1.0
+        assert ax.get_xlim() == pytest.approx((-13.0, 11.0)) and ax.get_ylim() == pytest.approx((-11.0, 9.0))
+    plots.save(fig, tmp_path / "nowcast.png")
+    plt.close(fig)
+
+    # features: one bar per feature of sample 0, its height the attribution, red if it raises the target
     model, x, target = CASES["mlp"]
-    plots.save(plots.plot_attribution(attribute(model, x, "deeplift", target=target), x), tmp_path / "mlp.png")
+    a = attribute(model, x, "deeplift", target=target)
+    fig = plots.plot_attribution(a, x)
+    (ax,) = fig.axes
+    bars = ax.patches
+    np.testing.assert_allclose([b.get_height() for b in bars], a.isel(sample=0).values, rtol=1e-6)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["CO2", "CH4", "SO2", "BC", "N2O"]
+    from matplotlib.colors import to_hex
+
+    assert [to_hex(b.get_facecolor()) for b in bars] == ["#b2182b" if v >= 0 else "#2166ac"
+                                                          for v in a.isel(sample=0).values]
+    plots.save(fig, tmp_path / "mlp.png")
+    plt.close(fig)
     for name in ("seg", "nowcast", "mlp"):
-        assert (tmp_path / f"{name}.png").stat().st_size > 5000
+        assert plt.imread(tmp_path / f"{name}.png").shape[2] in (3, 4)  # a PNG image that reads back
 
 
 def test_lightning_callback_writes_maps_and_logs_relevance_mass(tmp_path):

@@ -8,6 +8,7 @@ own loaders (the tensors the model is fed), never from the method under test.
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -139,8 +140,20 @@ def test_attribute_task_writes_labelled_netcdf_and_a_feature_figure(dm_series, t
 
 
 def test_feature_figure_without_scenario_or_year(tmp_path):
+    """Without scenario or year: one panel along the sample dim, each feature's line and their sum, beside
+    bars of each feature's mean |attribution|."""
     a = xr.DataArray(np.random.default_rng(0).normal(size=(12, 3)), dims=("sample", "feature"),
                      coords={"feature": ["CO2", "CH4", "SO2"]}, attrs={"method": "saliency"})
-    assert save(plot_feature_attribution(a), tmp_path / "f.png").stat().st_size > 10_000
+    fig = plot_feature_attribution(a)
+    bars, panel = fig.axes
+    np.testing.assert_allclose([b.get_height() for b in bars.patches], np.abs(a.values).mean(0))
+    assert [t.get_text() for t in bars.get_xticklabels()] == ["CO2", "CH4", "SO2"]
+    lines = {line.get_label(): line for line in panel.get_lines() if not line.get_label().startswith("_")}
+    assert list(lines) == ["sum", "CO2", "CH4", "SO2"] and panel.get_xlabel() == "sample"
+    np.testing.assert_array_equal(lines["sum"].get_xdata(), np.arange(12))
+    np.testing.assert_allclose(lines["sum"].get_ydata(), a.values.sum(1))
+    for j, name in enumerate(["CO2", "CH4", "SO2"]):
+        np.testing.assert_allclose(lines[name].get_ydata(), a.values[:, j])
+    assert plt.imread(save(fig, tmp_path / "f.png")).ndim == 3
     with pytest.raises(ValueError, match=r"\(sample, feature\)"):
         plot_feature_attribution(a.expand_dims(lat=[0.0], lon=[0.0], axis=(2, 3)))

@@ -258,20 +258,3 @@ def test_shapes_torch_call_and_seeds():
         EOFRegressionBaseline("svm")
     with pytest.raises(ValueError, match=r"\(samples, 4\)"):
         rf.predict(x[:, :3])
-
-
-def test_timing_at_the_lab_size():
-    """753 years x 4 inputs -> 96 x 144 cells, 5 EOFs; prints the times (not asserted: machines differ)."""
-    lat, _ = climatebench_grid()
-    x, y = nonlinear_problem(853, nlat=96, nlon=144, noise=0.3)
-    weights = np.repeat(np.cos(np.deg2rad(lat)), 144)
-    for name in ("random_forest", "gaussian_process"):
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = EOFRegressionBaseline(name, n_eofs=5).fit(x[:753], y[:753], weights=weights)
-        t1 = time.perf_counter()
-        pred = model.predict(x[753:])
-        t2 = time.perf_counter()
-        print(f"{name}: fit {t1 - t0:.2f} s, predict 100 years {t2 - t1:.3f} s, test RMSE {rmse(pred, y[753:]):.3f} K")
-        assert pred.shape == (100, 96 * 144) and np.isfinite(pred).all()

@@ -190,19 +190,6 @@ def test_windows_never_straddle_periods_and_periods_must_not_overlap(frames_dir)
                              val_period=[f"{DAY}T02:00", f"{DAY}T02:40"], test_period=PERIODS["test_period"])
 
 
-def test_num_workers_2_read_the_same_batches(frames_dir):
-    serial = _dm(frames_dir)
-    parallel = _dm(frames_dir, num_workers=2)
-    parallel.reader.read(0)  # the parent holds an open file when the workers fork
-    a = list(serial.test_dataloader())
-    b = list(parallel.test_dataloader())
-    assert len(a) == len(b) > 1
-    for p, q in zip(a, b):
-        torch.testing.assert_close(p["x"], q["x"], equal_nan=True)
-        torch.testing.assert_close(p["y"], q["y"], equal_nan=True)
-    assert sum(len(batch["x"]) for batch in parallel.train_dataloader()) == len(parallel.starts["train"])
-
-
 def test_reading_a_window_keeps_one_window_in_memory(frames_dir):
     """The reader is an index, not data: a pickled DataModule dataset is small, reads open files lazily."""
     import pickle

@@ -44,7 +44,7 @@ def make_data(task: str, root: Path) -> Path:
     else:
         from climateml.data.synthetic.radar import generate_radar
 
-        generate_radar(out, n_frames=96, ny=24, nx=24, timestep_minutes=5, seed=3)  # rain in every period
+        generate_radar(out, n_frames=96, ny=24, nx=24, timestep_minutes=5, seed=3, progress=False)  # rain in every period
     return out
 
 
@@ -71,9 +71,8 @@ def task_args(task: str, data: Path, runs: Path, steps: int | None = None) -> li
                          "--model.optimizer", "sgd", "--model.lr", "0.05",
                          "--model.depth", "1", "--model.width", "4", "--model.norm", "group",
                          "--trainer.max_epochs", "2", "--evaluation.init_args.make_figures", "false"]
-    # nowcasting: the U-Net on this data amplifies float-rounding differences within a few steps (the same
-    # steps taken in one process on a batch and on its two halves diverge just as much), so one step per
-    # epoch: batch 20 of the 40 training windows
+    # nowcasting: one step per epoch: batch 20 of the 40 training windows (the 60 frames' windows of 4 + 6
+    # frames, less those that include one of the two missing frames)
     return common + ["--data.paths", str(data), "--data.batch_size", "20", "--data.augment", "false",
                      "--data.train_period", '["2024-06-01T00:00", "2024-06-01T04:55"]',
                      "--data.val_period", '["2024-06-01T05:00", "2024-06-01T06:25"]',
@@ -84,11 +83,82 @@ def task_args(task: str, data: Path, runs: Path, steps: int | None = None) -> li
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``climateml fit <args>`` in a fresh process (as a user runs it); this folder on PYTHONPATH."""
+    """``climateml fit <args>`` in a fresh process (as a user runs it); this folder on PYTHONPATH.
+
+    A fresh interpreter imports torch and Lightning again (~8 s on two cores): only for what needs one, such
+    as DDP, whose launcher starts the other ranks by running the command line again. Otherwise use
+    :func:`run_forked`."""
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")]),
                 "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "climateml.cli", "fit", *args]
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_forked(target, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``target()`` in a child process forked from this one: a process of its own (it may be killed, or kill
+    itself, mid-run, and its global state does not leak into the tests), without a new interpreter's imports.
+
+    ``target``: a callable returning the exit status, or a list of ``climateml fit`` arguments (the command
+    line's ``main``). The child runs in ``cwd`` with ``env`` added to its environment, one torch thread (as
+    :func:`run_cli`'s ``OMP_NUM_THREADS=1``; one thread is also what makes a forked child safe to use OpenMP),
+    Lightning's messages on stderr as in a fresh process. Returns its exit status (minus the signal number if
+    a signal ended it), stdout and stderr; a child still running after ``timeout`` seconds is killed and
+    raises ``subprocess.TimeoutExpired``.
+    """
+    import logging
+    import tempfile
+    import time
+    import traceback
+
+    if isinstance(target, (list, tuple)):
+        argv = ["fit", *target]
+
+        def target():
+            from climateml.cli import main
+
+            return main(argv)
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            rc = 1
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)
+                sys.stderr = open(2, "w", buffering=1, closefd=False)
+                os.chdir(cwd)
+                os.environ.update(env or {})
+                torch.set_num_threads(1)
+                for name in ("lightning.pytorch", "lightning.fabric"):  # as Lightning sets itself up in a fresh process
+                    log = logging.getLogger(name)
+                    log.handlers, log.propagate = [logging.StreamHandler(sys.stderr)], False
+                    log.setLevel(logging.INFO)
+                rc = target()
+            except SystemExit as exc:
+                rc = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+                rc = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(rc if isinstance(rc, int) else 1)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired(f"forked {target}", timeout)
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(target, os.waitstatus_to_exitcode(status), out.read(), err.read())
 
 
 def run_dir(runs: Path, task: str, version: int = 0) -> Path:
@@ -122,14 +192,29 @@ def sample_fingerprint(batch: dict) -> list[str]:
     return out
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, MiB (a forked child's starts at its parent's current RSS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
 class RecordSamples(L.Callback):
     """Writes, per process, what it trained on: the sampler's indices and a fingerprint of every sample of
-    every training batch, per epoch; its rank, world size and peak resident memory; the final weights.
-    Output: ``$CLIMATEML_RECORD_DIR/rank<r>.json`` and ``rank<r>.pt``."""
+    every training batch, per epoch; its rank, world size, peak resident memory and how much the run added
+    to it (data, model, training: the imports before it left out); the initial and final
+    weights, and the gradients the first optimiser step applied (under DDP: after they were averaged over
+    the processes). Output: ``$CLIMATEML_RECORD_DIR/rank<r>.json`` and ``rank<r>.pt``."""
 
     def __init__(self):
         self.epochs: dict[int, dict] = {}
         self.initial: dict | None = None
+        self.first_gradients: dict | None = None
+        self.peak_rss_at_start = peak_rss_mib()  # built with the trainer: after the imports, before any data
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.first_gradients is None:  # called after backward, so after DDP's all-reduce of the gradients
+            self.first_gradients = {n: p.grad.detach().cpu().clone() for n, p in pl_module.named_parameters()
+                                    if p.grad is not None}
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
@@ -146,11 +231,11 @@ class RecordSamples(L.Callback):
         out.mkdir(parents=True, exist_ok=True)
         rank = trainer.global_rank
         record = {"rank": rank, "world_size": trainer.world_size,
-                  "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "max_rss_mib": peak_rss_mib(), "rss_growth_mib": peak_rss_mib() - self.peak_rss_at_start,
                   "epochs": {str(k): v for k, v in self.epochs.items()}}
         (out / f"rank{rank}.json").write_text(json.dumps(record))
-        torch.save({"initial": self.initial, "final": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}},
-                   out / f"rank{rank}.pt")
+        torch.save({"initial": self.initial, "final": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
+                    "first_gradients": self.first_gradients}, out / f"rank{rank}.pt")
 
 
 class KillAtStep(L.Callback):

@@ -127,23 +127,38 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("task", ["temperature", "segmentation", "nowcasting"])
 def test_two_worker_processes_load_what_the_main_process_loads(task, data_root):
     """Each task's loaders with num_workers=2 (fork; each worker reads its own files) give the batches of
-    num_workers=0, in the same order, for a shuffled training epoch and the validation split."""
+    num_workers=0, in the same order, for a shuffled training epoch and every evaluation split; a training
+    epoch is every training sample once; Lightning trains through such workers (segmentation: one epoch)."""
     data = make_data(task, data_root)
     serial, parallel = _datamodule(task, data), _datamodule(task, data, num_workers=2)
     for dm in (serial, parallel):
-        dm.setup("fit")
-    for split, shuffle in (("train", True), ("val", False)):
+        dm.setup()
+    if task == "nowcasting":
+        parallel.reader.read(0)  # the parent holds an open file when the workers fork
+    for split, shuffle in (("train", True), ("val", False), ("test", False), ("predict", False)):
         a, b = serial.dataloader(split, shuffle=shuffle), parallel.dataloader(split, shuffle=shuffle)
         a.sampler.set_epoch(1)
         b.sampler.set_epoch(1)
         got, want = _batches(b), _batches(a)
-        assert len(got) == len(want) > 0
+        assert len(got) == len(want) > 0, split
         for g, w in zip(got, want):
             assert g.keys() == w.keys()
             for k in g:
                 torch.testing.assert_close(g[k], w[k], equal_nan=True)
+        if split == "train":
+            assert sum(len(batch["y"]) for batch in got) == len(parallel.dataset("train"))
         if hasattr(b, "_iterator") and b._iterator is not None:
             b._iterator._shutdown_workers()
+    if task == "segmentation":  # the workers open the files themselves
+        import lightning as L
+
+        from climateml.models.segmentation import SegmentationModel
+
+        L.seed_everything(0)
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(SegmentationModel(parallel.spec, depth=1, width=4), parallel)
+        assert trainer.global_step == -(-len(parallel.train_dataset) // parallel.batch_size) > 0
 
 
 def test_dask_reads_in_forked_workers_do_not_deadlock(tmp_path):

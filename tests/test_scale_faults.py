@@ -4,10 +4,9 @@ same command ends exactly like an uninterrupted one; a writer killed mid-write l
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,40 +16,58 @@ import torch
 import xarray as xr
 
 from climateml.writers import write_dataset, write_text
-from test_scale_common import REPO, make_data, read_csv, run_cli, run_dir, task_args
+from test_scale_common import make_data, read_csv, run_dir, run_forked, task_args
 
 # ---- kill and resume ----
+#
+# Every run is forked from the test process (test_scale_common.run_forked: climateml's command-line ``main``
+# in a process of its own that can be killed, without a fresh interpreter's imports). The resumed run must
+# end bit for bit like the uninterrupted one, which rests on both computing the same numbers from the same
+# state, so every run uses ``trainer.deterministic: true`` (``torch.use_deterministic_algorithms``: no kernel
+# whose result depends on thread scheduling) and one thread.
 
-RESUME = {  # case: (task, signal, checkpoint every N steps, signal after step)
-    "temperature": ("temperature", "SIGKILL", 4, 13),  # 24 steps, 19 per epoch: killed in epoch 0, checkpoint at 12
-    "segmentation": ("segmentation", "SIGKILL", 3, 5),  # 2 epochs of 4 steps: killed in epoch 1, checkpoint at 3
-    "temperature-preempted": ("temperature", "SIGTERM", 100, 13),  # pre-emption: saved at step 13 on SIGTERM
-    "temperature-in-evaluation": ("temperature", "SIGKILL", 100, "test"),  # trained, killed before test/evaluation
-}
+# the temperature run is interrupted three times in a row, each time resumed by the same command:
+# (signal, after optimiser step, the step its resume checkpoint holds then) with a checkpoint every 4 steps;
+# 24 steps, 19 per epoch
+TEMPERATURE_KILLS = [
+    ("SIGKILL", 6, 4),        # a crash mid-epoch: back to the last periodic checkpoint
+    ("SIGTERM", 13, 13),      # a pre-emption: saved at once on SIGTERM
+    ("SIGKILL", "test", 24),  # trained, killed before test and evaluation: saved at the end of training
+]
+SEGMENTATION_KILLS = [("SIGKILL", 5, 3)]  # 2 epochs of 4 steps, a checkpoint every 3: killed in epoch 1
+EVERY = {"temperature": 4, "segmentation": 3}
 
 
-@pytest.mark.parametrize("case", list(RESUME))
-def test_killed_fit_resumes_with_the_same_command_and_ends_the_same(case, tmp_path):
-    task, sig, every, kill_at = RESUME[case]
-    extra: list[str] = []
+def _exit_status(sig: str) -> int:
+    return -signal.SIGKILL if sig == "SIGKILL" else 143  # on SIGTERM: save, stop, exit 128 + 15
+
+
+@pytest.mark.parametrize("task, kills", [("temperature", TEMPERATURE_KILLS), ("segmentation", SEGMENTATION_KILLS)],
+                         ids=["temperature", "segmentation"])
+def test_killed_fit_resumes_with_the_same_command_and_ends_the_same(task, kills, tmp_path):
     data = make_data(task, tmp_path / "data")
 
     def args(runs: Path) -> list[str]:
-        return [*task_args(task, data, runs), *extra, "--trainer.callbacks+=test_scale_common.KillAtStep",
+        return [*task_args(task, data, runs), "--trainer.deterministic", "true",
+                "--trainer.callbacks+=test_scale_common.KillAtStep",
                 "--trainer.callbacks+=climateml.callbacks.ResumeCheckpoint",
-                "--trainer.callbacks.every_n_train_steps", str(every)]
+                "--trainer.callbacks.every_n_train_steps", str(EVERY[task])]
 
-    whole = run_cli(args(tmp_path / "whole"), tmp_path)
+    whole = run_forked(args(tmp_path / "whole"), tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     command = args(tmp_path / "killed")
-    first = run_cli(command, tmp_path, env={"CLIMATEML_KILL_AT_STEP": str(kill_at), "CLIMATEML_KILL_SIGNAL": sig})
-    expected = -signal.SIGKILL if sig == "SIGKILL" else 143  # on SIGTERM: save, stop, exit 128 + 15
-    assert first.returncode == expected, (first.returncode, first.stderr[-2000:])
     killed = run_dir(tmp_path / "killed", task)
-    assert (killed / "checkpoints" / "resume.ckpt").is_file() and not (killed / "metrics.json").exists()
+    for i, (sig, at, saved_step) in enumerate(kills):
+        run = run_forked(command, tmp_path, env={"CLIMATEML_KILL_AT_STEP": str(at), "CLIMATEML_KILL_SIGNAL": sig})
+        assert run.returncode == _exit_status(sig), (i, run.returncode, run.stderr[-2000:])
+        assert (killed / "checkpoints" / "resume.ckpt").is_file() and not (killed / "metrics.json").exists()
+        checkpoint = torch.load(killed / "checkpoints" / "resume.ckpt", map_location="cpu", weights_only=False)
+        assert checkpoint["global_step"] == saved_step, (sig, at)
+        if i > 0:
+            assert "resuming the interrupted run" in run.stdout + run.stderr
 
-    again = run_cli(command, tmp_path)  # the same command, no kill this time
+    again = run_forked(command, tmp_path)  # the same command, no kill this time
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming the interrupted run" in again.stdout + again.stderr
     assert sorted(p.name for p in (tmp_path / "killed" / task).iterdir()) == ["version_0"]  # the same run folder
@@ -67,12 +84,29 @@ def test_killed_fit_resumes_with_the_same_command_and_ends_the_same(case, tmp_pa
 
 # ---- writers killed mid-write ----
 
-WRITERS = {
-    "netcdf": "write_dataset(xr.Dataset({'v': (('t', 'x'), np.full((4000, 5000), 2.0, 'f4'))}), path)",
-    "zarr": "write_dataset(xr.Dataset({'v': (('t', 'x'), np.full((4000, 5000), 2.0, 'f4'))}).chunk({'t': 250}), path)",
-    "text": "write_text('2' * 300_000_000, path)",
-    "checkpoint": "AtomicCheckpointIO().save_checkpoint({'w': torch.full((20_000_000,), 2.0)}, path)",
+def _big(chunks: dict | None = None) -> xr.Dataset:
+    ds = xr.Dataset({"v": (("t", "x"), np.full((4000, 5000), 2.0, "f4"))})
+    return ds.chunk(chunks) if chunks else ds
+
+
+def _checkpoint_io():
+    from climateml.callbacks import AtomicCheckpointIO
+
+    return AtomicCheckpointIO()
+
+
+WRITERS = {  # kind: a large write of the new content (2.0) to path, long enough to be killed in the middle
+    "netcdf": lambda path: write_dataset(_big(), path),
+    "zarr": lambda path: write_dataset(_big({"t": 250}), path),
+    "text": lambda path: write_text("2" * 300_000_000, path),
+    "checkpoint": lambda path: _checkpoint_io().save_checkpoint({"w": torch.full((20_000_000,), 2.0)}, path),
 }
+
+
+def _write_forever(kind: str, path: Path) -> None:
+    torch.set_num_threads(1)  # a forked child: no OpenMP thread pool inherited half-way
+    while True:
+        WRITERS[kind](path)
 
 
 def _old_content(kind: str, path: Path) -> None:
@@ -107,16 +141,9 @@ def _check_intact(kind: str, path: Path) -> float:
 def test_writer_killed_mid_write_leaves_the_old_file(kind, tmp_path):
     path = tmp_path / {"netcdf": "out.nc", "zarr": "out.zarr", "text": "metrics.json", "checkpoint": "last.ckpt"}[kind]
     _old_content(kind, path)
-    script = textwrap.dedent(f"""
-        import numpy as np, torch, xarray as xr
-        from pathlib import Path
-        from climateml.writers import write_dataset, write_text
-        from climateml.callbacks import AtomicCheckpointIO
-        path = Path(r"{path}")
-        while True:
-            {WRITERS[kind]}
-    """)
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    # the writer: a process forked from this one (no fresh interpreter's imports), killed by SIGKILL mid-write
+    child = multiprocessing.get_context("fork").Process(target=_write_forever, args=(kind, path), daemon=True)
+    child.start()
     try:
         deadline = time.time() + 60
         while time.time() < deadline:  # wait until the temporary file is being written, then kill
@@ -126,11 +153,13 @@ def test_writer_killed_mid_write_leaves_the_old_file(kind, tmp_path):
             time.sleep(0.005)
         else:
             pytest.fail("the writer never started writing")
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(30)
     finally:
-        if child.poll() is None:
+        if child.is_alive():
             child.kill()
+            child.join(30)
+    assert child.exitcode == -signal.SIGKILL
     assert _check_intact(kind, path) in (1.0, 2.0)
     leftovers = list(path.parent.glob(f".{path.name}.*"))
     assert leftovers  # the killed write's temporary ...

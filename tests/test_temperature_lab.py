@@ -5,7 +5,6 @@ and coastlines over a real land mask, the EOF baselines, a lean training step, a
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import lightning as L
@@ -428,15 +427,9 @@ def test_training_metrics_stay_exact_under_mixed_precision(small_climatebench, o
 
 # ================================================================ 5. bad input: one clear line
 
-def _cli_error(capsys, args) -> tuple[int, list[str]]:
-    try:
-        rc = main(["fit", "--config", str(CONFIG), *args])
-    except SystemExit as exc:  # jsonargparse's own errors (wrong types) exit after printing
-        rc = exc.code
-    err = capsys.readouterr().err
-    warning = re.compile(r"^\S+\.py:\d+: ")  # Python warnings (pytest shows them unless -p no:warnings)
-    lines = [line for line in err.splitlines() if line.strip() and "Seed set" not in line and not warning.match(line)]
-    return rc, lines
+def _fit_error(cli_error, args) -> tuple[int, list[str]]:
+    """``climateml fit --config configs/temperature.yaml <args>``: (exit status, stderr lines) (conftest.cli_error)."""
+    return cli_error(["fit", "--config", str(CONFIG), *args])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -451,9 +444,9 @@ def _cli_error(capsys, args) -> tuple[int, list[str]]:
     (["--data.init_args.n_eofs", "0"], "data.n_eofs must be > 0, got 0"),
     (["--evaluation.init_args.baselines", "[linear, svm]"], "evaluation.baselines: unknown ['svm']"),
 ])
-def test_cli_bad_values_are_one_line(small_climatebench, tmp_path, capsys, args, message):
-    rc, lines = _cli_error(capsys, ["--data.data_dir", str(small_climatebench),
-                                    "--trainer.logger.init_args.save_dir", str(tmp_path), *args])
+def test_cli_bad_values_are_one_line(small_climatebench, tmp_path, cli_error, args, message):
+    rc, lines = _fit_error(cli_error, ["--data.data_dir", str(small_climatebench),
+                                       "--trainer.logger.init_args.save_dir", str(tmp_path), *args])
     assert rc == 2
     assert len(lines) == 1 and lines[0].startswith("climateml: error: ") and message in lines[0], lines
 
@@ -474,21 +467,21 @@ def test_bad_early_stopping_settings_are_one_line(small_climatebench, tmp_path, 
     assert str(err.value) == f"trainer.callbacks: {message}"
 
 
-def test_cli_wrong_type_names_option_and_value(small_climatebench, tmp_path, capsys):
-    rc, lines = _cli_error(capsys, ["--data.data_dir", str(small_climatebench), "--model.init_args.lr", "abc"])
+def test_cli_wrong_type_names_option_and_value(small_climatebench, tmp_path, cli_error):
+    rc, lines = _fit_error(cli_error, ["--data.data_dir", str(small_climatebench), "--model.init_args.lr", "abc"])
     assert rc == 2
     text = "\n".join(lines)
     assert "lr" in text and "abc" in text and "Traceback" not in text
 
 
-def test_empty_file_is_one_line(cb_copy, tmp_path, capsys):
+def test_empty_file_is_one_line(cb_copy, tmp_path, cli_error):
     path = cb_copy / "outputs_ssp245.nc"
     path.write_bytes(b"")
     with pytest.raises(DataError) as err:
         ClimateBenchDataModule(str(cb_copy)).setup()
     assert str(err.value) == f"{path}: the file is empty (0 bytes); regenerate or download it again"
-    rc, lines = _cli_error(capsys, ["--data.data_dir", str(cb_copy), "--trainer.logger.init_args.save_dir",
-                                    str(tmp_path)])
+    rc, lines = _fit_error(cli_error, ["--data.data_dir", str(cb_copy), "--trainer.logger.init_args.save_dir",
+                                       str(tmp_path)])
     assert rc == 2 and lines == [f"climateml: error: {err.value}"]
 
 
@@ -502,7 +495,7 @@ def _to_other_conventions(path: Path, lon_name: str, lat_name: str) -> None:
     ds.to_netcdf(path)
 
 
-def test_scenario_on_other_longitude_convention_reads_onto_one_grid(cb_copy, small_climatebench, tmp_path, capsys):
+def test_scenario_on_other_longitude_convention_reads_onto_one_grid(cb_copy, small_climatebench, tmp_path):
     _to_other_conventions(cb_copy / "outputs_ssp126.nc", "lon", "lat")
     _to_other_conventions(cb_copy / "inputs_ssp126.nc", "longitude", "latitude")
     with xr.open_dataset(cb_copy / "outputs_ssp126.nc") as raw:  # the quirk is really on disk
@@ -536,7 +529,7 @@ def test_scenario_on_other_longitude_convention_reads_onto_one_grid(cb_copy, sma
     assert float(np.sqrt((w * err2).sum() / w.sum())) == pytest.approx(metrics["tas"]["model"]["rmse"], rel=1e-4)
 
 
-def test_grid_that_differs_names_the_coordinate(cb_copy, capsys, tmp_path):
+def test_grid_that_differs_names_the_coordinate(cb_copy, tmp_path):
     path = cb_copy / "outputs_ssp126.nc"
     with xr.open_dataset(path) as ds:
         ds = ds.load()

@@ -1,9 +1,11 @@
-"""TorchThreads lives in climateml.callbacks with the other callbacks, and the nowcasting config names it there."""
+"""TorchThreads: torch's CPU threads during a run, as the nowcasting config sets them, and the previous count
+given back when the run ends."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -21,22 +23,60 @@ def restore_threads():
     torch.set_num_threads(before)
 
 
-def test_nowcasting_config_names_the_callbacks_module():
+class _Probe(L.LightningModule):
+    """A linear model that records torch's thread count at every step of each stage."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.threads: dict[str, set[int]] = {}
+
+    def _step(self, stage: str, batch) -> torch.Tensor:
+        self.threads.setdefault(stage, set()).add(torch.get_num_threads())
+        return self.layer(batch[0]).pow(2).mean()
+
+    def training_step(self, batch, _):
+        return self._step("train", batch)
+
+    def validation_step(self, batch, _):
+        self._step("val", batch)
+
+    def test_step(self, batch, _):
+        self._step("test", batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loader():
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=4)
+
+
+def _trainer(callbacks) -> L.Trainer:
+    return L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+
+
+def test_the_nowcasting_config_trains_on_one_thread_and_gives_the_count_back(restore_threads):
     callbacks = load_config(CONFIG)["trainer"]["callbacks"]
-    paths = [cb["class_path"] for cb in callbacks if cb["class_path"].endswith(".TorchThreads")]
-    assert paths == ["climateml.callbacks.TorchThreads"]
-    built = [cb for cb in instantiate(callbacks) if isinstance(cb, TorchThreads)]
-    assert len(built) == 1 and built[0].threads == 1
+    assert [cb["class_path"] for cb in callbacks if cb["class_path"].endswith(".TorchThreads")] == [
+        "climateml.callbacks.TorchThreads"]
+    (threads,) = [cb for cb in instantiate(callbacks) if isinstance(cb, TorchThreads)]
+    torch.set_num_threads(3)
+    model, trainer = _Probe(), _trainer([threads])
+    trainer.fit(model, _loader(), _loader())
+    assert model.threads == {"train": {1}, "val": {1}}  # every training and validation step on one thread
+    assert torch.get_num_threads() == 3  # the caller's count once fit is over
+    trainer.test(model, _loader(), verbose=False)
+    assert model.threads["test"] == {1} and torch.get_num_threads() == 3
 
 
-def test_the_class_path_builds_it_and_it_sets_the_threads(restore_threads):
-    cb = instantiate({"class_path": "climateml.callbacks.TorchThreads", "init_args": {"threads": 1}})
-    assert isinstance(cb, TorchThreads)
-    torch.set_num_threads(2)
-    cb.setup(None, None, "fit")
-    assert torch.get_num_threads() == 1
-    TorchThreads(threads=0).setup(None, None, "fit")  # 0: torch's setting is left alone
-    assert torch.get_num_threads() == 1
+def test_zero_leaves_the_threads_alone(restore_threads):
+    torch.set_num_threads(3)
+    model = _Probe()
+    _trainer([TorchThreads(threads=0)]).fit(model, _loader())
+    assert model.threads == {"train": {3}} and torch.get_num_threads() == 3
 
 
 def test_negative_threads_is_a_config_error():

@@ -181,7 +181,7 @@ class NowcastModel(ClimateTask):
     def to_network(self, rain: torch.Tensor) -> torch.Tensor:
         """mm/h -> standardised transformed values, NaN (no radar) read as dry."""
         self._sync_transform()
-        return self.transform(torch.nan_to_num(rain, nan=0.0).clamp(min=0.0)).float()
+        return self.transform(torch.nan_to_num(rain, nan=0.0).clamp(min=0.0)).to(self.dtype)  # float64 under 64-true
 
     def input_climatology(self) -> torch.Tensor:
         """(n_in, 1, 1) rain rate [mm/h] at the training mean of the transformed scale (zero in the network's
@@ -230,12 +230,17 @@ class NowcastModel(ClimateTask):
         base = optical_flow_nowcast(x.float(), self.n_out, fill_value=0.0, **self.flow_options)
         return torch.nan_to_num(base, nan=0.0)
 
+    @staticmethod
+    def _loss_dtype(z: torch.Tensor) -> torch.Tensor:
+        """float32 under bf16 autocast (the loss in float32), float64 under 64-true precision."""
+        return z.to(torch.promote_types(z.dtype, torch.float32))
+
     def predict_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(transformed nowcast with the correction on, transformed optical-flow base, optical-flow base [mm/h]) of
         past frames [mm/h]; the last two None without the base."""
         z_in = self.to_network(x)
         if self.base == "none":
-            return self.predict_network(z_in).float(), None, None
+            return self._loss_dtype(self.predict_network(z_in)), None, None
         base = self.extrapolate(x)
         z_base = self.to_network(base)
         z_start = z_base
@@ -243,8 +248,8 @@ class NowcastModel(ClimateTask):
             filtered = [base] + [gaussian_blur(base, s) for s in self.smoothing_scales]
             mixed = torch.einsum("kj,jbkhw->bkhw", self.scale_weights, torch.stack(filtered))
             self._sync_transform()
-            z_start = self.transform(mixed.clamp(min=0.0)).float()
-        return (z_start + self.predict_network(torch.cat([z_in, z_start], dim=1))).float(), z_base, base
+            z_start = self.transform(mixed.clamp(min=0.0)).to(self.dtype)
+        return self._loss_dtype(z_start + self.predict_network(torch.cat([z_in, z_start], dim=1))), z_base, base
 
     def to_rain(self, z: torch.Tensor, transformed: bool = True) -> torch.Tensor:
         """Transformed values (or, with ``transformed=False``, rain rates) -> rain rate [mm/h] in [0, rain_cap]."""
@@ -270,7 +275,7 @@ class NowcastModel(ClimateTask):
         """The training loss of transformed predictions ``z_pred`` against observed rain ``y`` [mm/h] (NaN masked)."""
         self._sync_transform()  # as to_network does (a no-op after it): targets and thresholds on the model's scale
         valid = torch.isfinite(y)
-        z_true = torch.where(valid, self.transform(y.clamp(min=0.0)).float(), y)
+        z_true = torch.where(valid, self.transform(y.clamp(min=0.0)).to(z_pred.dtype), y)
         weight = None
         if self.rain_weight != 1.0:
             weight = torch.where(y >= self.weight_threshold, self.rain_weight, 1.0)
