@@ -81,3 +81,16 @@ def cli_error(capsys):
 
     return run
 
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Each test leaves ``os.environ`` as it found it. Lightning's DDP set-up, run in-process by a test (the
+    launch scripts' commands), exports MASTER_PORT, WORLD_SIZE, LOCAL_RANK ...; a later test's DDP subprocess
+    that inherits them takes itself for an already-launched rank and waits for a peer that never comes."""
+    import os
+
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
