@@ -491,7 +491,7 @@ def attribution_scores(model: nn.Module, x: xr.DataArray | xr.Dataset, method: s
                            int(opts["n_sensitivity_draws"]), seed)
     if sanity is None:
         sanity = randomisation_check(model, xs, method, cascade_steps=1, seed=seed, attr=a,
-                                     explain=lambda m, inputs: explain(m, inputs))
+                                     explain=explain)
 
     def mean(v: np.ndarray) -> float:
         return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")

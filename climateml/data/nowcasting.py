@@ -202,7 +202,10 @@ class NowcastingDataModule(ClimateDataModule):
         def record(k: int, frame: np.ndarray) -> None:
             moments[k] = transform.moments(frame)
             finite = frame[np.isfinite(frame)]
-            highs[k] = float(np.quantile(finite, self.rain_cap_quantile)) if finite.size else 0.0
+            if not finite.size:
+                highs[k] = 0.0
+            else:  # the plain maximum for the default quantile 1: no sort of every frame
+                highs[k] = float(finite.max() if self.rain_cap_quantile == 1.0 else np.quantile(finite, self.rain_cap_quantile))
 
         empty = reader.check_frames(each=record, allow_empty=True)
         reader.close()  # no open file crosses a fork into the DataLoader workers

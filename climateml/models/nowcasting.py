@@ -163,7 +163,7 @@ class NowcastModel(ClimateTask):
             weights = torch.zeros(self.n_out, 1 + len(self.smoothing_scales))
             weights[:, 0] = 1.0
             self.scale_weights = torch.nn.Parameter(weights)
-        self._val_sums = torch.zeros(2, 5, self.n_out, dtype=torch.float64)  # validation sums, see _gate_sums
+        self.on_validation_epoch_start()  # the validation sums (see _gate_sums), created in one place
         if self.space_to_depth > 1:
             self.refine = torch.nn.Conv2d(out, out, 3, padding=1, padding_mode="replicate")
             with torch.no_grad():

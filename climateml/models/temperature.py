@@ -129,13 +129,18 @@ class TemperatureEmulator(ClimateTask):
                                   "model.base to none")
             self._co2 = self.spec.inputs.index("CO2")
             if self._modes:  # the correction's coefficients of the first k residual modes
-                self._modes = min(self._modes, self.spec.statistics["ps_modes"].shape[0])
+                available = self.spec.statistics.get("ps_modes")
+                self._modes = min(self._modes, 0 if available is None else available.shape[0])
+                if not self._modes:  # 0 would silently mean a correction for every cell
+                    raise ConfigError("model.correction_modes: the data spec has no residual modes of pattern "
+                                      "scaling (statistics ps_modes); set model.correction_modes to 0 for a "
+                                      "correction of every cell")
         unknown = [v for v in self._correction_inputs if v not in self.spec.inputs]
         if unknown:
             raise ConfigError(f"model.correction_inputs: {unknown} are not inputs; the inputs are {list(self.spec.inputs)}")
         chosen = [self.spec.inputs.index(v) for v in self._correction_inputs] or list(range(n_in))
         self.register_buffer("correction_columns", torch.tensor(chosen, dtype=torch.long), persistent=False)
-        self._all_columns = len(chosen) == n_in and chosen == list(range(n_in))
+        self._all_columns = chosen == list(range(n_in))
         nets = [mlp(len(chosen), self._modes or n_out, **self._arch) for _ in range(self._members)]
         if self._co2 is not None:
             for net in nets:  # the correction starts at exactly zero: pattern scaling's skill
