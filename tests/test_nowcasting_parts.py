@@ -14,10 +14,12 @@ import torch
 import xarray as xr
 
 from climateml.data.io import DataError
-from climateml.data.radar import RadarReader, RainTransform, open_radar, time_step, window_starts
+from climateml.data.radar import RadarReader, open_radar
 from climateml.data.synthetic.radar import generate_radar
+from climateml.data.windows import time_step, window_starts
 from climateml.metrics.categorical import contingency, csi, far, fss, fss_components, fss_scales_km, pod
 from climateml.models.extrapolation import advect, estimate_motion, optical_flow_nowcast, persistence
+from climateml.models.rain_transform import RainTransform
 from radar_files import radar_frame
 
 START = "2024-06-01T00:00"
@@ -97,7 +99,7 @@ def test_reader_reads_frames_parts_and_caches_within_budget(archive):
     np.testing.assert_allclose(direct.read(20, slice(10, 30), slice(5, 9)), frame[10:30, 5:9], rtol=1e-6)
     for k in range(10):
         direct.read(k)
-    assert len(direct._handles) == 4  # least recently used files closed
+    assert len(direct._files) == 4  # least recently used files closed
     budget = 64 * 64 * 4 * 5 / 2**20  # five frames
     cached = RadarReader(out, "precipitation_amount", cache_mb=budget)
     np.testing.assert_array_equal(cached.read_frames(range(12)), direct.read_frames(range(12)))
@@ -121,7 +123,7 @@ def test_reader_is_safe_from_many_threads(archive):
             frames = list(pool.map(shared.read, order))
         for k, frame in zip(order, frames):
             np.testing.assert_array_equal(frame, reference[k])
-        assert len(shared._handles) == 1 and shared._cached_bytes <= shared.cache_bytes
+        assert len(shared._files) == 1 and shared._cached_bytes <= shared.cache_bytes
         with ThreadPoolExecutor(4) as pool:  # opening an archive (reading every file's header) while others read
             work = [(lambda: len(RadarReader(out, "precipitation_amount"))) if i % 50 == 0 else
                     (lambda k=int(k): float(np.nansum(shared.read(k)))) for i, k in enumerate(order[:300])]
@@ -139,14 +141,17 @@ def _open_files_under(folder) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts open files through /proc")
 def test_dropped_reader_closes_its_files(tmp_path):
-    """A reader that is dropped closes its open files at once (not at some later read), so the archive's
-    files can be rewritten or deleted; a reader closed explicitly too."""
+    """A reader keeps at most max_open_files open; one that is dropped closes its open files at once (not at
+    some later read), so the archive's files can be rewritten or deleted; a reader closed explicitly too."""
     paths = generate_radar(tmp_path, n_frames=6, ny=8, nx=8, missing=(), progress=False)
     before = _open_files_under(tmp_path)
+    bounded = RadarReader(tmp_path, "precipitation_amount", max_open_files=2)
+    bounded.read_frames(range(6))
+    assert _open_files_under(tmp_path) - before == 2  # the least recently used ones closed
     reader = RadarReader(tmp_path, "precipitation_amount")
     reader.read_frames(range(6))
     assert _open_files_under(tmp_path) - before == 6
-    del reader
+    del reader, bounded
     gc.collect()
     assert _open_files_under(tmp_path) == before
     rain = open_radar(tmp_path, "precipitation_amount")

@@ -20,8 +20,11 @@ from torch.utils.data import Dataset
 
 from climateml.data.base import ClimateDataModule, DataSpec
 from climateml.data.io import may_write_sample_data, open_dataset
-from climateml.data.radar import FILE_PATTERNS, RadarReader, RainTransform, resolve_paths, window_starts
+from climateml.data.radar import RadarReader
+from climateml.data.radar_header import FILE_PATTERNS, resolve_paths
+from climateml.data.windows import window_starts
 from climateml.errors import ConfigError, DataError, check_choice, check_fraction, check_positive
+from climateml.models.rain_transform import RainTransform
 
 VARIABLE = "rain_rate"
 

@@ -11,7 +11,7 @@ What is read from a file (names as in the ODIM_H5 specification):
   carries NaN is read as it is;
 * ``quantity``: ``RATE`` [mm/h], ``ACRR`` [mm, accumulated between ``startdate/starttime`` and
   ``enddate/endtime``], ``DBZH`` / ``DBZV`` / ``TH`` / ``TV`` [dBZ], converted to mm/h by the radar reader's
-  unit logic (:func:`climateml.data.radar._conversion`);
+  unit logic (:func:`climateml.data.radar_header.conversion`);
 * the grid from the root ``where``: ``xsize``/``ysize`` cells of ``xscale``/``yscale`` metres in the
   projection ``projdef``, with the corners' ``LL_lon``/``LL_lat`` ... ``UR_lon``/``UR_lat``. The returned
   ``x``/``y`` coordinates [km] are cell centres measured from the grid's lower-left corner (x east, y north,
@@ -90,7 +90,7 @@ def find_quantity(h5, quantity: str, path: Path) -> tuple[str, dict]:
 
 def odim_header(path: Path, quantity: str, lock) -> dict:
     """What the radar reader needs of one ODIM file (times, grid, unit, scaling, data path), read under ``lock``
-    (HDF5 is not thread-safe) without reading the field itself. See :func:`climateml.data.radar._describe_piece`."""
+    (HDF5 is not thread-safe) without reading the field itself. See :func:`climateml.data.radar_header.read_header`."""
     import h5py  # noqa: PLC0415
 
     if not path.exists():

@@ -8,11 +8,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from climateml.data.radar import RainTransform
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 from climateml.models.base import ClimateTask
 from climateml.models.blocks_unet import UNet
 from climateml.models.extrapolation import gaussian_blur, optical_flow_nowcast
+from climateml.models.rain_transform import RainTransform
 
 LOSSES = ("mse", "mae", "logcosh")
 BASES = ("optical_flow", "none")
