@@ -127,12 +127,12 @@ def run_workload(args) -> float:
 
     import torch
 
-    from climateml.attribution.core import _trial_forward, auto_batch_size
+    from climateml.attribution.methods import auto_batch_size, trial_forward
 
     model, x, target = build(args)
     n = len(x)
     rows = args.internal_batch_size or auto_batch_size(
-        _trial_forward(model, torch.as_tensor(x.values[:1], device=args.device)).activations_per_row, torch.device(args.device))
+        trial_forward(model, torch.as_tensor(x.values[:1], device=args.device)).activations_per_row, torch.device(args.device))
     print(f"\n-- {args.workload}: {n} samples of {tuple(x.shape[1:])}, n_steps {args.steps}, internal_batch_size "
           f"{rows} rows{'' if args.internal_batch_size else ' (automatic)'}, device {args.device}", flush=True)
     a = batched(model, x, target, args)

@@ -340,6 +340,30 @@ def test_dataset_input_gives_a_dataset_back():
     np.testing.assert_allclose(b["pr"].values, ref.sel(channel="pr").values)
 
 
+def test_field_layout_is_the_adapter_of_attribution_inputs():
+    """FieldLayout stacks a Dataset (a variable stored (lon, lat) included) into the model's tensor order and puts
+    numbers back on each variable's own dims; a DataArray is its own tensor. attribute() goes through it: the maps
+    of the Dataset are the maps of the stacked DataArray."""
+    from climateml.data.adapter import FieldLayout
+
+    da = field_input()
+    ds = da.to_dataset("channel")
+    ds["psl"] = ds["psl"].transpose("sample", "lon", "lat")
+    layout = FieldLayout.from_xarray(ds)
+    assert layout.stacked and layout.variables == ["tas", "psl", "pr"] and layout.field_dims == ("lat", "lon")
+    stacked = layout.stack(ds)
+    assert stacked.dims == ("sample", "variable", "lat", "lon")
+    np.testing.assert_array_equal(stacked.values, da.values)
+    back = layout.unstack(stacked.values * 2, ds)
+    assert back["psl"].dims == ("sample", "lon", "lat")
+    np.testing.assert_array_equal(back["psl"].values, 2 * ds["psl"].values)
+    single = FieldLayout.from_xarray(da)
+    assert not single.stacked and single.stack(da) is da and single.unstack(da.values, da, "m").name == "m"
+    model = FieldCNN()
+    a, ref = attribute(model, ds, "saliency"), attribute(model, da, "saliency")
+    np.testing.assert_array_equal(a["psl"].transpose("sample", "lat", "lon").values, ref.sel(channel="psl").values)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # bad input: one clear line each
 # ----------------------------------------------------------------------------------------------------------
@@ -670,6 +694,11 @@ def test_callback_takes_samples_from_a_climate_datamodule(tmp_path):
             g = torch.Generator().manual_seed(0)
             x, y = torch.rand(40, 4, generator=g), torch.rand(40, 96, generator=g)
             self.train_dataset = self.val_dataset = self.test_dataset = self.predict_dataset = TensorDictDataset(x=x, y=y)
+
+        def inputs_xarray(self, split):  # the split's x tensors, named by the model's inputs
+            x = self.dataset(split).tensors["x"].numpy()
+            return xr.DataArray(x, dims=("sample", "dim_1"), coords={"sample": np.arange(len(x)), "dim_1": names},
+                                name="input")
 
     grid = xr.Dataset(coords={"lat": LAT, "lon": LON})
     cb = AttributionSnapshot(method="saliency", every_n_epochs=1, n_samples=3, output_dir=str(tmp_path),

@@ -18,7 +18,7 @@ import xarray as xr
 
 from climateml.attribution import attribute
 from climateml.attribution.confounded import INPUTS, generate_confounded, train_cnn
-from climateml.attribution.core import SAMPLE_CLIMATOLOGY, TRAINING_CLIMATOLOGY, unphysical_zero_channels, input_layout
+from climateml.attribution.baselines import SAMPLE_CLIMATOLOGY, TRAINING_CLIMATOLOGY, unphysical_zero_channels
 from climateml.attribution.faithfulness import (
     attribution_scores, faithfulness_correlation, max_sensitivity, randomisation_check, region_perturbation, sparseness,
     spearman,
@@ -150,7 +150,7 @@ def test_zeros_baseline_on_an_unphysical_zero_warns_in_one_line():
                      "air": (("s", "lat"), np.ones((2, 3)) * 280, {"units": "K"}),
                      "height": (("s", "lat"), np.ones((2, 3)), {"standard_name": "geopotential_height", "units": "m"}),
                      "pr": (("s", "lat"), np.ones((2, 3)), {"units": "kg m-2 s-1"})})
-    assert [(n, k) for n, k, _ in unphysical_zero_channels(input_layout(ds))] == [("air", "temperature"),
+    assert [(n, k) for n, k, _ in unphysical_zero_channels(ds)] == [("air", "temperature"),
                                                                                    ("height", "geopotential")]
 
 

@@ -407,7 +407,7 @@ def test_attribution_maps_of_a_nowcast_keep_the_archive_coordinates(frames_dir):
     assert a.dims == x.dims and all(np.array_equal(a[d].values, x[d].values) for d in x.dims)
     assert np.isfinite(a.values).all() and a.attrs["method"] == "input_x_gradient"
     # the default baseline: the rain rate at the training mean of the transformed scale, 0 in the network's space
-    from climateml.attribution.core import TRAINING_CLIMATOLOGY, training_climatology
+    from climateml.attribution.baselines import TRAINING_CLIMATOLOGY, training_climatology
 
     base = training_climatology(model, x.shape[1:])
     assert base.shape == (1, *x.shape[1:]) and (base >= 0).all()

@@ -70,7 +70,7 @@ class AttributionSnapshot(L.Callback):
         else:
             if trainer.datamodule is None:
                 raise ConfigError("AttributionSnapshot needs samples= or a DataModule")
-            x = inputs_from_datamodule(trainer.datamodule, self.split, self.n_samples, pl_module)
+            x = inputs_from_datamodule(trainer.datamodule, self.split, self.n_samples)
         first = x.dims[0] if isinstance(x, xr.DataArray) else next(iter(x[next(iter(x.data_vars))].dims))
         return x.isel({first: slice(0, self.n_samples)})
 

@@ -6,9 +6,10 @@
 - ``climateml synth confounded --out DIR``: :func:`synth_confounded_main`;
 - ``climateml demo clever-hans --out DIR``: :func:`demo_clever_hans_main`.
 
-DataModule hooks used when present (each has a fallback): ``inputs_xarray(split)`` (the split's inputs as
-xarray with their coordinates, sample dim first), ``output_grid()`` (an xarray object with the output
-map's lat/lon or y/x coordinates) and ``layout`` (a :class:`~climateml.data.adapter.FieldLayout` of the outputs).
+What is used of the DataModule (members every :class:`~climateml.data.base.ClimateDataModule` declares):
+``inputs_xarray(split)`` (the split's inputs as xarray with their coordinates, sample dim first), ``layout`` (a
+:class:`~climateml.data.adapter.FieldLayout` of the outputs: the output maps' grid and names) and
+``load_state_dict`` (the statistics saved in the checkpoint).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from climateml.attribution.core import METHOD_OPTIONS, METHODS, attribute, input_layout
+from climateml.attribution.adapter import first_samples, stacked
+from climateml.attribution.core import attribute
+from climateml.attribution.methods import METHOD_OPTIONS, METHODS
 from climateml.attribution.targets import OutputIndex, RegionMean, as_target
 from climateml.errors import ConfigError
 from climateml.grid import spatial_dims
@@ -33,38 +36,17 @@ from climateml.grid import spatial_dims
 # inputs and output grid of a task's DataModule
 # ---------------------------------------------------------------------------------------------------
 
-def inputs_from_datamodule(datamodule, split: str, n_samples: int | None = None,
-                           model: torch.nn.Module | None = None) -> xr.DataArray | xr.Dataset:
-    """The first ``n_samples`` inputs of ``split``: ``datamodule.inputs_xarray(split)`` when it has the hook,
-    else the split's ``x`` tensors as a DataArray with dims ``sample, dim_1, ...`` (and the model spec's input
-    names on ``dim_1`` when they fit)."""
-    if hasattr(datamodule, "inputs_xarray"):
-        x = datamodule.inputs_xarray(split)
-        first = x.dims[0] if isinstance(x, xr.DataArray) else next(iter(x[next(iter(x.data_vars))].dims))
-        return x if n_samples is None else x.isel({first: slice(0, n_samples)})
-    ds = datamodule.dataset(split) if hasattr(datamodule, "dataset") else getattr(datamodule, f"{split}_dataset")
-    idx = list(range(len(ds) if n_samples is None else min(n_samples, len(ds))))
-    batch = ds.__getitems__(idx) if hasattr(ds, "__getitems__") else torch.utils.data.default_collate([ds[i] for i in idx])
-    values = (batch["x"] if isinstance(batch, Mapping) else batch[0]).detach().float().cpu().numpy()
-    dims = ("sample", *[f"dim_{i}" for i in range(1, values.ndim)])
-    coords: dict[str, Any] = {"sample": np.arange(len(values))}
-    spec = getattr(model, "spec", None) or getattr(datamodule, "spec", None)
-    names = list(getattr(spec, "inputs", []) or [])
-    if values.ndim > 1 and len(names) == values.shape[1]:
-        coords["dim_1"] = names
-    return xr.DataArray(values, dims=dims, coords=coords, name="input")
+def inputs_from_datamodule(datamodule, split: str, n_samples: int | None = None) -> xr.DataArray | xr.Dataset:
+    """The first ``n_samples`` (None: all) inputs of ``split``: ``datamodule.inputs_xarray(split)``."""
+    x = datamodule.inputs_xarray(split)
+    return x if n_samples is None else first_samples(x, n_samples)
 
 
 def output_grid(datamodule) -> tuple[xr.Dataset | None, list[str] | None]:
-    """(grid, names) of the model's output maps: ``datamodule.output_grid()``, else the coordinates of its
-    ``layout`` (a FieldLayout) and the layout's variables; (None, None) if neither."""
-    if hasattr(datamodule, "output_grid"):
-        return datamodule.output_grid(), None
-    layout = getattr(datamodule, "layout", None)
-    coords = getattr(layout, "coords", None)
-    if coords:
-        return xr.Dataset(coords={k: v for k, v in coords.items()}), list(getattr(layout, "variables", []) or []) or None
-    return None, None
+    """(grid, names) of the model's outputs: the coordinates of the DataModule's ``layout`` (None when the outputs
+    have none) and the output names of its ``spec`` (in tensor order)."""
+    coords = datamodule.layout.coords
+    return (xr.Dataset(coords=dict(coords)) if coords else None), list(datamodule.spec.outputs) or None
 
 
 def _resolve_target(target: Any, grid, names) -> Any:
@@ -81,7 +63,7 @@ def _resolve_target(target: Any, grid, names) -> Any:
 def channel_shares(attr: xr.DataArray | xr.Dataset) -> dict[str, float] | None:
     """Share of the total |attribution| held by each input channel (axis 1: variables, channels, features),
     over every sample and cell; None for an input without a named channel axis."""
-    flat = input_layout(attr).template
+    flat = stacked(attr)
     if flat.ndim < 3 or flat.dims[1] not in flat.coords:
         return None
     a = np.abs(np.asarray(flat.values, dtype=np.float64))
@@ -151,7 +133,7 @@ def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any 
 
     The default ``baseline`` is the training climatology: the DataModule's training mean per channel, which
     the model carries from the checkpoint (zero in its standardised space; see
-    :func:`climateml.attribution.core.training_climatology`).
+    :func:`climateml.attribution.baselines.training_climatology`).
 
     With ``scores`` (default), ``<out_dir>/scores_<method>_<split>.json`` holds the faithfulness and robustness
     scores of :func:`climateml.attribution.faithfulness.attribution_scores` (on the first
@@ -165,9 +147,8 @@ def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any 
     from climateml.writers import write_cf
 
     datamodule.setup("test")
-    x = inputs_from_datamodule(datamodule, split, n_samples, model)
+    x = inputs_from_datamodule(datamodule, split, n_samples)
     grid, names = output_grid(datamodule)
-    names = names or list(getattr(getattr(model, "spec", None), "outputs", []) or []) or None
     t = _resolve_target(target, grid, names)
     a = attribute(model, x, method, target=t, baseline=baseline, **options)
     out_dir = Path(out_dir)
@@ -196,7 +177,7 @@ def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any 
             title = f"{method}{flag}, sample {k}: {a.attrs.get('target', '')}"
         plots.save(plots.plot_attribution(a, x, sample=k, title=title),
                    out_dir / "figures" / f"attribution_{method}_{split}_{k}.png")
-    flat = input_layout(a).template
+    flat = stacked(a)
     if n_figures > 0 and flat.ndim == 2 and spatial_dims(flat, required=False) is None:  # feature inputs: all samples at once
         plots.save(plots.plot_feature_attribution(a),
                    out_dir / "figures" / f"attribution_{method}_{split}_features.png")
@@ -246,7 +227,7 @@ def load_checkpoint(model: torch.nn.Module, datamodule, path: str | Path) -> Non
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(ckpt["state_dict"])
     state = ckpt.get(type(datamodule).__qualname__)
-    if state is not None and hasattr(datamodule, "load_state_dict"):
+    if state is not None:
         datamodule.load_state_dict(state)
 
 

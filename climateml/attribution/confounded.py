@@ -248,7 +248,8 @@ def score_methods(model: nn.Module, x: xr.Dataset, methods: Sequence[str] = SCOR
                   score_options: Mapping[str, Any] | None = None, seed: int = 0) -> tuple[dict, list]:
     """({method: scores}, [SanityResult]) of each method on ``x``'s first samples, with the default baselines and
     the full cascading randomisation (:mod:`climateml.attribution.faithfulness`)."""
-    from climateml.attribution.faithfulness import SCORE_OPTIONS, first_samples, attribution_scores, randomisation_check
+    from climateml.attribution.adapter import first_samples
+    from climateml.attribution.faithfulness import SCORE_OPTIONS, attribution_scores, randomisation_check
 
     opts = {**SCORE_OPTIONS, "n_samples": 8, "seed": seed, **dict(score_options or {})}
     xs = first_samples(x, int(opts["n_samples"]))

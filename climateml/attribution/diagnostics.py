@@ -23,7 +23,10 @@ import torch
 import xarray as xr
 from torch import nn
 
-from climateml.attribution.core import eval_mode, input_layout, model_device, model_dtype, predict
+from climateml.attribution.adapter import input_layout, stacked
+from climateml.attribution.core import predict
+from climateml.attribution.methods import eval_mode, model_device, model_dtype
+from climateml.data.adapter import FieldLayout
 from climateml.attribution.regions import describe_region, mask_array, region_mask
 from climateml.attribution.targets import TargetModule, as_target
 from climateml.errors import ConfigError, DataError
@@ -66,7 +69,7 @@ def accuracy_skill(pred: np.ndarray, truth: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------------
 
 def _stacked(attr: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    return input_layout(attr).template
+    return stacked(attr)
 
 
 def _oriented(da: xr.DataArray, orient: bool) -> np.ndarray:
@@ -137,13 +140,10 @@ def relevance_rank_accuracy(attr: xr.DataArray | xr.Dataset, region: Any, orient
 FILLS = ("climatology", "zeros", "noise", "shuffle")
 
 
-def _restore(stacked: xr.DataArray, like: xr.DataArray | xr.Dataset, variables: Sequence[str] | None) -> xr.DataArray | xr.Dataset:
-    if isinstance(like, xr.DataArray):
-        return like.copy(data=stacked.transpose(*like.dims).values)
-    out = like.copy()
-    for v in variables:
-        out[v] = like[v].copy(data=stacked.sel(variable=v, drop=True).transpose(*like[v].dims).values)
-    return out
+def _restore(layout: FieldLayout, values: np.ndarray, like: xr.DataArray | xr.Dataset) -> xr.DataArray | xr.Dataset:
+    """Stacked ``values`` back into ``like`` (a Dataset's other variables kept)."""
+    back = layout.unstack(values, like)
+    return back if isinstance(like, xr.DataArray) else like.assign({v: back[v] for v in back.data_vars})
 
 
 def ablate(x: xr.DataArray | xr.Dataset, region: Any, fill: str | float = "climatology",
@@ -162,10 +162,10 @@ def ablate(x: xr.DataArray | xr.Dataset, region: Any, fill: str | float = "clima
         seed: seeds "noise" and "shuffle".
     """
     layout = input_layout(x, variables)
-    da = layout.template
+    da = layout.stack(x)
     mask = mask_array(region_mask(da, region, "ablation region"), da.dims, da.shape)
     values = np.asarray(da.values, dtype=np.float64)
-    ref = values if reference is None else np.asarray(input_layout(reference, layout.variables).template
+    ref = values if reference is None else np.asarray(stacked(reference, layout.variables)
                                                       .transpose(*da.dims).values, dtype=np.float64)
     if ref.shape[1:] != values.shape[1:]:
         raise DataError(f"ablation reference has per-sample shape {ref.shape[1:]}, the input {values.shape[1:]}")
@@ -182,8 +182,7 @@ def ablate(x: xr.DataArray | xr.Dataset, region: Any, fill: str | float = "clima
         filler = values[rng.permutation(len(values))]
     else:
         raise ConfigError(f"ablation fill must be one of {list(FILLS)} or a number, got {fill!r}")
-    new = da.copy(data=np.where(mask, filler, values).astype(da.dtype))
-    return _restore(new, x, layout.variables)
+    return _restore(layout, np.where(mask, filler, values).astype(da.dtype), x)
 
 
 def cue_ablation(model: nn.Module, x: xr.DataArray | xr.Dataset, y: Any, skill: Skill, region: Any,
@@ -225,8 +224,7 @@ def permutation_importance(model: nn.Module, x: xr.DataArray | xr.Dataset, y: An
     Returns a Dataset with ``importance`` and ``importance_std`` along ``dim`` (and ``importance_map``),
     attrs ``skill`` (unperturbed).
     """
-    layout = input_layout(x, variables)
-    da = layout.template
+    da = stacked(x, variables)
     dim = dim or str(da.dims[1])
     if dim not in da.dims or dim == da.dims[0]:
         raise ConfigError(f"permutation importance dim {dim!r} must be a per-sample dim of the input {tuple(da.dims)}")
@@ -313,15 +311,14 @@ def optimise_input(model: nn.Module, start: xr.DataArray | xr.Dataset, target: A
 
 def _optimise(model, start, target, steps, lr, l2, smoothness, scale, variables, device):
     layout = input_layout(start, variables, model)
-    da = layout.template
-    x0 = torch.as_tensor(layout.values())
+    da = layout.stack(start)
+    x0 = torch.as_tensor(np.asarray(da.values, dtype=np.float32))
     if scale is None:
         s = torch.ones(1, *x0.shape[1:])
     elif isinstance(scale, (int, float)):
         s = torch.full((1, *x0.shape[1:]), float(scale))
     else:
-        sc = input_layout(scale.expand_dims({da.dims[0]: [0]}) if da.dims[0] not in scale.dims else scale,
-                          layout.variables).template
+        sc = stacked(scale.expand_dims({da.dims[0]: [0]}) if da.dims[0] not in scale.dims else scale, layout.variables)
         sc = sc.broadcast_like(da.isel({da.dims[0]: [0]}, drop=False)).transpose(*da.dims)
         s = torch.as_tensor(np.asarray(sc.values, dtype=np.float32)[:1])
     s = torch.where(s > 0, s, torch.ones_like(s))
@@ -332,7 +329,7 @@ def _optimise(model, start, target, steps, lr, l2, smoothness, scale, variables,
     with eval_mode(model):
         with torch.no_grad():
             out_shape = tuple(model(x0[:1]).shape[1:])
-        bound = as_target(target).bind(out_shape, layout.dataset if layout.dataset is not None else da, x0.shape[0],
+        bound = as_target(target).bind(out_shape, start if isinstance(start, xr.Dataset) else da, x0.shape[0],
                                        layout.sample_dim)
         if bound.extra:
             raise ConfigError("optimise_input takes targets without per-sample masks")
@@ -362,7 +359,7 @@ def _optimise(model, start, target, steps, lr, l2, smoothness, scale, variables,
     attrs = {"method": "backwards optimisation", "target": bound.description,
              "target_at_start": [float(v) for v in t_start], "target_at_end": [float(v) for v in t_end],
              "steps": int(steps), "lr": float(lr), "l2": float(l2), "smoothness": float(smoothness)}
-    out = layout.to_xarray(x_opt.float().cpu().numpy(), "optimised_input", attrs)
+    out = layout.unstack(x_opt.float().cpu().numpy(), start, "optimised_input", attrs)
     if isinstance(start, xr.Dataset):
         for v in out.data_vars:
             out[v].attrs = {**start[v].attrs, **attrs}

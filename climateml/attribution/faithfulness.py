@@ -9,7 +9,7 @@
   ``climateml attribute`` writes to ``scores_<method>_<split>.json``.
 
 Perturbations replace input values by a **reference field**: the training climatology the model carries
-(:func:`climateml.attribution.core.default_baseline`), never zeros in physical units, so a perturbed input
+(:func:`climateml.attribution.baselines.default_baseline`), never zeros in physical units, so a perturbed input
 stays a state the model could meet. A "region" is a tile of cells of one channel (the occlusion window:
 about 1/12 of each horizontal dim, one cell along the others), so scores do not depend on single-cell noise.
 
@@ -29,10 +29,11 @@ import torch
 import xarray as xr
 from torch import nn
 
-from climateml.attribution.core import (
-    InputLayout, _occlusion_window, _trial_forward, attribute, default_baseline, eval_mode, input_layout,
-    model_device, model_dtype,
-)
+from climateml.attribution.adapter import first_samples, input_layout, input_values
+from climateml.attribution.baselines import default_baseline
+from climateml.attribution.core import attribute
+from climateml.attribution.methods import eval_mode, model_device, model_dtype, occlusion_window, trial_forward
+from climateml.data.adapter import FieldLayout
 from climateml.attribution.targets import TargetModule, as_target
 from climateml.errors import ConfigError
 
@@ -275,16 +276,18 @@ def sparseness(attr: np.ndarray) -> np.ndarray:
 # model access
 # ---------------------------------------------------------------------------------------------------
 
-def target_function(model: nn.Module, layout: InputLayout, target: Any = None, batch_size: int = 64) -> TargetFn:
+def target_function(model: nn.Module, x: xr.DataArray | xr.Dataset, target: Any = None, batch_size: int = 64) -> TargetFn:
     """``f(values, rows) -> (m,)``: the target (as :func:`~climateml.attribution.core.attribute` explains it)
-    of the model on (m, ...) input values, in batches, no gradients; ``rows`` are the samples of ``layout``
+    of the model on (m, ...) input values, in batches, no gradients; ``rows`` are the samples of the input ``x``
     each row stands for (a per-sample target, such as a class score over each sample's mask, uses theirs)."""
     dev, dtype = model_device(model), model_dtype(model)
-    values = layout.values()
+    layout = input_layout(x, None, model)
+    xs = layout.stack(x)
+    values = np.asarray(xs.values, dtype=np.float32)
     with eval_mode(model):
-        trial = _trial_forward(model, torch.as_tensor(values[:1], device=dev, dtype=dtype))
-    bound = as_target(target).bind(trial.output_shape, layout.dataset if layout.dataset is not None else layout.template,
-                                   values.shape[0], layout.sample_dim)
+        trial = trial_forward(model, torch.as_tensor(values[:1], device=dev, dtype=dtype))
+    bound = as_target(target).bind(trial.output_shape, x if isinstance(x, xr.Dataset) else xs, values.shape[0],
+                                   layout.sample_dim)
     fwd = TargetModule(model, bound.reducer).to(dev)
 
     def f(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -300,25 +303,19 @@ def target_function(model: nn.Module, layout: InputLayout, target: Any = None, b
     return f
 
 
-def perturbation_regions(layout: InputLayout) -> np.ndarray:
-    """Integer region label of every cell of one sample: tiles of the occlusion window (about 1/12 of each
-    horizontal dim, one cell along the others, e.g. channels)."""
-    window, _ = _occlusion_window(layout, None, None)
-    shape = layout.template.shape[1:]
+def perturbation_regions(xs: xr.DataArray) -> np.ndarray:
+    """Integer region label of every cell of one sample of the stacked input ``xs``: tiles of the occlusion window
+    (about 1/12 of each horizontal dim, one cell along the others, e.g. channels)."""
+    window, _ = occlusion_window(xs, None, None)
+    shape = xs.shape[1:]
     idx = np.indices(shape)
     tiles = [np.asarray(i) // w for i, w in zip(idx, window)]
     n_tiles = [math.ceil(s / w) for s, w in zip(shape, window)]
     return np.ravel_multi_index(tiles, n_tiles)
 
 
-def first_samples(x: xr.DataArray | xr.Dataset, n: int) -> xr.DataArray | xr.Dataset:
-    """The first ``n`` samples of an input or of its maps (the sample dim first)."""
-    layout = input_layout(x)
-    return x.isel({layout.sample_dim: slice(0, n)})
-
-
 def _values(a: xr.DataArray | xr.Dataset, variables: Sequence[str] | None) -> np.ndarray:
-    return input_layout(a, variables).values()
+    return input_values(a, variables)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -329,7 +326,7 @@ def cascade_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     """Names of the model's layers that hold parameters, from the output layer down to the input (the reverse
     of the order the forward pass runs them)."""
     with eval_mode(model):
-        trial = _trial_forward(model, x[:1])
+        trial = trial_forward(model, x[:1])
     named = [n for n, m in trial.order if any(True for _ in m.parameters(recurse=False))]
     return named[::-1]
 
@@ -411,7 +408,7 @@ def randomisation_check(model: nn.Module, x: xr.DataArray | xr.Dataset, method: 
     variables = layout.variables
     original = _values(attr if attr is not None else explain(model, x), variables)
     dev, dtype = model_device(model), model_dtype(model)
-    layers = cascade_layers(model, torch.as_tensor(layout.values()[:1], device=dev, dtype=dtype))
+    layers = cascade_layers(model, torch.as_tensor(input_values(x, variables)[:1], device=dev, dtype=dtype))
     if not layers:
         raise ConfigError(f"{type(model).__name__} has no layer with parameters to randomise")
     steps = len(layers) if cascade_steps is None else max(1, min(int(cascade_steps), len(layers)))
@@ -468,24 +465,23 @@ def attribution_scores(model: nn.Module, x: xr.DataArray | xr.Dataset, method: s
         raise ConfigError(f"score options {sorted(unknown)} unknown; known: {sorted(SCORE_OPTIONS)}")
     seed = int(opts["seed"])
     xs = first_samples(x, int(opts["n_samples"]))
-    layout = input_layout(xs, None, model)
-    variables = layout.variables
+    layout: FieldLayout = input_layout(xs, None, model)
+    variables, stacked = layout.variables, layout.stack(xs)
 
     def explain(m: nn.Module, inputs) -> Any:
         return attribute(m, inputs, method, target=target, baseline=baseline, seed=seed, **options)
 
     a = first_samples(attr, int(opts["n_samples"])) if attr is not None else explain(model, xs)
-    values, maps = layout.values(), _values(a, variables)
-    reference, reference_desc = default_baseline(model, layout)
-    regions = perturbation_regions(layout)
-    f = target_function(model, layout, target)
+    values, maps = np.asarray(stacked.values, dtype=np.float32), _values(a, variables)
+    reference, reference_desc = default_baseline(model, stacked)
+    regions = perturbation_regions(stacked)
+    f = target_function(model, xs, target)
     faith = faithfulness_correlation(f, values, maps, reference, regions, int(opts["n_draws"]),
                                      float(opts["subset_fraction"]), seed)
     morf = region_perturbation(f, values, maps, reference, regions, int(opts["n_curve_steps"]), seed)
 
     def explain_values(v: np.ndarray) -> np.ndarray:
-        return _values(explain(model, layout.to_xarray(v, "input", {}) if variables is not None
-                               else layout.template.copy(data=v)), variables)
+        return _values(explain(model, layout.unstack(v, xs)), variables)
 
     sens = max_sensitivity(explain_values, values, maps, float(opts["radius"]), _channel_std(values),
                            int(opts["n_sensitivity_draws"]), seed)

@@ -22,8 +22,9 @@ import xarray as xr
 from torch import nn
 
 from climateml.attribution._fields import correlated_fields
-from climateml.attribution.core import METHODS, attribute
+from climateml.attribution.core import attribute
 from climateml.attribution.diagnostics import r2_skill
+from climateml.attribution.methods import METHODS
 
 #: methods the benchmark runs by default (Grad-CAM needs a conv layer; the benchmark's model is an MLP)
 FIDELITY_METHODS = tuple(m for m in METHODS if m != "grad_cam")

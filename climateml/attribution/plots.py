@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from climateml import plotting
-from climateml.attribution.core import input_layout
+from climateml.attribution.adapter import stacked
 from climateml.grid import spatial_dims
 from climateml.plotting import save  # noqa: F401  (re-exported: plots.save)
 
@@ -102,8 +102,8 @@ def plot_attribution(attr: xr.DataArray | xr.Dataset, x: xr.DataArray | xr.Datas
     or a coordinate value of the sample dim; colour limits are shared by all channels of the sample
     (``vmax``, default the ``percentile`` of |attribution|). ``boxes``: regions outlined on every map.
     """
-    a = input_layout(attr).template
-    xs = input_layout(x).template if x is not None else None
+    a = stacked(attr)
+    xs = stacked(x) if x is not None else None
     a1 = _sample_sel(a, sample)
     x1 = _sample_sel(xs, sample) if xs is not None else None
     label = a.attrs.get("method", a1.name or "attribution")
@@ -158,7 +158,7 @@ def plot_feature_attribution(attr: xr.DataArray | xr.Dataset, sample_axis: str |
     for integrated gradients and DeepLift it is target(x) - target(baseline)), one panel per ``scenario``
     when the samples carry one (``max_cols`` panels a row, shared y axis).
     """
-    a = input_layout(attr).template
+    a = stacked(attr)
     if a.ndim != 2 or spatial_dims(a, required=False) is not None:
         raise ValueError(f"plot_feature_attribution needs (sample, feature) attribution, got {tuple(a.dims)}")
     sdim, fdim = a.dims
@@ -217,7 +217,7 @@ def plot_maps(da: xr.DataArray | xr.Dataset, row: str | None = None, col: str | 
               panel_size: tuple[float, float] = (3.2, 2.4), boxes: Sequence[Mapping[str, Sequence[float]]] = ()):
     """A grid of maps: ``row`` and ``col`` dims (default: the non-horizontal dims in order) of a field with
     horizontal dims; diverging (centred on zero, shared symmetric limit) or sequential colours."""
-    d = input_layout(da).template if isinstance(da, xr.Dataset) else da
+    d = stacked(da) if isinstance(da, xr.Dataset) else da
     hdims = spatial_dims(d, required=False)
     if hdims is None:
         raise ValueError(f"plot_maps needs (lat, lon) or (y, x) dims, got {tuple(d.dims)}")
@@ -267,7 +267,7 @@ def plot_methods(maps: Mapping[str, xr.DataArray], sample: int = 0, channel: Map
     fig, axes = plt.subplots(nrow, ncol, figsize=(panel_size[0] * ncol, panel_size[1] * nrow + 0.4), squeeze=False,
                              constrained_layout=True)
     for k, (name, m) in enumerate(items):
-        a = input_layout(m).template if isinstance(m, xr.Dataset) else m
+        a = stacked(m) if isinstance(m, xr.Dataset) else m
         f = _sample_sel(a, sample)
         if channel:
             f = f.sel(channel)

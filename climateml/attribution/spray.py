@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
-from climateml.attribution.core import input_layout
+from climateml.attribution.adapter import stacked
 from climateml.errors import ConfigError
 from climateml.grid import spatial_dims
 
@@ -87,7 +87,7 @@ def spray(attr: xr.DataArray | xr.Dataset, pool: int | Mapping[str, int] | None 
     from sklearn.cluster import KMeans
     from sklearn.neighbors import kneighbors_graph
 
-    da = input_layout(attr).template
+    da = stacked(attr)
     n = da.shape[0]
     if n < 3:
         raise ConfigError(f"spray needs at least 3 maps, got {n}")

@@ -16,6 +16,9 @@ import xarray as xr
 
 from climateml.errors import DataError
 
+#: the dim a Dataset's variables are stacked on by :meth:`FieldLayout.stack`
+VARIABLE_DIM = "variable"
+
 
 @dataclass
 class FieldLayout:
@@ -83,4 +86,64 @@ class FieldLayout:
         axis = 1 + len(extra)
         out = xr.Dataset({v: (dims, np.take(values, i, axis=axis), dict(self.attrs.get(v, {})))
                           for i, v in enumerate(self.variables)}, coords=coords)
+        return out
+
+    # ---- an xarray input as a model takes it whole (attribution): additive to the above ----
+    #: False for a single DataArray whose axes after the sample dim are all field dims: its tensor has no
+    #: variable axis (its one "variable" is the DataArray's name)
+    stacked: bool = True
+
+    @classmethod
+    def from_xarray(cls, x: xr.DataArray | xr.Dataset, variables: Sequence[str] | None = None) -> "FieldLayout":
+        """The layout of a model input given as xarray, sample dim first: a DataArray is the tensor as it is (no
+        variable axis, ``stacked`` False); a Dataset's ``variables`` (default: all, in order) are stacked on a
+        variable axis after the sample dim, each variable's other dims in any order."""
+        if isinstance(x, xr.DataArray):
+            if x.ndim < 1:
+                raise DataError("the input needs a sample dim first; got a 0-d DataArray")
+            name = str(x.name if x.name is not None else "input")
+            return cls([name], tuple(map(str, x.dims[1:])), {d: x[d].copy() for d in x.dims[1:] if d in x.coords},
+                       {name: dict(x.attrs)}, str(x.dims[0]), stacked=False)
+        if not isinstance(x, xr.Dataset):
+            raise DataError(f"the input must be an xarray.DataArray or Dataset, got {type(x).__name__}")
+        variables = [str(v) for v in (list(x.data_vars) if variables is None else variables)]
+        missing = [v for v in variables if v not in x.data_vars]
+        if missing or not variables:
+            raise DataError(f"input variables {missing or variables} not in the Dataset (it has {list(x.data_vars)})")
+        first = x[variables[0]]
+        for v in variables:
+            if set(x[v].dims) != set(first.dims):
+                raise DataError(f"input variable {v!r} has dims {x[v].dims}, expected those of {variables[0]!r}: "
+                                f"{first.dims}")
+        return cls.from_dataset(x[variables].transpose(*first.dims), variables, str(first.dims[0]))
+
+    def stack(self, x: xr.DataArray | xr.Dataset) -> xr.DataArray:
+        """``x`` as one DataArray shaped like its tensor, (sample, [variable], *field dims), coordinates kept."""
+        if not self.stacked:
+            return x if isinstance(x, xr.DataArray) else x[self.variables[0]]
+        parts = [x[v].transpose(self.sample_dim, *self.field_dims) for v in self.variables]
+        out = xr.concat(parts, dim=VARIABLE_DIM, coords="minimal", compat="override")
+        out = out.assign_coords({VARIABLE_DIM: self.variables}).transpose(self.sample_dim, VARIABLE_DIM, *self.field_dims)
+        out.attrs = {}
+        return out
+
+    def unstack(self, values: np.ndarray, like: xr.DataArray | xr.Dataset, name: str | None = None,
+                attrs: Mapping | None = None) -> xr.DataArray | xr.Dataset:
+        """``values`` shaped like :meth:`stack` of ``like`` back on ``like``'s dims and coordinates: a DataArray for a
+        DataArray, a Dataset of the variables (each on its own dims' order) otherwise; ``name`` and ``attrs`` replace
+        ``like``'s when given (a Dataset's variables get ``attrs`` plus their own name as ``variable``)."""
+        values = np.asarray(values)
+        if not self.stacked:
+            out = self.stack(like).copy(data=values)
+            if name is not None:
+                out.name = name
+            if attrs is not None:
+                out.attrs = dict(attrs)
+            return out
+        template = self.stack(like)
+        out = xr.Dataset(attrs=dict(like.attrs if attrs is None else attrs))
+        for i, v in enumerate(self.variables):
+            arr = template.isel({VARIABLE_DIM: i}, drop=True).copy(data=values[:, i]).transpose(*like[v].dims)
+            arr.attrs = dict(like[v].attrs) if attrs is None else {**dict(attrs), "variable": v}
+            out[v] = arr
         return out
