@@ -162,6 +162,17 @@ def test_dropped_reader_closes_its_files(tmp_path):
     xr.Dataset({"x": ("t", [1.0])}).to_netcdf(paths[0], mode="w")  # the file can be replaced
 
 
+
+def test_file_damaged_after_opening_is_one_error_naming_it(tmp_path):
+    """The reader opens a file at its first read (xarray's file manager): a file truncated after the archive was
+    opened is a DataError naming it; the other files still read."""
+    paths = generate_radar(tmp_path, n_frames=3, ny=8, nx=8, missing=(), progress=False)
+    reader = RadarReader(tmp_path, "precipitation_amount")
+    paths[1].write_bytes(paths[1].read_bytes()[:100])
+    with pytest.raises(DataError, match=rf"{paths[1].name}: cannot be read .*readable when the archive was opened"):
+        reader.read(1)
+    assert reader.read(2).shape == (8, 8)
+
 def _single_file(tmp_path, values, attrs, name="rain", times=None, suffix=".nc", **extra):
     times = pd.date_range(START, periods=values.shape[0], freq="10min") if times is None else times
     ds = xr.Dataset({name: (("time", "lat", "lon"), values, attrs), **extra},

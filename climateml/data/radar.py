@@ -32,19 +32,22 @@ from climateml.errors import DataError
 _INHERITED: list = []  # open files a forked process inherited: kept referenced so they are never closed there
 
 
-def _file_manager(info: dict) -> CachingFileManager:
-    """xarray's manager of one file of the archive, opened read-only when first acquired: netCDF4 for NetCDF,
-    h5py for ODIM HDF5, xarray without dask for Zarr. Its lock is the HDF5 lock every read takes."""
-    if info["zarr"]:
-        return CachingFileManager(xr.open_dataset, info["path"], lock=FILE_LOCK,
-                                  kwargs={"engine": "zarr", "consolidated": None, "chunks": None, "cache": False})
-    if info["odim"]:
-        import h5py  # noqa: PLC0415
+def _open_file(path: Path, zarr: bool, odim: bool):
+    """One file of the archive opened read-only: xarray without dask for Zarr, h5py for ODIM HDF5, netCDF4 for
+    NetCDF; a DataError naming the file if it cannot be opened (it could when the archive was opened)."""
+    try:
+        if zarr:
+            return xr.open_dataset(path, engine="zarr", consolidated=None, chunks=None, cache=False)
+        if odim:
+            import h5py  # noqa: PLC0415
 
-        return CachingFileManager(h5py.File, info["path"], mode="r", lock=FILE_LOCK)
-    import netCDF4  # noqa: PLC0415 (imported where used: the generators do not need it)
+            return h5py.File(path, "r")
+        import netCDF4  # noqa: PLC0415 (imported where used: the generators do not need it)
 
-    return CachingFileManager(netCDF4.Dataset, info["path"], mode="r", lock=FILE_LOCK)
+        return netCDF4.Dataset(path, "r")
+    except Exception as err:
+        raise DataError(f"{path}: cannot be read ({type(err).__name__}: {err}); it was readable when the archive "
+                        f"was opened") from err
 
 
 class RadarReader:
@@ -54,7 +57,8 @@ class RadarReader:
     along the file's time dimension and its unit conversion. :meth:`read` then reads one frame (or a
     [rows, cols] part of it) straight from its file: netCDF4 for NetCDF, xarray without dask for Zarr,
     no concatenation of the archive. Open files are kept by xarray's ``CachingFileManager`` (at most
-    ``max_open_files`` per reader, least recently used closed first; an open NetCDF file costs ~1 MB) per process: a DataLoader worker starts with none
+    ``max_open_files`` per reader, least recently used closed first, and xarray's ``file_cache_maxsize`` in all;
+    an open NetCDF file costs ~1 MB) per process: a DataLoader worker starts with none
     and opens its own after the fork, and pickling drops them. Converted frames are kept in an LRU cache
     of at most ``cache_mb`` MiB per process (0: none), so an epoch after the first reads from memory
     when the archive fits, and a large archive still streams with a bounded footprint.
@@ -132,25 +136,24 @@ class RadarReader:
         return self.files[int(self.frame_file[frame])]["path"]
 
     # ---- open files: xarray's CachingFileManager, at most max_open_files per reader and per process ----
-    def _handle(self, f: int):
-        """File ``f`` open for reading (the caller holds FILE_LOCK). A forked DataLoader worker opens its own
-        files: the parent's managers are kept referenced there, so the child never closes the parent's files.
-        A dropped reader's managers close their files at once, or, while another thread reads, when xarray's
-        file cache next evicts them (under the lock)."""
+    def _file(self, f: int):
+        """File ``f`` open for reading, as a context (the caller holds FILE_LOCK): xarray's file cache keeps it
+        open meanwhile, even if another thread's open evicts it. A forked DataLoader worker opens its own files:
+        the parent's managers are kept referenced there, so the child never closes the parent's files. A dropped
+        reader's managers close their files at once, or, while another thread reads, when xarray's file cache
+        next evicts them."""
         if self._pid != os.getpid():
             _INHERITED.append(self._files)
             self._files, self._pid = OrderedDict(), os.getpid()
         manager = self._files.get(f)
         if manager is None:
-            manager = self._files[f] = _file_manager(self.files[f])
+            info = self.files[f]
+            manager = self._files[f] = CachingFileManager(_open_file, info["path"], info["zarr"], info["odim"],
+                                                          lock=FILE_LOCK)
             while len(self._files) > self.max_open_files:
                 self._files.popitem(last=False)[1].close(needs_lock=False)
         self._files.move_to_end(f)
-        try:
-            return manager.acquire(needs_lock=False)
-        except Exception as err:
-            raise DataError(f"{self.files[f]['path']}: cannot be read ({type(err).__name__}: {err}); it was readable "
-                            f"when the archive was opened") from err
+        return manager.acquire_context(needs_lock=False)
 
     def close(self) -> None:
         """Close this process's open files (they are reopened on the next read); the frame cache stays."""
@@ -194,28 +197,28 @@ class RadarReader:
         info = self.files[f]
         names = info["disk_names"]
         row, col = names[self.spatial[0]], names[self.spatial[1]]
-        handle = self._handle(f)
         dbz = info["kind"] == "dbz"
         dtype = np.float64 if dbz else np.float32  # float64 only for the dBZ -> rain conversion
         dry = None
-        if info["odim"]:
-            try:
-                values, dry = odim.read_odim(handle, info["data_path"], info["scaling"], rows, cols, dtype)
-            except Exception as err:  # a file damaged after the archive was opened
-                raise DataError(f"{info['path']}: cannot read {info['data_path']} ({type(err).__name__}: {err}); "
-                                "the file looks corrupt or truncated") from err
-        elif info["zarr"]:
-            da = handle[self.variable]
-            if names["time"] is not None:
-                da = da.isel({names["time"]: int(self.frame_index[frame])})
-            values = da.isel({row: rows, col: cols}).transpose(row, col).values.astype(dtype)  # our own copy
-        else:
-            var = handle.variables[self.variable]
-            key = {names["time"]: int(self.frame_index[frame]), row: rows, col: cols}
-            values = var[tuple(key[d] for d in var.dimensions)]
-            if var.dimensions.index(row) > var.dimensions.index(col):
-                values = values.T
-            values = np.ma.filled(np.ma.asarray(values).astype(dtype), np.nan)
+        with self._file(f) as handle:
+            if info["odim"]:
+                try:
+                    values, dry = odim.read_odim(handle, info["data_path"], info["scaling"], rows, cols, dtype)
+                except Exception as err:  # a file damaged after the archive was opened
+                    raise DataError(f"{info['path']}: cannot read {info['data_path']} ({type(err).__name__}: {err}); "
+                                    "the file looks corrupt or truncated") from err
+            elif info["zarr"]:
+                da = handle[self.variable]
+                if names["time"] is not None:
+                    da = da.isel({names["time"]: int(self.frame_index[frame])})
+                values = da.isel({row: rows, col: cols}).transpose(row, col).values.astype(dtype)  # our own copy
+            else:
+                var = handle.variables[self.variable]
+                key = {names["time"]: int(self.frame_index[frame]), row: rows, col: cols}
+                values = var[tuple(key[d] for d in var.dimensions)]
+                if var.dimensions.index(row) > var.dimensions.index(col):
+                    values = values.T
+                values = np.ma.filled(np.ma.asarray(values).astype(dtype), np.nan)
         if dbz:
             values = ((10.0 ** (values / 10.0) / self.zr_a) ** (1.0 / self.zr_b)).astype(np.float32)
         else:
