@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import lightning as L
 import xarray as xr
 
+from climateml.attribution.adapter import first_samples
 from climateml.attribution.commands import inputs_from_datamodule
 from climateml.attribution.core import attribute
 from climateml.attribution.diagnostics import relevance_mass_accuracy
@@ -44,9 +45,8 @@ class AttributionSnapshot(L.Callback):
         split: the DataModule split the samples come from.
         samples: the inputs as xarray (sample dim first) instead of taking them from the DataModule.
 
-    Samples come from ``samples``, else ``datamodule.inputs_xarray(split)`` when the DataModule has that hook
-    (inputs with their coordinates), else the split's tensors with plain dims ``sample, dim_1, ...`` (and the
-    spec's input names on ``dim_1`` when they fit).
+    Samples come from ``samples``, else ``datamodule.inputs_xarray(split)`` (inputs with their coordinates, a
+    member every :class:`~climateml.data.base.ClimateDataModule` declares).
     """
 
     def __init__(self, method: str = "integrated_gradients", every_n_epochs: int = 5, n_samples: int = 8,
@@ -64,15 +64,12 @@ class AttributionSnapshot(L.Callback):
         self.history: list[dict[str, Any]] = []
         self.paths: list[Path] = []
 
-    def _inputs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> xr.DataArray | xr.Dataset:
+    def _inputs(self, trainer: L.Trainer) -> xr.DataArray | xr.Dataset:
         if self.samples is not None:
-            x = self.samples
-        else:
-            if trainer.datamodule is None:
-                raise ConfigError("AttributionSnapshot needs samples= or a DataModule")
-            x = inputs_from_datamodule(trainer.datamodule, self.split, self.n_samples)
-        first = x.dims[0] if isinstance(x, xr.DataArray) else next(iter(x[next(iter(x.data_vars))].dims))
-        return x.isel({first: slice(0, self.n_samples)})
+            return first_samples(self.samples, self.n_samples)
+        if trainer.datamodule is None:
+            raise ConfigError("AttributionSnapshot needs samples= or a DataModule")
+        return inputs_from_datamodule(trainer.datamodule, self.split, self.n_samples)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -80,7 +77,7 @@ class AttributionSnapshot(L.Callback):
         if not trainer.is_global_zero:
             return
         if not hasattr(self, "_x"):  # read once: the same samples at every snapshot
-            self._x = self._inputs(trainer, pl_module)
+            self._x = self._inputs(trainer)
         x = self._x
         attr = attribute(pl_module, x, self.method, target=self.target, baseline=self.baseline,
                          internal_batch_size=self.internal_batch_size, **self.method_options)
