@@ -8,6 +8,7 @@ import numpy as np
 import xarray as xr
 
 from climateml import plotting
+from climateml.contracts import FieldData, require
 from climateml.evaluation.base import Evaluation
 from climateml.metrics.segmentation import CLASS_NAMES, confusion_matrix, scores_from_confusion
 from climateml.models.heuristic_detection import HeuristicDetector
@@ -36,6 +37,7 @@ class SegmentationEvaluation(Evaluation):
         self.figure_field, self.n_figure_samples = figure_field, n_figure_samples
 
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
+        require(datamodule, FieldData, f"evaluation {type(self).__name__}")
         if self.detector is None:
             return {}
         fields = datamodule.fields(self.split, self._detector_fields(datamodule))
