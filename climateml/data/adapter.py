@@ -92,6 +92,13 @@ class FieldLayout:
                           for i, v in enumerate(self.variables)}, coords=all_coords)
         return out
 
+    def to_dataarray(self, values: torch.Tensor | np.ndarray, sample_coord, dim: str = "channel",
+                     name: str | None = None, **kwargs) -> xr.DataArray:
+        """The values as one DataArray shaped like the tensor, (sample, ``dim``, *field_dims), the variables'
+        names on ``dim``: e.g. a model's inputs for attribution. Other arguments as :meth:`to_xarray`."""
+        ds = self.to_xarray(values, sample_coord, **kwargs)
+        return ds.to_array(dim).transpose(self.sample_dim, dim, *self.field_dims).rename(name)
+
     def to_groups(self, values: torch.Tensor | np.ndarray, groups: Mapping[str, xr.DataArray | np.ndarray | Sequence],
                   what: str = "samples") -> dict[str, xr.Dataset]:
         """Values of several groups one after another (e.g. scenarios), cut into one Dataset per group: ``groups``

@@ -24,9 +24,10 @@ import weakref
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning as L
+import pandas as pd
 import torch
 import xarray as xr
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -217,6 +218,43 @@ class ResumableDataLoader(DataLoader):
                               f"{now[0]} and {now[1]}), or from a checkpoint written at the end of an epoch")
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(int(state.get("epoch", 0)))
+
+
+# ---- checks every task's splits and crops share ----
+
+def check_periods(periods: Mapping[str, Sequence], required: bool = True,
+                  disjoint: bool = True) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+    """The inclusive ``[start, end]`` of each split, by its config name (e.g. ``{"train_period": [...], ...}``),
+    checked: two time strings, start not after end and, with ``disjoint``, no two periods overlapping (so no
+    sample is in two splits; a task that checks its samples' times itself, naming the file, passes False).
+    Empty periods are errors with ``required``, else left out. Returns the parsed bounds of the periods given."""
+    bounds = {}
+    for name, period in periods.items():
+        if not period and not required:
+            continue
+        if len(period) != 2:
+            raise ConfigError(f"data.{name} must be [start, end] time strings{'' if required else ' or empty'}, "
+                              f"got {list(period)}")
+        try:
+            bounds[name] = (pd.Timestamp(period[0]), pd.Timestamp(period[1]))
+        except ValueError as err:
+            raise ConfigError(f"data.{name}: {list(period)} are not time strings ({err})") from err
+        if bounds[name][0] > bounds[name][1]:
+            raise ConfigError(f"data.{name} starts after it ends: {list(period)}")
+    names = list(bounds) if disjoint else []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if bounds[a][0] <= bounds[b][1] and bounds[b][0] <= bounds[a][1]:
+                raise ConfigError(f"data.{a} {list(map(str, bounds[a]))} and data.{b} {list(map(str, bounds[b]))} "
+                                  "overlap; periods must be disjoint so that no sample is in two splits")
+    return bounds
+
+
+def check_crop(crop: Sequence[int], dims: tuple[str, str]) -> list[int]:
+    """``data.crop``: [cells along dims[0], cells along dims[1]], both >= 1, or empty (whole fields)."""
+    if crop and (len(crop) != 2 or min(crop) < 1):
+        raise ConfigError(f"data.crop must be [{dims[0]} cells, {dims[1]} cells], both >= 1, or empty; got {list(crop)}")
+    return [int(c) for c in crop]
 
 
 # ---- worker processes ----

@@ -192,7 +192,8 @@ class ClimateBenchDataModule(ClimateDataModule):
             exist or is empty (:func:`~climateml.data.io.may_write_sample_data`: a folder of other files is an
             error, never written into), with ``sample_options`` passed to the generator (nlat, nlon, seed,
             scenarios, members, fmt).
-        batch_size, num_workers, pin_memory: see :class:`ClimateDataModule`.
+        batch_size, num_workers, pin_memory, multiprocessing_context: the loaders (see
+            :class:`~climateml.data.base.BaseDataModule`).
     """
 
     predict_split = "predict"  # prediction runs on its own scenarios (predict_scenarios)
@@ -214,11 +215,13 @@ class ClimateBenchDataModule(ClimateDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool | None = None,
+        multiprocessing_context: str | None = None,
         seed: int = 0,
         synthesize_if_missing: bool = False,
         sample_options: dict = {},
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                         multiprocessing_context=multiprocessing_context)
         self.data_dir = Path(data_dir)
         self.train_scenarios = list(train_scenarios)
         self.test_scenarios = list(test_scenarios)

@@ -20,7 +20,7 @@ import xarray as xr
 from torch.utils.data import Dataset
 
 from climateml.data.adapter import FieldLayout
-from climateml.data.base import ClimateDataModule, DataSpec
+from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_periods
 from climateml.data.climatenet_labels import class_weights_from_counts, merge_labellings
 from climateml.data.climatenet_reader import (FILE_PATTERNS, LABEL_VAR, Snapshot, common_grid, find_snapshots,
                                               read_fields, read_labels, read_snapshot)
@@ -123,7 +123,7 @@ class SegmentationDataModule(ClimateDataModule):
             exist or is empty (:func:`~climateml.data.io.may_write_sample_data`: a folder of other files is an
             error, never written into), with ``sample_options`` passed to the generator (n_dates, nlat, nlon, seed ...).
         batch_size, num_workers, pin_memory, multiprocessing_context: the loaders (see
-            :class:`~climateml.data.base.ClimateDataModule`); every sample opens its own file, so worker
+            :class:`~climateml.data.base.BaseDataModule`); every sample opens its own file, so worker
             processes need no shared file handles.
     """
 
@@ -157,11 +157,9 @@ class SegmentationDataModule(ClimateDataModule):
         check_fraction("data.test_fraction", test_fraction)
         check_choice("data.labellings", labellings, ("extra", "merge"))
         check_choice("data.class_weighting", class_weighting, ("inverse_frequency", "inverse_sqrt", "none"))
-        if crop and (len(crop) != 2 or min(crop) < 1):
-            raise ConfigError(f"data.crop must be [lat cells, lon cells], both >= 1, or empty; got {crop}")
-        for name, period in (("train_dates", train_dates), ("val_dates", val_dates), ("test_dates", test_dates)):
-            if period and len(period) != 2:
-                raise ConfigError(f"data.{name} must be [first, last] dates or empty, got {period}")
+        crop = check_crop(crop, ("lat", "lon"))
+        check_periods({"train_dates": train_dates, "val_dates": val_dates, "test_dates": test_dates}, required=False,
+                      disjoint=False)  # a date in two splits is named with its file by _split
         self.data_dir = Path(data_dir)
         self.channels = list(channels)
         self.periods = {"train": list(train_dates), "val": list(val_dates), "test": list(test_dates)}

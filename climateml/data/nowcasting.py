@@ -19,7 +19,7 @@ import xarray as xr
 from torch.utils.data import Dataset
 
 from climateml.data.adapter import FieldLayout
-from climateml.data.base import ClimateDataModule, DataSpec
+from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_periods
 from climateml.data.io import may_write_sample_data, open_dataset
 from climateml.data.radar import FILE_PATTERNS, RadarReader, RainTransform, resolve_paths, window_starts
 from climateml.errors import ConfigError, DataError, check_choice, check_fraction, check_positive
@@ -95,6 +95,8 @@ class NowcastingDataModule(ClimateDataModule):
         synthesize_if_missing: write sample frames (``climateml synth nowcasting``) into ``paths`` (a glob's
             folder) when it does not exist or is empty, with ``sample_options`` passed to the generator; a folder of
             other files is an error, never written into (:func:`~climateml.data.io.may_write_sample_data`).
+        batch_size, num_workers, pin_memory, multiprocessing_context: the loaders (see
+            :class:`~climateml.data.base.BaseDataModule`); each worker opens its own files.
     """
 
     def __init__(
@@ -123,30 +125,16 @@ class NowcastingDataModule(ClimateDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool | None = None,
+        multiprocessing_context: str | None = None,
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                         multiprocessing_context=multiprocessing_context)
         check_positive("data.n_in", n_in)
         check_positive("data.n_out", n_out)
         check_choice("data.transform", transform, RainTransform.KINDS)
         check_positive("data.rain_threshold", rain_threshold)
-        bounds = {}
-        for name, period in (("train_period", train_period), ("val_period", val_period), ("test_period", test_period)):
-            if len(period) != 2:
-                raise ConfigError(f"data.{name} must be [start, end] time strings, got {period}")
-            try:
-                bounds[name] = (pd.Timestamp(period[0]), pd.Timestamp(period[1]))
-            except ValueError as err:
-                raise ConfigError(f"data.{name}: {period} are not time strings ({err})") from err
-            if bounds[name][0] > bounds[name][1]:
-                raise ConfigError(f"data.{name} starts after it ends: {period}")
-        names = list(bounds)
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                if bounds[a][0] <= bounds[b][1] and bounds[b][0] <= bounds[a][1]:
-                    raise ConfigError(f"data.{a} {list(map(str, bounds[a]))} and data.{b} {list(map(str, bounds[b]))} "
-                                      "overlap; periods must be disjoint so that no frame is in two splits")
-        if crop and (len(crop) != 2 or min(crop) < 1):
-            raise ConfigError(f"data.crop must be [y cells, x cells], both >= 1, or empty; got {crop}")
+        check_periods({"train_period": train_period, "val_period": val_period, "test_period": test_period})
+        crop = check_crop(crop, ("y", "x"))
         if accumulation_minutes is not None:
             check_positive("data.accumulation_minutes", accumulation_minutes)
         check_positive("data.cache_mb", cache_mb, allow_zero=True)
