@@ -37,9 +37,9 @@ class SegmentationEvaluation(Evaluation):
         self.figure_field, self.n_figure_samples = figure_field, n_figure_samples
 
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
-        require(datamodule, FieldData, f"evaluation {type(self).__name__}")
         if self.detector is None:
             return {}
+        require(datamodule, FieldData, f"evaluation {type(self).__name__}")
         fields = datamodule.fields(self.split, self._detector_fields(datamodule))
         return {"heuristic": {self.split: self.detector.predict(fields).to_dataset(name="LABELS")}}
 

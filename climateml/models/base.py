@@ -130,9 +130,12 @@ class ClimateTask(L.LightningModule, ABC):
         gave, else the call's, defaults filled in and ``**task_options`` spread out, plus what ClimateTask itself
         received; ``spec`` as plain types, its statistics' values live in the state dict), then build networks,
         loss and the stages' metrics."""
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+        try:  # what LightningCLI gave (its config's init_args), which it needs to rebuild the model from a checkpoint
+            from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
-        given = _given_hyperparameters.get()
+            given = _given_hyperparameters.get()
+        except ImportError:
+            given = None
         if given is not None:
             hp = dict(given)
         else:
@@ -149,7 +152,7 @@ class ClimateTask(L.LightningModule, ABC):
         self.save_hyperparameters(hp)
         self.configure_models()
         self.configure_losses()
-        self.stage_metrics = torch.nn.ModuleDict({f"{stage}_metrics": torch.nn.ModuleDict(dict(self.configure_metrics(stage) or {}))
+        self.stage_metrics = torch.nn.ModuleDict({f"{stage}_metrics": torch.nn.ModuleDict(self.configure_metrics(stage) or {})
                                                   for stage in STAGES})
 
     # ---- what a task fills in ----
