@@ -685,11 +685,11 @@ def test_callback_takes_samples_from_a_climate_datamodule(tmp_path):
     import lightning as L
 
     from climateml.attribution.callbacks import AttributionSnapshot
-    from climateml.data.base import ClimateDataModule, TensorDictDataset
+    from climateml.data.base import BaseDataModule, TensorDictDataset
 
     model, names = _emulator()
 
-    class DM(ClimateDataModule):
+    class DM(BaseDataModule):  # loaders only
         def build(self):
             g = torch.Generator().manual_seed(0)
             x, y = torch.rand(40, 4, generator=g), torch.rand(40, 96, generator=g)

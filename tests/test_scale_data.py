@@ -167,7 +167,7 @@ def test_dask_reads_in_forked_workers_do_not_deadlock(tmp_path):
     ours finishes, as worker_init starts each worker on fresh pools. Importing climateml leaves forks alone."""
     script = textwrap.dedent(f"""
         import numpy as np, torch, xarray as xr
-        from climateml.data.base import ClimateDataModule
+        from climateml.data.base import BaseDataModule
 
         paths = []
         for i in range(4):
@@ -184,7 +184,7 @@ def test_dask_reads_in_forked_workers_do_not_deadlock(tmp_path):
             def __getitem__(self, i):
                 return {{"x": torch.from_numpy(ds.v.isel(time=slice(5 * i, 5 * i + 5)).compute(scheduler="threads").values)}}
 
-        class DM(ClimateDataModule):
+        class DM(BaseDataModule):
             def build(self):
                 self.train_dataset = self.val_dataset = self.test_dataset = self.predict_dataset = Frames()
 

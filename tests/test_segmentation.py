@@ -19,12 +19,13 @@ from sklearn.metrics import accuracy_score, jaccard_score, precision_score, reca
 
 from climateml.callbacks import NetCDFPredictionWriter
 from climateml.cli import main
-from climateml.data.climatenet import CLASS_NAMES, SegmentationDataModule, class_weights_from_counts
+from climateml.data.climatenet import SegmentationDataModule
+from climateml.data.climatenet_labels import class_weights_from_counts
 from climateml.data.synthetic.climatenet import generate_climatenet
 from climateml.errors import ConfigError, DataError
 from climateml.evaluation import predict
 from climateml.evaluation.base import VERDICT_KEY, variables
-from climateml.metrics.segmentation import confusion_matrix, scores_from_confusion
+from climateml.metrics.segmentation import CLASS_NAMES, confusion_matrix, scores_from_confusion
 from climateml.models.segmentation import SegmentationModel
 
 torch.set_num_threads(1)

@@ -15,7 +15,7 @@ from climateml.data.synthetic.climatenet import VARIABLES, generate_climatenet
 from climateml.metrics.segmentation import confusion_matrix, scores_from_confusion
 from climateml.models.blocks_unet import UNet
 from climateml.models.heuristic_detection import HeuristicDetector, relative_vorticity
-from climateml.data.climatenet import class_weights_from_counts
+from climateml.data.climatenet_labels import class_weights_from_counts
 from climateml.models.losses import (build_segmentation_loss, cross_entropy_loss, focal_loss, soft_dice_loss,
                                      soft_jaccard_loss)
 
@@ -71,7 +71,7 @@ def test_snapshots_read_from_many_threads_at_once(tmp_path):
     read holds the HDF5 lock from opening to closing. Every read must come back right."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from climateml.data.climatenet import read_snapshot
+    from climateml.data.climatenet_reader import read_snapshot
 
     paths = generate_climatenet(tmp_path, n_dates=4, nlat=16, nlon=24, n_double_labelled=0, seed=3, progress=False)
     channels = ["TMQ", "U850", "PSL"]

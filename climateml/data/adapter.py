@@ -27,7 +27,8 @@ class FieldLayout:
     Args:
         variables: the channel axis, in order (e.g. ["tas"] or ["TMQ", "U850"]).
         field_dims: the dims after the sample dim, e.g. ("lat", "lon") or ("lead_time", "y", "x"); may be empty.
-        coords: 1-d coordinate values of each field dim (and any extra coords to carry).
+        coords: 1-d coordinate values of each field dim, and any other coordinate on field dims to carry
+            (e.g. 2-d ``lat`` / ``lon`` on a projected ``y``, ``x`` grid, or labels beside a dim).
         attrs: attributes per variable (units, long_name), restored on the way back.
         sample_dim: the name of the sample dim ("time" for yearly maps, "sample" for windows).
     """
@@ -47,6 +48,8 @@ class FieldLayout:
             if tuple(d for d in ds[v].dims if d != sample_dim) != field_dims:
                 raise DataError(f"variable {v!r} has dims {ds[v].dims}, expected ({sample_dim}, {', '.join(field_dims)})")
         coords = {d: ds[d].copy() for d in field_dims if d in ds.coords}
+        coords.update({k: c.copy() for k, c in ds.coords.items()  # auxiliary coords on the field (2-d lat / lon)
+                       if k not in coords and c.dims and set(c.dims) <= set(field_dims)})
         return cls(list(variables), field_dims, coords, {v: dict(ds[v].attrs) for v in variables}, sample_dim)
 
     @property
@@ -63,18 +66,21 @@ class FieldLayout:
         arrays = [np.asarray(ds[v].transpose(self.sample_dim, *self.field_dims).values) for v in self.variables]
         return torch.as_tensor(np.stack(arrays, axis=1), dtype=dtype)
 
-    def to_xarray(self, values: torch.Tensor | np.ndarray, sample_coord: xr.DataArray | np.ndarray | Sequence,
-                  extra_dims: Mapping[str, Sequence] | None = None) -> xr.Dataset:
+    def to_xarray(self, values: torch.Tensor | np.ndarray, sample_coord: xr.DataArray | np.ndarray | Sequence | None,
+                  extra_dims: Mapping[str, Sequence] | None = None, coords: Mapping[str, object] | None = None,
+                  n_samples: int | None = None) -> xr.Dataset:
         """A Dataset from values shaped (samples, [extra dims...], variables, *field_shape), flat or not.
 
-        ``extra_dims`` (e.g. {"member": [0, 1, 2]}) come before the variable axis in ``values`` and
-        after the sample dim in the result.
+        ``sample_coord``: the sample dim's coordinate (a DataArray keeps its attributes), or None for none (then
+        ``n_samples`` defaults to ``len(values)``). ``extra_dims`` (e.g. {"member": [0, 1, 2]}) come before the
+        variable axis in ``values`` and after the sample dim in the result. ``coords``: more coordinates that
+        depend on the samples, as xarray takes them (e.g. ``{"valid_time": (("time", "lead_time"), times)}``).
         """
         if isinstance(values, torch.Tensor):
             values = values.detach().float().cpu().numpy()
         values = np.asarray(values)
         extra = dict(extra_dims or {})
-        n = len(sample_coord)
+        n = len(sample_coord) if sample_coord is not None else len(values) if n_samples is None else n_samples
         shape = (n, *[len(v) for v in extra.values()], len(self.variables), *self.field_shape)
         if values.size != int(np.prod(shape)) or values.shape[0] != n:
             raise DataError(f"values of shape {tuple(values.shape)} do not fit {n} samples x "
@@ -82,10 +88,33 @@ class FieldLayout:
                             f"{self.field_dims}" + (f" x {tuple(extra)}" if extra else ""))
         values = values.reshape(shape)
         dims = (self.sample_dim, *extra, *self.field_dims)
-        coords = {self.sample_dim: sample_coord, **{k: list(v) for k, v in extra.items()}, **self.coords}
+        sample = {} if sample_coord is None else {self.sample_dim: sample_coord}
+        all_coords = {**sample, **{k: list(v) for k, v in extra.items()}, **self.coords, **dict(coords or {})}
         axis = 1 + len(extra)
         out = xr.Dataset({v: (dims, np.take(values, i, axis=axis), dict(self.attrs.get(v, {})))
-                          for i, v in enumerate(self.variables)}, coords=coords)
+                          for i, v in enumerate(self.variables)}, coords=all_coords)
+        return out
+
+    def to_dataarray(self, values: torch.Tensor | np.ndarray, sample_coord, dim: str = "channel",
+                     name: str | None = None, **kwargs) -> xr.DataArray:
+        """The values as one DataArray shaped like the tensor, (sample, ``dim``, *field_dims), the variables'
+        names on ``dim``: e.g. a model's inputs for attribution. Other arguments as :meth:`to_xarray`."""
+        ds = self.to_xarray(values, sample_coord, **kwargs)
+        return ds.to_array(dim).transpose(self.sample_dim, dim, *self.field_dims).rename(name)
+
+    def to_groups(self, values: torch.Tensor | np.ndarray, groups: Mapping[str, xr.DataArray | np.ndarray | Sequence],
+                  what: str = "samples") -> dict[str, xr.Dataset]:
+        """Values of several groups one after another (e.g. scenarios), cut into one Dataset per group: ``groups``
+        maps each group's name to its sample coordinate, in the order the values come. A DataError naming
+        ``what`` the samples are if the values do not fill the groups exactly."""
+        sizes = {g: len(c) for g, c in groups.items()}
+        if sum(sizes.values()) != len(values):
+            raise DataError(f"{len(values)} predictions do not fit the {sum(sizes.values())} {what} of "
+                            f"{list(groups)} ({', '.join(f'{g}: {n}' for g, n in sizes.items())})")
+        out, start = {}, 0
+        for g, coord in groups.items():
+            out[g] = self.to_xarray(values[start:start + sizes[g]], coord)
+            start += sizes[g]
         return out
 
     # ---- an xarray input as a model takes it whole (attribution): additive to the above ----

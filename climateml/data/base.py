@@ -1,7 +1,8 @@
 """What every task's DataModule shares: loaders, public datasets, dict batches, the data->model spec.
 
-A task's DataModule subclasses :class:`ClimateDataModule` and fills in :meth:`~ClimateDataModule.build`
-(read, split, fit statistics on training data only, set the four public datasets) and the xarray hooks;
+A task's DataModule subclasses :class:`ClimateDataModule` and fills in the members it declares (abstract):
+:meth:`~ClimateDataModule.build` (read, split, fit statistics on training data only, set the four public
+datasets), ``spec``, ``layout`` and the xarray hooks;
 batch size, workers, pinned memory and the loaders live here once. Samples are dicts of tensors
 (``{"x": ..., "y": ...}``), so a task can add keys (masks, weights) without changing the loop.
 
@@ -20,15 +21,18 @@ from __future__ import annotations
 
 import os
 import weakref
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning as L
+import pandas as pd
 import torch
 import xarray as xr
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from climateml.contracts import check_properties
 from climateml.errors import ConfigError, check_choice, check_positive
 
 
@@ -216,6 +220,43 @@ class ResumableDataLoader(DataLoader):
             self.sampler.set_epoch(int(state.get("epoch", 0)))
 
 
+# ---- checks every task's splits and crops share ----
+
+def check_periods(periods: Mapping[str, Sequence], required: bool = True,
+                  disjoint: bool = True) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+    """The inclusive ``[start, end]`` of each split, by its config name (e.g. ``{"train_period": [...], ...}``),
+    checked: two time strings, start not after end and, with ``disjoint``, no two periods overlapping (so no
+    sample is in two splits; a task that checks its samples' times itself, naming the file, passes False).
+    Empty periods are errors with ``required``, else left out. Returns the parsed bounds of the periods given."""
+    bounds = {}
+    for name, period in periods.items():
+        if not period and not required:
+            continue
+        if len(period) != 2:
+            raise ConfigError(f"data.{name} must be [start, end] time strings{'' if required else ' or empty'}, "
+                              f"got {list(period)}")
+        try:
+            bounds[name] = (pd.Timestamp(period[0]), pd.Timestamp(period[1]))
+        except ValueError as err:
+            raise ConfigError(f"data.{name}: {list(period)} are not time strings ({err})") from err
+        if bounds[name][0] > bounds[name][1]:
+            raise ConfigError(f"data.{name} starts after it ends: {list(period)}")
+    names = list(bounds) if disjoint else []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if bounds[a][0] <= bounds[b][1] and bounds[b][0] <= bounds[a][1]:
+                raise ConfigError(f"data.{a} {list(map(str, bounds[a]))} and data.{b} {list(map(str, bounds[b]))} "
+                                  "overlap; periods must be disjoint so that no sample is in two splits")
+    return bounds
+
+
+def check_crop(crop: Sequence[int], dims: tuple[str, str]) -> list[int]:
+    """``data.crop``: [cells along dims[0], cells along dims[1]], both >= 1, or empty (whole fields)."""
+    if crop and (len(crop) != 2 or min(crop) < 1):
+        raise ConfigError(f"data.crop must be [{dims[0]} cells, {dims[1]} cells], both >= 1, or empty; got {list(crop)}")
+    return [int(c) for c in crop]
+
+
 # ---- worker processes ----
 
 def worker_init(worker_id: int, rank: int = 0) -> None:
@@ -239,24 +280,31 @@ def worker_init(worker_id: int, rank: int = 0) -> None:
         pl_worker_init_function(worker_id, rank=rank)
 
 
-class ClimateDataModule(L.LightningDataModule):
-    """Base of every task's DataModule: loaders, public datasets, normalisation kept in the checkpoint.
+class BaseDataModule(L.LightningDataModule):
+    """Loaders, public datasets and normalisation kept in the checkpoint, with no declared contract: what
+    :class:`ClimateDataModule` builds on, and enough for a loader-only DataModule (a test's, a callback's).
 
     Subclasses implement :meth:`build` (set ``train_dataset``, ``val_dataset``, ``test_dataset``,
-    ``predict_dataset`` and ``statistics``), :attr:`spec`, and the xarray hooks :meth:`to_xarray` and
-    :meth:`truth` used by evaluation and prediction writers.
+    ``predict_dataset`` and ``statistics``).
 
     Args:
         batch_size: samples per batch (per process under DDP: the global batch is batch_size x processes).
         num_workers: DataLoader worker processes (0 loads in the main process).
-        pin_memory: page-locked host memory for faster copies to a GPU; None: on when the trainer runs on CUDA.
+        pin_memory: page-locked host memory for faster copies to a GPU; None (every task's default): on when
+            the trainer runs on CUDA.
         multiprocessing_context: how worker processes start: None (the platform's default, fork on Linux),
             "fork", "forkserver" or "spawn" (the dataset is pickled into each worker; slower start).
     """
 
+    #: the split whose samples the predict split serves (see :meth:`sample_split`)
+    predict_split = "test"
+    #: the members a subclass must define as properties, checked when it is instantiated
+    PROPERTIES: tuple[str, ...] = ()
+
     def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool | None = None,
                  multiprocessing_context: str | None = None):
         super().__init__()
+        check_properties(type(self), next(c for c in type(self).__mro__ if "PROPERTIES" in vars(c)), self.PROPERTIES)
         check_positive("data.batch_size", batch_size)
         check_positive("data.num_workers", num_workers, allow_zero=True)
         if multiprocessing_context is not None:
@@ -270,24 +318,14 @@ class ClimateDataModule(L.LightningDataModule):
         self.predict_dataset: Dataset | None = None
         self.statistics: dict[str, torch.Tensor] = {}
 
-    # ---- what a subclass fills in ----
     def build(self) -> None:
         """Read the data, split it, fit statistics on the training split, set the four datasets."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define build()")
 
-    @property
-    def spec(self) -> DataSpec:
-        """The data->model spec (sizes, names, training statistics)."""
-        raise NotImplementedError
-
-    def to_xarray(self, values: torch.Tensor, split: str) -> dict[str, xr.Dataset]:
-        """Model outputs for every sample of ``split``, in order, as xarray on the data's coordinates,
-        one Dataset per group (scenario, period)."""
-        raise NotImplementedError
-
-    def truth(self, split: str) -> dict[str, xr.Dataset]:
-        """The targets of ``split`` as xarray, grouped like :meth:`to_xarray`."""
-        raise NotImplementedError
+    def sample_split(self, split: str) -> str:
+        """The split whose samples ``split`` serves: the predict split runs on :attr:`predict_split`'s samples
+        (the test split's unless a task has its own predict samples), every other split on its own."""
+        return self.predict_split if split == "predict" else split
 
     # ---- shared ----
     @property
@@ -355,3 +393,45 @@ class ClimateDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.statistics = dict(state_dict.get("statistics", {}))
+
+
+class ClimateDataModule(BaseDataModule, ABC):
+    """Base of every task's DataModule: the members evaluation, attribution and prediction writers may call.
+
+    A subclass defines every member below (the loaders, :meth:`dataset` and :meth:`sample_split` come from
+    :class:`BaseDataModule`); one missing, or ``spec`` / ``layout`` defined as a method instead of a
+    property, fails when the class is instantiated, with a TypeError naming the members and the class.
+    Task-specific members that a task's evaluation calls are declared as protocols in
+    :mod:`climateml.contracts`.
+    """
+
+    PROPERTIES = ("spec", "layout")
+
+    @abstractmethod
+    def build(self) -> None:
+        """Read the data, split it, fit statistics on the training split, set the four datasets."""
+
+    @property
+    @abstractmethod
+    def spec(self) -> DataSpec:
+        """The data->model spec (sizes, names, training statistics)."""
+
+    @property
+    @abstractmethod
+    def layout(self):
+        """The :class:`~climateml.data.adapter.FieldLayout` of the model's output: its variables, field dims
+        and coordinates (what attribution's targets and the prediction writers put outputs on)."""
+
+    @abstractmethod
+    def to_xarray(self, values: torch.Tensor, split: str) -> dict[str, xr.Dataset]:
+        """Model outputs for every sample of ``split``, in order, as xarray on the data's coordinates,
+        one Dataset per group (scenario, period)."""
+
+    @abstractmethod
+    def truth(self, split: str) -> dict[str, xr.Dataset]:
+        """The targets of ``split`` as xarray, grouped like :meth:`to_xarray`."""
+
+    @abstractmethod
+    def inputs_xarray(self, split: str) -> xr.DataArray:
+        """The model inputs of ``split`` in physical units on their coordinates, sample dim first: exactly
+        the ``x`` the split's loader feeds the model (what attribution maps are computed on)."""

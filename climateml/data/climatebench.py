@@ -192,8 +192,11 @@ class ClimateBenchDataModule(ClimateDataModule):
             exist or is empty (:func:`~climateml.data.io.may_write_sample_data`: a folder of other files is an
             error, never written into), with ``sample_options`` passed to the generator (nlat, nlon, seed,
             scenarios, members, fmt).
-        batch_size, num_workers, pin_memory: see :class:`ClimateDataModule`.
+        batch_size, num_workers, pin_memory, multiprocessing_context: the loaders (see
+            :class:`~climateml.data.base.BaseDataModule`).
     """
+
+    predict_split = "predict"  # prediction runs on its own scenarios (predict_scenarios)
 
     def __init__(
         self,
@@ -211,12 +214,14 @@ class ClimateBenchDataModule(ClimateDataModule):
         predict_scenarios: list[str] = [],
         batch_size: int = 64,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
+        multiprocessing_context: str | None = None,
         seed: int = 0,
         synthesize_if_missing: bool = False,
         sample_options: dict = {},
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                         multiprocessing_context=multiprocessing_context)
         self.data_dir = Path(data_dir)
         self.train_scenarios = list(train_scenarios)
         self.test_scenarios = list(test_scenarios)
@@ -411,18 +416,26 @@ class ClimateBenchDataModule(ClimateDataModule):
         ``split``: train, val, test or predict; train and val samples come in their datasets' order (years drawn
         at random for val unless ``val_scenarios``)."""
         check_choice("split", split, ("train", "val", "test", "predict"))
-        x = self.dataset(split).tensors["x"]
         origin = self.sample_origin[split]
+        return self.inputs_layout.to_xarray(self.tensors(split)["x"], None, coords={
+            "scenario": ("sample", origin["scenario"].astype(str), {"long_name": "scenario"}),
+            "year": ("sample", origin["year"], {"long_name": "year", "units": "year"})})["emissions"]
+
+    @property
+    def inputs_layout(self) -> FieldLayout:
+        """The model inputs as one variable, ``emissions`` on (sample, feature): :attr:`feature_names` with their
+        units and long names beside them (``feature_units``, ``feature_long_name``)."""
         units, long_names = zip(*self.feature_attrs())
-        return xr.DataArray(
-            x.detach().cpu().numpy().copy(), dims=("sample", "feature"), name="emissions",
-            coords={"feature": ("feature", self.feature_names, {"long_name": "model input"}),
-                    "feature_units": ("feature", list(units)),
-                    "feature_long_name": ("feature", list(long_names)),
-                    "scenario": ("sample", origin["scenario"].astype(str), {"long_name": "scenario"}),
-                    "year": ("sample", origin["year"], {"long_name": "year", "units": "year"})},
-            attrs={"long_name": "model inputs (emissions)",
-                   **({"map_reduction": self.reducer.method} if set(self.inputs) & set(MAP_INPUTS) else {})})
+        coords = {"feature": xr.DataArray(self.feature_names, dims="feature", attrs={"long_name": "model input"}),
+                  "feature_units": ("feature", list(units)), "feature_long_name": ("feature", list(long_names))}
+        attrs = {"long_name": "model inputs (emissions)",
+                 **({"map_reduction": self.reducer.method} if set(self.inputs) & set(MAP_INPUTS) else {})}
+        return FieldLayout(["emissions"], ("feature",), coords, {"emissions": attrs}, sample_dim="sample")
+
+    def tensors(self, split: str) -> dict[str, torch.Tensor]:
+        """``{"x": inputs, "y": targets}`` of every sample of ``split`` in physical units (predict: ``x`` only),
+        in the order the split's loader serves them (:class:`~climateml.contracts.TabularData`)."""
+        return self.dataset(split).tensors
 
     def groups(self, split: str) -> list[str]:
         """The scenarios of the test or predict split, in the order their samples come."""
@@ -434,17 +447,10 @@ class ClimateBenchDataModule(ClimateDataModule):
 
     def to_xarray(self, values: torch.Tensor | np.ndarray, split: str) -> dict[str, xr.Dataset]:
         """Model outputs for the ``split``'s samples, cut into one Dataset per scenario on the targets' coordinates."""
-        out, start, layout = {}, 0, self.layout
-        n_total = sum(self.target_dataset(s).sizes["time"] for s in self.groups(split))
-        if n_total != len(values):
-            raise DataError(f"{len(values)} predictions do not fit the {n_total} years of {split} scenarios "
-                            f"{self.groups(split)}")
-        for s in self.groups(split):
-            ref = self.target_dataset(s)
-            n = ref.sizes["time"]
-            out[s] = layout.to_xarray(values[start:start + n], ref["time"].values)
-            out[s].attrs["scenario"] = s
-            start += n
+        out = self.layout.to_groups(values, {s: self.target_dataset(s)["time"].values for s in self.groups(split)},
+                                    what=f"years of {split} scenarios")
+        for s, ds in out.items():
+            ds.attrs["scenario"] = s
         return out
 
     def truth(self, split: str) -> dict[str, xr.Dataset]:

@@ -1,5 +1,7 @@
 """ClimateNet: expert-labelled tropical cyclones and atmospheric rivers on CAM5 fields (Kashinath et al. 2021).
 
+The DataModule (:class:`SegmentationDataModule`) and its lazily read samples; reading one file is
+:mod:`climateml.data.climatenet_reader`, merging labellings and class weights :mod:`climateml.data.climatenet_labels`.
 Reads the files as published: one NetCDF file per snapshot named ``data-YYYY-MM-DD-01-1_N.nc``, where
 ``_N`` numbers alternative expert labellings of the same timestep (same fields, different ``LABELS``).
 Fields are float32 on (time, lat, lon) with time of length 1 (a string, not a date); ``LABELS`` is an
@@ -9,8 +11,6 @@ snapshot per sample, so the 459 files of 64 MB of the real set never need to be 
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -20,200 +20,14 @@ import xarray as xr
 from torch.utils.data import Dataset
 
 from climateml.data.adapter import FieldLayout
-from climateml.data.base import ClimateDataModule, DataSpec
-from climateml.data.io import FLAG_ATTRS  # noqa: F401 (re-exported: climateml.data.climatenet.FLAG_ATTRS)
-from climateml.data.io import HDF5_LOCK, DataError, grid_difference, may_write_sample_data, open_dataset
-from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
-from climateml.grid import coord_mismatch
-from climateml.metrics.segmentation import CLASS_NAMES  # noqa: F401 (re-exported: climateml.data.climatenet.CLASS_NAMES)
-
-FILE_PATTERN = re.compile(r"^data-(\d{4}-\d{2}-\d{2})-01-1_(\d+)\.nc$")
-#: FILE_PATTERN as a glob: the files this layout reads; a folder holding none of them gets no sample data
-FILE_PATTERNS = ("data-????-??-??-01-1_*.nc",)
-LABEL_VAR = "LABELS"
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """One date and its files, one per expert labelling (same fields, different LABELS)."""
-
-    date: str
-    files: tuple[Path, ...]
-
-
-def find_snapshots(data_dir: str | Path) -> list[Snapshot]:
-    """The snapshots in ``data_dir``, sorted by date; files not named like ClimateNet's are ignored."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        return []
-    by_date: dict[str, list[tuple[int, Path]]] = {}
-    for p in data_dir.iterdir():
-        m = FILE_PATTERN.match(p.name)
-        if m:
-            by_date.setdefault(m.group(1), []).append((int(m.group(2)), p))
-    return [Snapshot(d, tuple(p for _, p in sorted(files))) for d, files in sorted(by_date.items())]
-
-
-class _SnapshotFile:
-    """One ClimateNet file opened for reading a few 2-d variables, with errors naming the file.
-
-    Reads through the netCDF4 library directly: per sample this is several times faster than building an
-    xarray Dataset (coordinate decoding and indexes are not needed to pull out a few arrays). A file that
-    netCDF4 cannot open goes through :func:`climateml.data.io.open_dataset`, which reads Zarr or raises
-    the package's DataError (missing, empty, corrupt file).
-
-    netCDF4/HDF5 is not thread-safe, and HDF5 (2.2 as bundled with netCDF4 1.7.5) can crash when one file
-    is open several times at once and the copies are closed and reopened in turn, even in one thread. So a
-    file opened through netCDF4 holds :data:`climateml.data.io.HDF5_LOCK` (xarray's) from opening to closing:
-    reads from several threads take turns file by file. Use it in a ``with`` block (the lock is released on
-    leaving it), and open no other file inside it.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._nc = self._xr = None
-        HDF5_LOCK.acquire()
-        try:
-            import netCDF4
-
-            self._nc = netCDF4.Dataset(self.path, "r")
-            self._nc.set_auto_mask(False)  # fill values stay as stored (NaN for xarray-written floats): checked below
-        except Exception:
-            if self._nc is not None:
-                self._nc.close()
-                self._nc = None
-            HDF5_LOCK.release()  # xarray takes the lock itself
-            self._xr = open_dataset(self.path)  # DataError naming the file if it cannot be read at all
-
-    def __enter__(self) -> "_SnapshotFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._nc is not None:
-            try:
-                self._nc.close()
-            finally:
-                self._nc = None
-                HDF5_LOCK.release()
-        elif self._xr is not None:
-            self._xr.close()
-
-    @property
-    def variables(self) -> list[str]:
-        if self._nc is not None:
-            return [v for v in self._nc.variables if v not in self._nc.dimensions]
-        return [str(v) for v in self._xr.data_vars]
-
-    def grid(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lat, lon) coordinate values [degrees]."""
-        names = self._nc.variables if self._nc is not None else self._xr.coords
-        for name in ("lat", "lon"):
-            if name not in names:
-                raise DataError(f"{self.path}: no {name!r} coordinate; ClimateNet files are on (time, lat, lon)")
-        get = (lambda n: self._nc[n][:]) if self._nc is not None else (lambda n: self._xr[n].values)
-        return np.asarray(get("lat"), float), np.asarray(get("lon"), float)
-
-    def read2d(self, name: str, what: str = "variable") -> np.ndarray:
-        """(lat, lon) values of ``name`` (its first time step if it has a time dimension)."""
-        if self._nc is not None:
-            var = self._nc.variables[name]
-            dims = tuple(var.dimensions)
-        else:
-            var = self._xr[name]
-            dims = tuple(var.dims)
-        if set(dims) - {"time"} != {"lat", "lon"} or len(dims) not in (2, 3):
-            raise DataError(f"{self.path}: {what} {name!r} has dims {dims}, expected (time, lat, lon) or (lat, lon)")
-        try:
-            index = tuple(0 if d == "time" else slice(None) for d in dims)
-            values = np.asarray(var[index] if self._nc is not None else var.values[index])
-        except Exception as err:
-            raise DataError(f"{self.path}: {what} {name!r} cannot be read, the file looks corrupt "
-                            f"({type(err).__name__})") from err
-        kept = [d for d in dims if d != "time"]
-        return values if kept == ["lat", "lon"] else values.T
-
-    def channels(self, channels: Sequence[str]) -> np.ndarray:
-        """(channels, lat, lon) float32, checked: every channel present, 2-d after time, finite."""
-        present = self.variables
-        missing = [c for c in channels if c not in present]
-        if missing:
-            raise DataError(f"{self.path}: channel(s) {missing} missing; the file has {sorted(present)}")
-        out = []
-        for c in channels:
-            values = self.read2d(c).astype(np.float32, copy=False)
-            if not np.isfinite(values).all():
-                raise DataError(f"{self.path}: variable {c!r} has {int((~np.isfinite(values)).sum())} NaN or "
-                                "infinite values")
-            out.append(values)
-        return np.stack(out)
-
-    def labels(self, n_classes: int) -> np.ndarray:
-        """(lat, lon) int64 labels, checked to lie in 0..n_classes-1."""
-        if LABEL_VAR not in self.variables:
-            raise DataError(f"{self.path}: no {LABEL_VAR} variable; the file has {sorted(self.variables)}")
-        values = self.read2d(LABEL_VAR, "label variable")
-        if not np.isfinite(values).all() or values.min() < 0 or values.max() >= n_classes or (values % 1).any():
-            bad = np.unique(values[~np.isin(values, np.arange(n_classes))])[:5]
-            raise DataError(f"{self.path}: {LABEL_VAR} has values {bad.tolist()} outside the classes 0..{n_classes - 1} "
-                            f"({', '.join(CLASS_NAMES[:n_classes])})")
-        return values.astype(np.int64)
-
-
-def read_fields(path: Path, channels: Sequence[str]) -> np.ndarray:
-    """(channels, lat, lon) float32 of one file, checked: every channel present, 2-d after time, finite."""
-    with _SnapshotFile(path) as f:
-        return f.channels(channels)
-
-
-def read_labels(path: Path, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """(lat, lon) int64 labels of one file, checked to lie in 0..n_classes-1."""
-    with _SnapshotFile(path) as f:
-        return f.labels(n_classes)
-
-
-def read_snapshot(path: Path, channels: Sequence[str], labels: bool = True,
-                  n_classes: int = len(CLASS_NAMES)) -> tuple[np.ndarray, np.ndarray | None]:
-    """Fields (channels, lat, lon) float32 and labels (lat, lon) int64 (or None) of one file, opened once."""
-    with _SnapshotFile(path) as f:
-        return f.channels(channels), (f.labels(n_classes) if labels else None)
-
-
-def read_grid(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(lat, lon) coordinates [degrees] of one file."""
-    with _SnapshotFile(path) as f:
-        return f.grid()
-
-
-def merge_labellings(labellings: Sequence[np.ndarray], n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """One mask from several expert labellings: the per-pixel majority; ties go to the feature class
-    (TC before AR before background), so a feature one expert of two marked is kept."""
-    stack = np.stack(labellings)
-    votes = np.stack([(stack == c).sum(0) for c in range(n_classes)])  # (class, lat, lon)
-    priority = np.array([0, 2, 1])[:n_classes] if n_classes == 3 else np.arange(n_classes)
-    # highest vote, ties broken by priority (TC=2 > AR=1 > background=0)
-    score = votes * (n_classes + 1) + priority[:, None, None]
-    return score.argmax(0).astype(np.int64)
-
-
-def class_weights_from_counts(counts: Sequence[float] | np.ndarray | torch.Tensor,
-                              method: str = "inverse_frequency") -> torch.Tensor:
-    """Class weights from pixel counts per class, scaled so the pixel-averaged weight is 1.
-
-    ``inverse_frequency``: w_c = N / (C n_c) (scikit-learn's "balanced"); ``inverse_sqrt``: w_c proportional to
-    1 / sqrt(n_c), a milder correction. A class with no pixels gets weight 0.
-    """
-    n = torch.as_tensor(np.asarray(counts, dtype=np.float64))
-    if n.ndim != 1 or (n < 0).any() or n.sum() <= 0:
-        raise ValueError(f"counts must be a 1-d sequence of non-negative numbers with a positive sum, got {counts!r}")
-    present = n > 0
-    if method == "inverse_frequency":
-        raw = torch.where(present, 1.0 / n.clamp_min(1e-300), torch.zeros_like(n))
-    elif method == "inverse_sqrt":
-        raw = torch.where(present, 1.0 / n.clamp_min(1e-300).sqrt(), torch.zeros_like(n))
-    else:
-        raise ValueError(f"method={method!r}: expected 'inverse_frequency' or 'inverse_sqrt'")
-    freq = n / n.sum()
-    return (raw / (freq * raw).sum()).to(torch.float32)
+from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_periods
+from climateml.data.climatenet_labels import class_weights_from_counts, merge_labellings
+from climateml.data.climatenet_reader import (FILE_PATTERNS, LABEL_VAR, Snapshot, common_grid, find_snapshots,
+                                              read_fields, read_labels, read_snapshot)
+from climateml.data.io import FLAG_ATTRS, DataError, may_write_sample_data, open_dataset
+from climateml.data.normalize import Moments
+from climateml.errors import ConfigError, check_choice, check_fraction
+from climateml.metrics.segmentation import CLASS_NAMES
 
 
 class SnapshotDataset(Dataset):
@@ -309,7 +123,7 @@ class SegmentationDataModule(ClimateDataModule):
             exist or is empty (:func:`~climateml.data.io.may_write_sample_data`: a folder of other files is an
             error, never written into), with ``sample_options`` passed to the generator (n_dates, nlat, nlon, seed ...).
         batch_size, num_workers, pin_memory, multiprocessing_context: the loaders (see
-            :class:`~climateml.data.base.ClimateDataModule`); every sample opens its own file, so worker
+            :class:`~climateml.data.base.BaseDataModule`); every sample opens its own file, so worker
             processes need no shared file handles.
     """
 
@@ -343,11 +157,9 @@ class SegmentationDataModule(ClimateDataModule):
         check_fraction("data.test_fraction", test_fraction)
         check_choice("data.labellings", labellings, ("extra", "merge"))
         check_choice("data.class_weighting", class_weighting, ("inverse_frequency", "inverse_sqrt", "none"))
-        if crop and (len(crop) != 2 or min(crop) < 1):
-            raise ConfigError(f"data.crop must be [lat cells, lon cells], both >= 1, or empty; got {crop}")
-        for name, period in (("train_dates", train_dates), ("val_dates", val_dates), ("test_dates", test_dates)):
-            if period and len(period) != 2:
-                raise ConfigError(f"data.{name} must be [first, last] dates or empty, got {period}")
+        crop = check_crop(crop, ("lat", "lon"))
+        check_periods({"train_dates": train_dates, "val_dates": val_dates, "test_dates": test_dates}, required=False,
+                      disjoint=False)  # a date in two splits is named with its file by _split
         self.data_dir = Path(data_dir)
         self.channels = list(channels)
         self.periods = {"train": list(train_dates), "val": list(val_dates), "test": list(test_dates)}
@@ -396,33 +208,13 @@ class SegmentationDataModule(ClimateDataModule):
                                   "set data.*_dates or the fractions")
         return chosen
 
-    def _check_grids(self, snapshots: list[Snapshot]) -> xr.Dataset:
-        """The (lat, lon) grid most files share (within climateml.grid.GRID_TOLERANCE); a DataError naming the
-        first file on another grid."""
-        grids: list[tuple[xr.Dataset, list[Path]]] = []  # each distinct grid and its files
-        for s in snapshots:
-            for f in s.files:
-                lat, lon = read_grid(f)
-                same = [files for g, files in grids if len(g["lat"]) == len(lat) and len(g["lon"]) == len(lon)
-                        and coord_mismatch(g["lat"], lat) is None and coord_mismatch(g["lon"], lon) is None]
-                if same:
-                    same[0].append(f)
-                else:
-                    grids.append((xr.Dataset(coords={"lat": lat, "lon": lon}), [f]))
-        grid, common = max(grids, key=lambda g: len(g[1]))
-        for other, files in grids:
-            if files is not common:
-                raise DataError(f"{sorted(files)[0]}: grid differs from the {len(common)} file(s) like {common[0]}: "
-                                f"{grid_difference(other, grid)}")
-        return grid
-
     def build(self) -> None:
         self.prepare_data()
         snapshots = find_snapshots(self.data_dir)
         if not snapshots:
             raise DataError(f"{self.data_dir}: no ClimateNet files (data-YYYY-MM-DD-01-1_N.nc)"
                             + ("" if self.data_dir.is_dir() else "; the folder does not exist"))
-        self.grid = self._check_grids(snapshots)
+        self.grid = common_grid(snapshots)
         self.splits = self._split(snapshots)
         train_items = [(s, k) for s in self.splits["train"] for k in range(len(s.files))] \
             if self.labellings == "extra" else [(s, None) for s in self.splits["train"]]
@@ -438,17 +230,13 @@ class SegmentationDataModule(ClimateDataModule):
     def _fit_statistics(self, items) -> dict[str, torch.Tensor]:
         """Per-channel mean and std over the training files, and class weights from the training masks."""
         n_classes = len(CLASS_NAMES)
-        sums = np.zeros(len(self.channels)), np.zeros(len(self.channels))
-        counts, n = np.zeros(n_classes), 0
+        moments, counts = Moments(len(self.channels)), np.zeros(n_classes)
         labellings: dict[Snapshot, list[int | None]] = {}
         for snap, k in items:
             labellings.setdefault(snap, []).append(k)
         for snap, ks in labellings.items():  # one snapshot's files at a time, each file opened once
             fields, first = read_snapshot(snap.files[0], self.channels)
-            x = fields.astype(np.float64)
-            sums[0][:] += x.sum(axis=(1, 2))
-            sums[1][:] += (x ** 2).sum(axis=(1, 2))
-            n += x[0].size
+            moments.add(fields, channel_axis=0)
             known: list[np.ndarray | None] = [first] + [None] * (len(snap.files) - 1)
             for k in ks:  # the targets SnapshotDataset.labels serves for these items
                 for j in range(len(snap.files)) if k is None else (k,):
@@ -456,15 +244,12 @@ class SegmentationDataModule(ClimateDataModule):
                         known[j] = read_labels(snap.files[j])
                 y = merge_labellings(known) if k is None else known[k]
                 counts += np.bincount(y.ravel(), minlength=n_classes)
-        mean = sums[0] / n
-        std = np.sqrt(np.maximum(sums[1] / n - mean ** 2, 0.0))
-        std = np.where(std > 0, std, 1.0)
+        mean, std = moments.mean_std()
         if self.class_weighting == "none":
             weights = torch.ones(n_classes)
         else:
             weights = class_weights_from_counts(counts, self.class_weighting)
-        return {"x_mean": torch.tensor(mean, dtype=torch.float32), "x_std": torch.tensor(std, dtype=torch.float32),
-                "class_weights": weights, "class_pixel_fraction": torch.tensor(counts / counts.sum(), dtype=torch.float32)}
+        return {"x_mean": mean, "x_std": std, "class_weights": weights, "class_pixel_fraction": torch.tensor(counts / counts.sum(), dtype=torch.float32)}
 
     # ---- the data -> model spec ----
     @property
@@ -477,13 +262,19 @@ class SegmentationDataModule(ClimateDataModule):
     # ---- back to xarray ----
     def _snapshots(self, split: str) -> list[Snapshot]:
         self.setup()
-        return self.splits["test" if split == "predict" else split]
+        return self.splits[self.sample_split(split)]
 
     def dates(self, split: str) -> list[str]:
         """The dates ("YYYY-MM-DD") of a split's samples, in order (predict: the test dates)."""
         return [s.date for s in self._snapshots(split)]
 
-    def layout(self, variables: Sequence[str]) -> FieldLayout:
+    @property
+    def layout(self) -> FieldLayout:
+        """The model's output: one logit map per class (background, tc, ar) on the files' (lat, lon) grid."""
+        self.setup()
+        return self._layout(CLASS_NAMES, {})
+
+    def fields_layout(self, variables: Sequence[str]) -> FieldLayout:
         """How ``variables`` of the first file sit on the (lat, lon) grid, with their attributes (units)."""
         self.setup()
         ref = self._snapshots("train")[0].files[0]
@@ -517,22 +308,21 @@ class SegmentationDataModule(ClimateDataModule):
         probability = self._layout(["probability"], attrs).to_xarray(prob[:, :, None], time,
                                                                       extra_dims={"class": list(CLASS_NAMES)})
         labels = self._layout([LABEL_VAR], attrs).to_xarray(prob.argmax(1, keepdim=True).numpy().astype(np.int64), time)
-        group = "test" if split == "predict" else split  # prediction runs on the test dates
-        return {group: labels.assign(probability=probability["probability"])}
+        return {self.sample_split(split): labels.assign(probability=probability["probability"])}
 
     def truth(self, split: str) -> dict[str, xr.Dataset]:
         """The (merged) expert labels of ``split`` as ``LABELS`` (time, lat, lon)."""
         ds = SnapshotDataset([(s, None) for s in self._snapshots(split)], self.channels)
         labels = np.stack([ds.labels(i) for i in range(len(ds))])[:, None]
         layout = self._layout([LABEL_VAR], {LABEL_VAR: {"long_name": "expert label", **FLAG_ATTRS}})
-        return {"test" if split == "predict" else split: layout.to_xarray(labels, self._time(split))}
+        return {self.sample_split(split): layout.to_xarray(labels, self._time(split))}
 
     def fields(self, split: str, channels: Sequence[str] | None = None) -> xr.Dataset:
         """The raw input fields (physical units, with the files' attributes) of a split's dates, from each
         date's first file; e.g. for the heuristic baseline and the figures."""
         names = list(channels or self.channels)
         data = np.stack([read_fields(s.files[0], names) for s in self._snapshots(split)])
-        return self.layout(names).to_xarray(data, self._time(split))
+        return self.fields_layout(names).to_xarray(data, self._time(split))
 
     def inputs_xarray(self, split: str) -> xr.DataArray:
         """The split's model inputs on (time, channel, lat, lon) in physical units, channels in the model's

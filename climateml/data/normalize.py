@@ -4,7 +4,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+
+class Moments:
+    """Mean and standard deviation per channel, fitted in one pass over data that comes in pieces (files, batches):
+    every task's input statistics are fitted with it, on training data only.
+
+    Each piece's count, mean and sum of squared deviations are merged into the running ones in float64 (Chan et
+    al.'s pairwise update), so the result does not depend on how the data is cut and stays exact when the mean is
+    large against the spread. ``std`` is the population std (divides by N); a constant channel gets std 1, so
+    standardising by it is a no-op instead of a division by zero.
+    """
+
+    def __init__(self, n_channels: int):
+        self.count = 0.0
+        self.mean = np.zeros(n_channels)
+        self.m2 = np.zeros(n_channels)
+
+    def add(self, values: np.ndarray | torch.Tensor, channel_axis: int = 0) -> "Moments":
+        """Adds every value of ``values`` to its channel (the index along ``channel_axis``)."""
+        v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+        v = np.moveaxis(v.astype(np.float64, copy=False), channel_axis, 0).reshape(len(self.mean), -1)
+        n = v.shape[1]
+        if n == 0:
+            return self
+        mean = v.mean(axis=1)
+        m2 = ((v - mean[:, None]) ** 2).sum(axis=1)
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta ** 2 * (self.count * n / total)
+        self.count = total
+        return self
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) per channel as float32 tensors; std 1 where a channel is constant."""
+        std = np.sqrt(self.m2 / max(self.count, 1.0))
+        return (torch.tensor(self.mean, dtype=torch.float32),
+                torch.tensor(np.where(std > 0, std, 1.0), dtype=torch.float32))
 
 
 @dataclass
@@ -18,18 +57,13 @@ class Standardization:
 
     @classmethod
     def fit(cls, x: torch.Tensor, y: torch.Tensor, n_targets: int) -> "Standardization":
-        """Fit on training tensors x (samples, inputs) and y (samples, n_targets * cells)."""
-        x_std = x.std(dim=0, unbiased=False)
+        """Fit on training tensors x (samples, inputs) and y (samples, n_targets * cells) (:class:`Moments`)."""
+        x_mean, x_std = Moments(x.shape[1]).add(x, channel_axis=1).mean_std()
         groups = y.reshape(y.shape[0], n_targets, -1)
-        y_mean = groups.mean(dim=(0, 2))
-        y_std = groups.std(dim=(0, 2), unbiased=False)
+        y_mean, y_std = Moments(n_targets).add(groups, channel_axis=1).mean_std()
         cells = groups.shape[-1]
-        return cls(
-            x_mean=x.mean(dim=0),
-            x_std=torch.where(x_std > 0, x_std, torch.ones_like(x_std)),
-            y_mean=y_mean.repeat_interleave(cells),
-            y_std=torch.where(y_std > 0, y_std, torch.ones_like(y_std)).repeat_interleave(cells),
-        )
+        return cls(x_mean=x_mean, x_std=x_std, y_mean=y_mean.repeat_interleave(cells),
+                   y_std=y_std.repeat_interleave(cells))
 
 
 def fit_pattern_scaling(co2: torch.Tensor, y: torch.Tensor, cell_weights: torch.Tensor,

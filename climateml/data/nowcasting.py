@@ -18,7 +18,8 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
-from climateml.data.base import ClimateDataModule, DataSpec
+from climateml.data.adapter import FieldLayout
+from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_periods
 from climateml.data.io import may_write_sample_data, open_dataset
 from climateml.data.radar import RadarReader
 from climateml.data.radar_header import FILE_PATTERNS, resolve_paths
@@ -27,6 +28,7 @@ from climateml.errors import ConfigError, DataError, check_choice, check_fractio
 from climateml.models.rain_transform import RainTransform
 
 VARIABLE = "rain_rate"
+RAIN_ATTRS = {"units": "mm h-1", "long_name": "rain rate", "standard_name": "rainfall_rate"}
 
 
 class WindowDataset(Dataset):
@@ -96,6 +98,8 @@ class NowcastingDataModule(ClimateDataModule):
         synthesize_if_missing: write sample frames (``climateml synth nowcasting``) into ``paths`` (a glob's
             folder) when it does not exist or is empty, with ``sample_options`` passed to the generator; a folder of
             other files is an error, never written into (:func:`~climateml.data.io.may_write_sample_data`).
+        batch_size, num_workers, pin_memory, multiprocessing_context: the loaders (see
+            :class:`~climateml.data.base.BaseDataModule`); each worker opens its own files.
     """
 
     def __init__(
@@ -123,31 +127,17 @@ class NowcastingDataModule(ClimateDataModule):
         sample_options: dict = {},
         batch_size: int = 16,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
+        multiprocessing_context: str | None = None,
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                         multiprocessing_context=multiprocessing_context)
         check_positive("data.n_in", n_in)
         check_positive("data.n_out", n_out)
         check_choice("data.transform", transform, RainTransform.KINDS)
         check_positive("data.rain_threshold", rain_threshold)
-        bounds = {}
-        for name, period in (("train_period", train_period), ("val_period", val_period), ("test_period", test_period)):
-            if len(period) != 2:
-                raise ConfigError(f"data.{name} must be [start, end] time strings, got {period}")
-            try:
-                bounds[name] = (pd.Timestamp(period[0]), pd.Timestamp(period[1]))
-            except ValueError as err:
-                raise ConfigError(f"data.{name}: {period} are not time strings ({err})") from err
-            if bounds[name][0] > bounds[name][1]:
-                raise ConfigError(f"data.{name} starts after it ends: {period}")
-        names = list(bounds)
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                if bounds[a][0] <= bounds[b][1] and bounds[b][0] <= bounds[a][1]:
-                    raise ConfigError(f"data.{a} {list(map(str, bounds[a]))} and data.{b} {list(map(str, bounds[b]))} "
-                                      "overlap; periods must be disjoint so that no frame is in two splits")
-        if crop and (len(crop) != 2 or min(crop) < 1):
-            raise ConfigError(f"data.crop must be [y cells, x cells], both >= 1, or empty; got {crop}")
+        check_periods({"train_period": train_period, "val_period": val_period, "test_period": test_period})
+        crop = check_crop(crop, ("y", "x"))
         if accumulation_minutes is not None:
             check_positive("data.accumulation_minutes", accumulation_minutes)
         check_positive("data.cache_mb", cache_mb, allow_zero=True)
@@ -268,35 +258,34 @@ class NowcastingDataModule(ClimateDataModule):
                          "time_step_minutes": step_min})
 
     # ---- back to xarray ----
-    def _split(self, split: str) -> str:
-        return "test" if split == "predict" else split
-
     def issue_times(self, split: str) -> np.ndarray:
         """The time of the last input frame of each window (the forecast reference time)."""
         self.setup()
-        return self.times[self.starts[self._split(split)] + self.n_in - 1]
+        return self.times[self.starts[self.sample_split(split)] + self.n_in - 1]
 
     @property
     def lead_times(self) -> np.ndarray:
         return self.step * np.arange(1, self.n_out + 1)
 
-    def _dataset(self, values: np.ndarray, split: str, name: str = VARIABLE) -> xr.Dataset:
-        """``name`` (time, lead_time, *grid) [mm/h]: ``time`` the issue time, ``valid_time`` (time, lead_time) the
-        time each nowcast is for, and the archive's 2-d lat / lon when it has them (:meth:`auxiliary_coords`)."""
+    @property
+    def layout(self) -> FieldLayout:
+        """Nowcasts ``rain_rate`` (lead_time, *grid) [mm/h] on the archive's grid, with its 2-d lat / lon when it has
+        them (:meth:`auxiliary_coords`); samples on ``time``, the issue time."""
         grid = self.grid
-        dims = ("time", "lead_time", *grid.dims)
+        coords = {"lead_time": xr.DataArray(self.lead_times, dims="lead_time"), **{d: grid[d] for d in grid.dims},
+                  **self.auxiliary_coords()}
+        return FieldLayout([VARIABLE], ("lead_time", *grid.dims), coords, {VARIABLE: dict(RAIN_ATTRS)}, sample_dim="time")
+
+    def _dataset(self, values: np.ndarray, split: str) -> xr.Dataset:
+        """``rain_rate`` (time, lead_time, *grid) [mm/h] (:attr:`layout`): ``time`` the issue time, ``valid_time``
+        (time, lead_time) the time each nowcast is for."""
         issue_times = self.issue_times(split)
         issue = xr.DataArray(issue_times, dims="time",
                              attrs={"long_name": "forecast issue time (valid time of the last input frame)",
                                     "standard_name": "forecast_reference_time"})
-        valid = xr.DataArray(issue_times[:, None] + self.lead_times[None, :], dims=("time", "lead_time"),
-                             attrs={"long_name": "valid time of the nowcast (issue time + lead time)",
-                                    "standard_name": "time"})
-        coords = {"time": issue, "lead_time": self.lead_times, "valid_time": valid,
-                  **{d: grid[d] for d in grid.dims}, **self.auxiliary_coords()}
-        da = xr.DataArray(values, dims=dims, coords=coords, name=name,
-                          attrs={"units": "mm h-1", "long_name": "rain rate", "standard_name": "rainfall_rate"})
-        return da.to_dataset()
+        valid = (("time", "lead_time"), issue_times[:, None] + self.lead_times[None, :],
+                 {"long_name": "valid time of the nowcast (issue time + lead time)", "standard_name": "time"})
+        return self.layout.to_xarray(values, issue, coords={"valid_time": valid})
 
     def auxiliary_coords(self) -> dict[str, xr.DataArray]:
         """The 2-d ``lat`` / ``lon`` (CF auxiliary coordinates on the projected y, x grid) of the archive's first
@@ -323,30 +312,30 @@ class NowcastingDataModule(ClimateDataModule):
         """Nowcasts (windows, lead_time, y, x) [mm/h] on the archive's grid, ``time`` = issue time; NaN
         where the radar saw nothing at issue time (e.g. beyond its range), as in the observations."""
         values = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.array(values)
-        n = len(self.starts[self._split(split)])
+        n = len(self.starts[self.sample_split(split)])
         if values.shape[:2] != (n, self.n_out):
             raise DataError(f"predictions of shape {values.shape} do not fit the {n} {split} windows x {self.n_out} "
                             "lead times")
         values = np.where(self._unseen_mask(split), np.float32(np.nan), values).astype(values.dtype, copy=False)
-        return {self._split(split): self._dataset(values, split)}
+        return {self.sample_split(split): self._dataset(values, split)}
 
     def _unseen_mask(self, split: str) -> np.ndarray:
         """(windows, 1, y, x): True where the last input frame of a window is NaN; read from the archive once
         per split and kept (to_xarray runs once per baseline and member), until the next build."""
         self.setup()
-        key = self._split(split)
+        key = self.sample_split(split)
         if key not in self._unseen:
             self._unseen[key] = np.isnan(self._stack(split, self.n_in - 1, 1))
         return self._unseen[key]
 
     def _stack(self, split: str, offset: int, n: int) -> np.ndarray:
         self.setup()
-        starts = self.starts[self._split(split)]
+        starts = self.starts[self.sample_split(split)]
         return np.stack([self.reader.read_frames(range(int(s) + offset, int(s) + offset + n)) for s in starts])
 
     def truth(self, split: str) -> dict[str, xr.Dataset]:
         """The observed frames at each window's lead times (NaN outside the radar's range)."""
-        return {self._split(split): self._dataset(self._stack(split, self.n_in, self.n_out), split)}
+        return {self.sample_split(split): self._dataset(self._stack(split, self.n_in, self.n_out), split)}
 
     def past_frames(self, split: str) -> np.ndarray:
         """(windows, n_in, y, x) [mm/h]: what the baselines extrapolate from."""
@@ -362,7 +351,8 @@ class NowcastingDataModule(ClimateDataModule):
         frames = self.past_frames(split)
         if fill_nan is not None:
             frames = np.nan_to_num(frames, nan=fill_nan)
-        return xr.DataArray(frames, dims=("time", "input_frame", *grid.dims),
-                            coords={"time": self.issue_times(split), "input_frame": self.spec.inputs,
-                                    **{d: grid[d] for d in grid.dims}},
-                            name=VARIABLE, attrs={"units": "mm h-1", "long_name": "rain rate"})
+        layout = FieldLayout([VARIABLE], ("input_frame", *grid.dims),
+                             {"input_frame": xr.DataArray(self.spec.inputs, dims="input_frame"),
+                              **{d: grid[d] for d in grid.dims}},
+                             {VARIABLE: {k: RAIN_ATTRS[k] for k in ("units", "long_name")}}, sample_dim="time")
+        return layout.to_xarray(frames, self.issue_times(split))[VARIABLE]

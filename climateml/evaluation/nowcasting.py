@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from climateml import metrics, plotting
+from climateml.contracts import NowcastData, require
 from climateml.errors import ConfigError
 from climateml.evaluation.base import Evaluation
 from climateml.metrics import categorical
@@ -57,6 +58,8 @@ class NowcastEvaluation(Evaluation):
         self.figure_threshold = float(figure_threshold)
 
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
+        if self.baseline_names:
+            require(datamodule, NowcastData, f"evaluation {type(self).__name__}")
         past = datamodule.past_frames(self.split)
         if past is not None:  # the figures show the last input frame; the run empties run_state when it ends
             self.run_state["last_input"] = past[:, -1].copy()

@@ -8,6 +8,7 @@ import numpy as np
 import xarray as xr
 
 from climateml import plotting
+from climateml.contracts import FieldData, require
 from climateml.evaluation.base import Evaluation
 from climateml.metrics.segmentation import CLASS_NAMES, confusion_matrix, scores_from_confusion
 from climateml.models.heuristic_detection import HeuristicDetector
@@ -38,6 +39,7 @@ class SegmentationEvaluation(Evaluation):
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
         if self.detector is None:
             return {}
+        require(datamodule, FieldData, f"evaluation {type(self).__name__}")
         fields = datamodule.fields(self.split, self._detector_fields(datamodule))
         return {"heuristic": {self.split: self.detector.predict(fields).to_dataset(name="LABELS")}}
 

@@ -8,6 +8,7 @@ import numpy as np
 import xarray as xr
 
 from climateml import metrics, plotting
+from climateml.contracts import TabularData, require
 from climateml.errors import ConfigError, check_positive
 from climateml.evaluation.base import Evaluation
 from climateml.models.baselines import LinearRegression, PatternScaling
@@ -103,7 +104,7 @@ class TemperatureEvaluation(Evaluation):
 
     def fit_baseline(self, name: str, datamodule):
         """One baseline fitted on the training split: a module mapping inputs to outputs in physical units."""
-        train = datamodule.dataset("train").tensors
+        train = datamodule.tensors("train")
         if name == "linear":
             return LinearRegression.fit(train["x"], train["y"])
         if name == "pattern_scaling":
@@ -128,7 +129,8 @@ class TemperatureEvaluation(Evaluation):
             return EOFRegressionBaseline(name, **opts).fit(train["x"], train["y"], weights)
 
     def baselines(self, datamodule) -> dict[str, dict[str, xr.Dataset]]:
-        x_test = datamodule.dataset(self.split).tensors["x"]
+        require(datamodule, TabularData, f"evaluation {type(self).__name__}")
+        x_test = datamodule.tensors(self.split)["x"]
         out = {}
         for name in self.baseline_names:
             model = self.fit_baseline(name, datamodule)

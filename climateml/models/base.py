@@ -1,8 +1,13 @@
 """ClimateTask: what every task's LightningModule shares — spec, statistics as buffers, one optimiser setup.
 
-A task subclasses :class:`ClimateTask` and fills in :meth:`configure_models`, :meth:`configure_losses`,
-:meth:`configure_metrics` and :meth:`shared_step`; training, validation and test steps, prediction and
-``configure_optimizers`` (optimiser, learning rate and schedule from the config) are written once here.
+A task subclasses :class:`ClimateTask`: its ``__init__`` calls ``super().__init__(spec, **task_options)`` first,
+then sets its own attributes; it defines :meth:`configure_models` and :meth:`shared_step` (abstract: a subclass
+without them fails at instantiation, naming them) and, when it needs them, :meth:`configure_losses` and
+:meth:`configure_metrics`. The three ``configure_*`` hooks run once the outermost ``__init__`` has returned, so
+they see every attribute the subclass set; the arguments of that ``__init__`` are then saved as hyperparameters
+(``load_from_checkpoint`` rebuilds the model from them). Training, validation and test steps, epoch metrics
+(:meth:`log_stage_metrics`), prediction, input standardisation (:meth:`standardize`) and ``configure_optimizers``
+(optimiser, learning rate and schedule from the config) are written once here.
 
 Under DDP every logged tensor is reduced across processes by default (``sync_dist=True``), so an epoch's
 ``val_loss`` is the mean over all ranks' samples, not rank 0's shard; torchmetrics objects reduce themselves.
@@ -10,7 +15,10 @@ Under DDP every logged tensor is reduced across processes by default (``sync_dis
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import functools
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, Literal, Mapping
 
 import lightning as L
 import numpy as np
@@ -23,9 +31,50 @@ from climateml.errors import ConfigError, check_choice, check_positive
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "rmsprop": torch.optim.RMSprop}
 SCHEDULERS = ("none", "plateau", "cosine", "step", "onecycle")
+#: the stages with epoch metrics (see :meth:`ClimateTask.configure_metrics`)
+STAGES = ("train", "val", "test")
 
 
-class ClimateTask(L.LightningModule):
+def _then_post_init(init):
+    """``init`` wrapped so that, when it is the outermost ``__init__`` of an instance (not one reached through
+    ``super().__init__``), ``self._post_init`` runs after it has returned, with the arguments it was given."""
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        depth = self.__dict__.get("_init_depth", 0)
+        self.__dict__["_init_depth"] = depth + 1
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            self.__dict__["_init_depth"] = depth
+        if depth == 0:
+            del self.__dict__["_init_depth"]
+            self._post_init(init, args, kwargs)
+
+    __init__._post_init_wrapper = True
+    return __init__
+
+
+class SampleMean(torchmetrics.Metric):
+    """The mean of a per-batch value over every sample of the epoch (each batch weighted by its samples), in float64;
+    summed across processes under DDP."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, n: int) -> None:
+        """Adds ``value`` (a batch's mean) x ``n`` samples."""
+        self.total += value.detach().double() * n
+        self.n += n
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.n.clamp(min=1)).float()
+
+
+class ClimateTask(L.LightningModule, ABC):
     """Base LightningModule of every task.
 
     Args:
@@ -51,6 +100,9 @@ class ClimateTask(L.LightningModule):
         monitor_mode: Literal["min", "max"] = "min",
     ):
         super().__init__()
+        # what this __init__ was given (a subclass may have set defaults, e.g. its monitor): saved as hyperparameters
+        self._task_arguments = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, lr_scheduler=lr_scheduler,
+                                    lr_scheduler_options=lr_scheduler_options, monitor=monitor, monitor_mode=monitor_mode)
         check_choice("model.optimizer", optimizer, OPTIMIZERS)
         check_positive("model.lr", lr)
         check_positive("model.weight_decay", weight_decay, allow_zero=True)
@@ -60,30 +112,94 @@ class ClimateTask(L.LightningModule):
         if self.spec is None:
             raise ConfigError(f"{type(self).__name__} needs a data spec: run it through `climateml` with a data "
                               "module, or pass spec=datamodule.spec")
-        # called here, while the subclass's __init__ is still on the stack, so its arguments are saved too
-        self.save_hyperparameters(ignore=["spec"])
-        self.hparams["spec"] = self.spec.describe()  # plain types; the statistics' values live in the state dict
         for name, value in self.spec.statistics.items():
             self.register_buffer(name, value.detach().clone().float())
         self._validations = 0  # validation runs so far (a plateau schedule steps once per run, see lr_scheduler_step)
         self._plateau_steps = 0  # ... and the one the plateau schedule last stepped for
+
+    __init__ = _then_post_init(__init__)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_post_init_wrapper", False):
+            cls.__init__ = _then_post_init(init)
+
+    def _post_init(self, init, args: tuple, kwargs: dict) -> None:
+        """After the outermost ``__init__``: save its arguments as hyperparameters (the ones a LightningCLI config
+        gave, else the call's, defaults filled in and ``**task_options`` spread out, plus what ClimateTask itself
+        received; ``spec`` as plain types, its statistics' values live in the state dict), then build networks,
+        loss and the stages' metrics."""
+        try:  # what LightningCLI gave (its config's init_args), which it needs to rebuild the model from a checkpoint
+            from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+            given = _given_hyperparameters.get()
+        except ImportError:
+            given = None
+        if given is not None:
+            hp = dict(given)
+        else:
+            bound = inspect.signature(init).bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            hp = {}
+            for name, param in list(bound.signature.parameters.items())[1:]:
+                if param.kind is inspect.Parameter.VAR_KEYWORD:
+                    hp.update(bound.arguments.get(name, {}))
+                elif param.kind is not inspect.Parameter.VAR_POSITIONAL:
+                    hp[name] = bound.arguments[name]
+        hp.update(self.__dict__.pop("_task_arguments"))
+        hp["spec"] = self.spec.describe()
+        self.save_hyperparameters(hp)
         self.configure_models()
         self.configure_losses()
-        self.configure_metrics()
+        self.stage_metrics = torch.nn.ModuleDict({f"{stage}_metrics": torch.nn.ModuleDict(self.configure_metrics(stage) or {})
+                                                  for stage in STAGES})
 
     # ---- what a task fills in ----
+    @abstractmethod
     def configure_models(self) -> None:
-        """Build the networks (``self.net`` ...) from ``self.spec`` and the hyperparameters."""
+        """Build the networks (``self.net`` ...) from ``self.spec`` and the task's attributes."""
 
     def configure_losses(self) -> None:
         """Build the loss (``self.criterion``)."""
 
-    def configure_metrics(self) -> None:
-        """Build torchmetrics that accumulate over a whole epoch (never a mean of batch means)."""
+    def configure_metrics(self, stage: str) -> Mapping[str, torchmetrics.Metric] | None:
+        """The epoch metrics of one stage ("train", "val" or "test"): {name: a torchmetrics Metric}, built once per
+        stage. They accumulate over the whole epoch (never a mean of batch means) and reduce themselves across
+        processes; :meth:`shared_step` updates them (``self.metrics(stage)[name].update(...)``) and
+        :meth:`log_stage_metrics` logs them at the stage's epoch end as ``{stage}_{name}``, or, for a metric
+        whose ``compute`` returns a dict, ``{stage}_{key}`` for each of its keys. None: no epoch metrics."""
+        return None
 
+    @abstractmethod
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         """Loss of one batch; logs ``{stage}_loss`` and updates the stage's metrics."""
-        raise NotImplementedError
+
+    # ---- epoch metrics and inputs, the same for every task ----
+    def metrics(self, stage: str) -> torch.nn.ModuleDict:
+        """The epoch metrics of ``stage``, by name (see :meth:`configure_metrics`)."""
+        return self.stage_metrics[f"{stage}_metrics"]
+
+    def log_stage_metrics(self, stage: str) -> None:
+        """Log every epoch metric of ``stage`` that was updated this epoch, then reset it. The monitored one
+        (``monitor``) is shown on the progress bar."""
+        for name, metric in self.metrics(stage).items():
+            if not metric.update_count:
+                continue
+            value = metric.compute()
+            for key, v in (value.items() if isinstance(value, Mapping) else [(name, value)]):
+                logged = f"{stage}_{key}"
+                self.log(logged, v, prog_bar=logged == self.hparams.get("monitor"), sync_dist=False)
+            metric.reset()
+
+    def standardize(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """``(x - x_mean) / x_std`` with the spec's training statistics, one value per index of ``x``'s ``dim``
+        (the channel or feature axis) broadcast over the dims after it."""
+        shape = (-1,) + (1,) * (x.ndim - dim - 1)
+        return (x - self.x_mean.view(shape)) / self.x_std.view(shape)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_stage_metrics("test")
 
     # ---- shared ----
     def log(self, name: str, value, *args, sync_dist: bool | None = None, **kwargs) -> None:
@@ -196,6 +312,7 @@ class ClimateTask(L.LightningModule):
             logged.setdefault(key, torch.tensor(value))
 
     def on_train_epoch_end(self) -> None:
+        self.log_stage_metrics("train")
         loop = self.trainer.fit_loop
         epoch_loop = getattr(loop, "epoch_loop", None)
         update = getattr(epoch_loop, "update_lr_schedulers", None)
@@ -204,6 +321,7 @@ class ClimateTask(L.LightningModule):
             update("epoch", update_plateau_schedulers=True)  # where the fit loop would have, uninterrupted
 
     def on_validation_epoch_end(self) -> None:
+        self.log_stage_metrics("val")
         if not self.trainer.sanity_checking:
             self._validations += 1
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import torchmetrics
 
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 from climateml.models.base import ClimateTask
@@ -47,6 +48,26 @@ def soft_csi(pred_event: torch.Tensor, obs_event: torch.Tensor, valid: torch.Ten
     p, o = pred_event * valid, obs_event * valid
     hits = (p * o).sum()
     return hits / (p.sum() + o.sum() - hits).clamp(min=1e-6)
+
+
+class MaskedMAE(torchmetrics.Metric):
+    """Mean absolute error over every cell of the epoch where the target is finite (NaN: outside the radar's
+    range), in float64, summed across processes under DDP."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("abs_error", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("cells", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        valid = torch.isfinite(target)
+        self.abs_error += torch.where(valid, (pred - target).abs(), 0.0).double().sum()
+        self.cells += valid.sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.abs_error / self.cells.clamp(min=1)).float()
 
 
 class NowcastModel(ClimateTask):
@@ -110,6 +131,7 @@ class NowcastModel(ClimateTask):
                  base: Literal["optical_flow", "none"] = "optical_flow", flow_options: dict = {}, coarsen: int = 1,
                  gate_threshold: float = 1.0, smoothing_scales: list[float] = [], loss_scale: str = "transformed",
                  **task_options):
+        super().__init__(spec, **task_options)
         check_choice("model.mode", mode, ("direct", "recursive"))
         check_choice("model.loss", loss, LOSSES)
         check_positive("model.width", width)
@@ -139,7 +161,6 @@ class NowcastModel(ClimateTask):
         self.rain_weight, self.weight_threshold = float(rain_weight), float(weight_threshold)
         self.csi_weight, self.csi_thresholds = float(csi_weight), [float(t) for t in csi_thresholds]
         self.csi_temperature, self.space_to_depth = float(csi_temperature), int(space_to_depth)
-        super().__init__(spec, **task_options)
 
     @property
     def n_in(self) -> int:
@@ -173,6 +194,11 @@ class NowcastModel(ClimateTask):
                 self.refine.weight[torch.arange(out), torch.arange(out)] = torch.outer(binomial, binomial) / 16.0
         options = self.spec.options
         self.transform = RainTransform(options.get("transform", "log1p"), options.get("rain_threshold", 0.1))
+
+    def configure_metrics(self, stage: str) -> dict:
+        """``{stage}_mae_mm_h``: mean absolute error [mm/h] over every valid cell and lead time of the epoch; for
+        validation with the optical-flow base it is logged by :meth:`on_validation_epoch_end` instead."""
+        return {} if stage == "val" and self.base == "optical_flow" else {"mae_mm_h": MaskedMAE()}
 
     def _sync_transform(self) -> None:
         self.transform.mean.copy_(self.rain_mean)
@@ -304,12 +330,10 @@ class NowcastModel(ClimateTask):
                 self._val_loss_sums += torch.tensor([float(len(x)), float(loss) * len(x)], dtype=torch.float64)
         else:
             self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
-        with torch.no_grad():  # mm/h error over valid cells, weighted by their count: exact over the epoch
-            rain = self.to_rain(z_pred.detach())
-            mae, n_valid = masked_loss(rain, y, "mae")
-        if not (stage == "val" and z_base is not None):
-            self.log(f"{stage}_mae_mm_h", mae, on_step=False, on_epoch=True, prog_bar=stage == "val",
-                     batch_size=int(n_valid))
+        metrics = self.metrics(stage)
+        if "mae_mm_h" in metrics:
+            with torch.no_grad():  # mm/h error over valid cells, weighted by their count: exact over the epoch
+                metrics["mae_mm_h"].update(self.to_rain(z_pred.detach()), y)
         if stage == "val" and z_base is None:
             self.log("val_selection", loss, on_step=False, on_epoch=True, batch_size=len(x))
         return loss

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from climateml.errors import check_fraction, check_positive
@@ -13,6 +12,24 @@ from climateml.metrics.segmentation import scores_from_confusion
 from climateml.models.base import ClimateTask
 from climateml.models.blocks_unet import UNet
 from climateml.models.losses import build_segmentation_loss
+
+
+class ConfusionScores(MulticlassConfusionMatrix):
+    """A confusion matrix over every pixel of an epoch (reduced across processes), computed as scores:
+    ``mean_iou``, ``iou_<class>`` and, with ``precision_recall``, ``precision_<class>``, ``recall_<class>``; a
+    score that is undefined (0/0) is 0."""
+
+    def __init__(self, class_names, precision_recall: bool = True):
+        # validate_args=False: the argument checks call torch.unique on every batch (slow on large grids)
+        super().__init__(len(class_names), validate_args=False)
+        self.class_names, self.precision_recall = list(class_names), precision_recall
+
+    def compute(self) -> dict[str, float]:
+        scores = scores_from_confusion(super().compute().cpu().numpy(), self.class_names)
+        names = ["mean_iou", *[f"iou_{c}" for c in self.class_names]]
+        if self.precision_recall:
+            names += [f"{k}_{c}" for k in ("precision", "recall") for c in self.class_names]
+        return {name: 0.0 if scores[name] != scores[name] else float(scores[name]) for name in names}
 
 
 class SegmentationModel(ClimateTask):
@@ -37,15 +54,15 @@ class SegmentationModel(ClimateTask):
                  dropout: float = 0.0, upsampling: Literal["transpose", "bilinear"] = "bilinear",
                  circular_lon: bool = True, loss: str | dict = {"cross_entropy": 1.0, "jaccard": 1.0},
                  loss_options: dict = {}, use_class_weights: bool = True, **task_options):
+        task_options.setdefault("monitor", "val_mean_iou")
+        task_options.setdefault("monitor_mode", "max")
+        super().__init__(spec, **task_options)
         check_positive("model.depth", depth, allow_zero=True)
         check_positive("model.width", width)
         check_fraction("model.dropout", dropout)
-        task_options.setdefault("monitor", "val_mean_iou")
-        task_options.setdefault("monitor_mode", "max")
         self._arch = dict(depth=depth, width=width, norm=norm, dropout=dropout, upsampling=upsampling,
                           circular_lon=circular_lon)
         self._loss = (loss, loss_options, use_class_weights)
-        super().__init__(spec, **task_options)
 
     @property
     def class_names(self) -> list[str]:
@@ -56,45 +73,21 @@ class SegmentationModel(ClimateTask):
 
     def configure_losses(self) -> None:
         loss, options, use_weights = self._loss
-        weights = self.class_weights if use_weights and hasattr(self, "class_weights") else None
+        weights = self.class_weights if use_weights and "class_weights" in self.spec.statistics else None
         self.criterion = build_segmentation_loss(loss, class_weights=weights, options=options)
 
-    def configure_metrics(self) -> None:
-        k = len(self.spec.outputs)
-        # validate_args=False: the argument checks call torch.unique on every batch (slow on large grids)
-        self.confusion = nn.ModuleDict({f"{s}_confusion": MulticlassConfusionMatrix(k, validate_args=False)
-                                        for s in ("train", "val", "test")})
+    def configure_metrics(self, stage: str) -> dict:
+        """One confusion matrix per stage, over every pixel of the epoch: ``{stage}_mean_iou``, ``{stage}_iou_<class>``,
+        and for validation and test ``precision_<class>``, ``recall_<class>``."""
+        return {"confusion": ConfusionScores(self.class_names, precision_recall=stage != "train")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fields (batch, channel, lat, lon) in physical units -> class logits (batch, class, lat, lon)."""
-        return self.net((x - self.x_mean[:, None, None]) / self.x_std[:, None, None])
+        return self.net(self.standardize(x))
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         logits = self(batch["x"])
         loss = self.criterion(logits.float(), batch["y"])
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(logits))
-        self.confusion[f"{stage}_confusion"].update(logits.argmax(1), batch["y"])
+        self.metrics(stage)["confusion"].update(logits.argmax(1), batch["y"])
         return loss
-
-    def _log_scores(self, stage: str) -> None:
-        cm = self.confusion[f"{stage}_confusion"].compute()
-        self.confusion[f"{stage}_confusion"].reset()
-        scores = scores_from_confusion(cm.cpu().numpy(), self.class_names)
-        names = ["mean_iou", *[f"iou_{c}" for c in self.class_names]]
-        if stage != "train":
-            names += [f"{k}_{c}" for k in ("precision", "recall") for c in self.class_names]
-        for name in names:
-            value = scores[name]
-            self.log(f"{stage}_{name}", 0.0 if value != value else value, prog_bar=name == "mean_iou" and stage == "val",
-                     sync_dist=False)
-
-    def on_train_epoch_end(self) -> None:
-        self._log_scores("train")
-        super().on_train_epoch_end()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-        super().on_validation_epoch_end()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")

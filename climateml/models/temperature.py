@@ -2,37 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torchmetrics
 from torch import nn
 
 from climateml.errors import ConfigError, check_choice, check_fraction
-from climateml.models.base import ClimateTask
+from climateml.models.base import ClimateTask, SampleMean
 from climateml.models.blocks import ACTIVATIONS, mlp
 
 
 class WeightedRMSE(torchmetrics.Metric):
-    """Area-weighted RMSE over all samples of an epoch: sqrt(sum_n sum_c w_c e_nc^2 / N).
+    """Area-weighted RMSE over all samples of an epoch: sqrt(sum_n sum_c w_c e_nc^2 / N), one per target.
 
     Accumulated over the whole epoch (not a mean of batch RMSEs) and summed across processes under DDP.
+    Without ``names``: one target, ``compute`` gives its RMSE; with ``names``: ``{"rmse_<name>": RMSE}``.
     """
 
     full_state_update = False
 
-    def __init__(self):
+    def __init__(self, names: Sequence[str] | None = None):
         super().__init__()
-        self.add_state("sq", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.names = None if names is None else list(names)
+        k = 1 if names is None else len(self.names)
+        self.add_state("sq", default=torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, squared_error: torch.Tensor, weights: torch.Tensor) -> None:
-        """Adds sum_c weights_c * squared_error_nc per sample n; with area weights summing to 1 this is the weighted MSE."""
-        self.sq += (squared_error @ weights).sum().double()
-        self.n += squared_error.shape[0]
+    def update(self, squared_error: torch.Tensor, weights: torch.Tensor | None = None, n: int | None = None) -> None:
+        """With ``weights`` (cells,): adds sum_c weights_c * squared_error_nc per sample n of one target (with area
+        weights summing to 1 this is the weighted MSE). Without: ``squared_error`` is already weighted, (rows,
+        n_targets). ``n``: the samples the rows stand for (default: one per row; a batch summed into one row)."""
+        per = (squared_error @ weights)[:, None] if weights is not None else squared_error
+        self.sq += per.sum(0).double()
+        self.n += squared_error.shape[0] if n is None else n
 
-    def compute(self) -> torch.Tensor:
-        return torch.sqrt(self.sq / self.n)
+    def compute(self) -> torch.Tensor | dict[str, torch.Tensor]:
+        rmse = torch.sqrt(self.sq / self.n)
+        if self.names is None:
+            return rmse[0]
+        return {f"rmse_{t}": rmse[i].float() for i, t in enumerate(self.names)}
 
 
 class MeanOf(nn.ModuleList):
@@ -65,10 +74,10 @@ class TemperatureEmulator(ClimateTask):
 
     The training step is kept lean (issue 9): the target is standardised in one fused pass, the squared
     errors come from one fused ``mse_loss(reduction="none")`` pass, the loss is their sum / count, and the
-    area-weighted RMSE reuses them in one small matrix-vector product; the epoch's sums are accumulated in a
-    small buffer and logged once at the end of the epoch (summed across processes), instead of going through
-    ``self.log`` and a torchmetrics update at every step. The logged numbers are the same: the epoch's sample-weighted mean loss and
-    the area-weighted RMSE over all its samples.
+    area-weighted RMSE reuses them in one small matrix-vector product, summed over the batch before the metric
+    sees it; the loss and RMSE are epoch metrics (:meth:`configure_metrics`) logged once at the end of the epoch
+    (summed across processes), instead of going through ``self.log`` at every step. The logged numbers are the
+    epoch's sample-weighted mean loss and the area-weighted RMSE over all its samples.
 
     Args:
         base: "pattern_scaling" (needs CO2 among the inputs) or "none".
@@ -90,6 +99,7 @@ class TemperatureEmulator(ClimateTask):
                  dropout: float = 0.0, batch_norm: bool = False,
                  base: Literal["pattern_scaling", "none"] = "pattern_scaling", correction_modes: int = 0,
                  correction_inputs: list[str] = [], correction_members: int = 1, **task_options):
+        super().__init__(spec, **task_options)
         hidden_sizes = list(hidden_sizes)
         if any(isinstance(h, bool) or int(h) != h or int(h) <= 0 for h in hidden_sizes):
             raise ConfigError(f"model.hidden_sizes must be whole numbers > 0, got {hidden_sizes}")
@@ -108,7 +118,6 @@ class TemperatureEmulator(ClimateTask):
         self._correction_inputs = [str(v) for v in correction_inputs]
         self._arch = dict(hidden_sizes=[int(h) for h in hidden_sizes], activation=activation, dropout=dropout,
                           batch_norm=batch_norm)
-        super().__init__(spec, **task_options)
 
     @property
     def target_names(self) -> list[str]:
@@ -148,15 +157,15 @@ class TemperatureEmulator(ClimateTask):
                 nn.init.zeros_(net[-1].bias)
         self.net = nets[0] if self._members == 1 else MeanOf(nets)
 
-    def configure_metrics(self) -> None:
-        n_t = len(self.spec.outputs)
-        self.rmse = nn.ModuleDict({f"{stage}_{t}": WeightedRMSE() for stage in ("val", "test") for t in self.spec.outputs})
-        # training epoch sums: [area-weighted squared error per target (K^2) ..., loss x samples, samples]
-        self.register_buffer("train_sums", torch.zeros(n_t + 2, dtype=torch.float64), persistent=False)
+    def configure_metrics(self, stage: str) -> dict:
+        """``{stage}_rmse_<target>`` (area-weighted, physical units) every stage; ``train_loss`` too (validation
+        and test log their loss per batch, see :meth:`shared_step`)."""
+        metrics = {"rmse": WeightedRMSE(self.spec.outputs)}
+        return {"loss": SampleMean(), **metrics} if stage == "train" else metrics
 
     def correction(self, x: torch.Tensor) -> torch.Tensor:
         """The network's output on the standardised inputs, per output (batch, n_outputs), standardised units."""
-        xs = (x - self.x_mean) / self.x_std
+        xs = self.standardize(x)
         out = self.net(xs if self._all_columns else xs.index_select(1, self.correction_columns))
         return out @ self.ps_modes[:self._modes] if self._modes else out
 
@@ -236,22 +245,13 @@ class TemperatureEmulator(ClimateTask):
             sq = squared.detach()
             if sq.dtype in (torch.float16, torch.bfloat16):
                 sq = sq.float()
-            self.train_sums[:-2] += self._weighted_sq(sq.sum(0, keepdim=True))[0]
-            self.train_sums[-2] += loss.detach().to(sq.dtype) * len(sq)
-            self.train_sums[-1] += len(sq)
+            metrics = self.metrics("train")
+            metrics["rmse"].update(self._weighted_sq(sq.sum(0, keepdim=True)), n=len(sq))
+            metrics["loss"].update(loss.detach().to(sq.dtype), len(sq))
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self.train_sums.zero_()
         self.__dict__.pop("_derived_cache", None)  # statistics may have been loaded since: recompute once
-
-    def on_train_epoch_end(self) -> None:
-        sums = self.trainer.strategy.reduce(self.train_sums.clone(), reduce_op="sum")  # all processes under DDP
-        n = sums[-1].clamp(min=1)
-        self.log("train_loss", (sums[-2] / n).float(), prog_bar=True, sync_dist=False)  # already summed over processes
-        for i, t in enumerate(self.spec.outputs):
-            self.log(f"train_rmse_{t}", torch.sqrt(sums[i] / n).float(), sync_dist=False)
-        super().on_train_epoch_end()
 
     # ---- validation and test: torchmetrics over the whole split ----
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
@@ -259,10 +259,5 @@ class TemperatureEmulator(ClimateTask):
         loss = squared.mean()
         n = len(squared)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=n)
-        weighted = self._weighted_sq(squared)
-        for i, t in enumerate(self.spec.outputs):
-            metric = self.rmse[f"{stage}_{t}"]
-            # already weighted per sample: the metric's weight vector is a single 1
-            metric.update(weighted[:, i:i + 1], torch.ones(1, dtype=weighted.dtype, device=weighted.device))
-            self.log(f"{stage}_rmse_{t}", metric, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self.metrics(stage)["rmse"].update(self._weighted_sq(squared))
         return loss

@@ -1,0 +1,75 @@
+"""What callers may ask of a DataModule beyond :class:`~climateml.data.base.ClimateDataModule`: one protocol per
+task-specific need, checked once, by the caller, with :func:`require`.
+
+Every DataModule declares the shared members (``build``, ``spec``, ``layout``, ``to_xarray``, ``truth``,
+``inputs_xarray``) as a :class:`~climateml.data.base.ClimateDataModule`; a task's evaluation that needs more
+names it here as a ``typing.Protocol`` (runtime checkable) and calls ``require(datamodule, Protocol, "who")`` once:
+a DataModule without those members is one clear error naming them, instead of an ``AttributeError`` deep in a
+run or a silent ``hasattr`` fallback.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+import xarray as xr
+
+from climateml.errors import ConfigError
+
+
+@runtime_checkable
+class NowcastData(Protocol):
+    """Windows of past frames -> future frames (the nowcast evaluation's persistence and optical-flow baselines)."""
+
+    n_out: int
+
+    def past_frames(self, split: str) -> np.ndarray:
+        """(windows, n_in, y, x) [mm/h] of ``split``: what the baselines extrapolate from."""
+
+
+@runtime_checkable
+class FieldData(Protocol):
+    """Raw input fields by name (the segmentation evaluation's heuristic baseline and its mask figures)."""
+
+    def fields(self, split: str, names: Sequence[str] | None = None) -> xr.Dataset:
+        """The named input fields of ``split``'s samples in physical units, on their coordinates."""
+
+
+@runtime_checkable
+class TabularData(Protocol):
+    """Named input columns and in-memory tensors (the temperature evaluation fits its baselines on them)."""
+
+    feature_names: list[str]
+
+    def tensors(self, split: str) -> dict[str, torch.Tensor]:
+        """``{"x": inputs, "y": targets}`` of every sample of ``split`` (predict: ``x`` only), physical units."""
+
+
+def members(protocol: type) -> list[str]:
+    """The members a protocol declares (attributes and methods), in the order written."""
+    names = list(getattr(protocol, "__annotations__", {}))
+    names += [k for k, v in vars(protocol).items() if callable(v) and not k.startswith("_")]
+    return list(dict.fromkeys(names))
+
+
+def require(obj, protocol: type, who: str) -> None:
+    """Check once that ``obj`` has every member of ``protocol``; a ConfigError naming the missing ones otherwise.
+
+    ``who``: the caller, in the error (e.g. "evaluation NowcastEvaluation")."""
+    if isinstance(obj, protocol):
+        return
+    missing = [m for m in members(protocol) if not hasattr(obj, m)]
+    raise ConfigError(f"{who} needs a DataModule with {', '.join(members(protocol))} ({protocol.__name__}); "
+                      f"{type(obj).__name__} has no {', '.join(missing) or 'such members'}")
+
+
+def check_properties(cls: type, base: type, properties: Sequence[str]) -> None:
+    """``properties`` of ``cls`` (a subclass of ``base``) are properties, not methods: a TypeError naming the class
+    and the members otherwise. (A member left undefined is Python's own error at instantiation, from ``abc``:
+    "Can't instantiate abstract class <class> with abstract methods <members>".)"""
+    wrong = [p for p in properties if not isinstance(getattr(cls, p, None), property)]
+    if wrong:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} defines {', '.join(wrong)} as a method: a "
+                        f"{base.__name__} declares {', '.join(properties)} as properties")
