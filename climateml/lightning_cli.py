@@ -13,8 +13,8 @@ Scale, from the config alone (see scripts/ for launch scripts):
 - GPUs and DDP: ``trainer.accelerator``, ``devices``, ``num_nodes``, ``strategy: ddp``, ``precision``.
   Under DDP every process trains and tests on its shard; the evaluation (metrics.json, predictions,
   figures) then runs once, on global rank 0.
-- Fault tolerance: ``fit`` keeps ``<run>/checkpoints/resume.ckpt`` up to date (:class:`ResumeCheckpoint`,
-  added if the config lists none; ``every_n_train_steps`` is set there). Started again with the same
+- Fault tolerance: ``fit`` keeps ``<run>/checkpoints/resume.ckpt`` up to date (:class:`~climateml.resume.ResumeCheckpoint`,
+  a ModelCheckpoint, added if the config lists none; ``every_n_train_steps`` is set there). Started again with the same
   command after a kill or pre-emption, ``fit`` finds the latest run of its logger left unfinished and
   continues it in the same run directory (``--resume false`` starts afresh instead). On SLURM, a newer
   ``hpc_ckpt_*.ckpt`` that Lightning wrote on SIGUSR1 before requeueing the job is used instead.
@@ -34,10 +34,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from climateml.callbacks import (INTERRUPTED_HISTORY, RESUME_FILENAME, AtomicCheckpointIO, NetCDFPredictionWriter,
-                                 ResumeCheckpoint, resume_checkpoint_dir)
+from climateml.callbacks import AtomicCheckpointIO, NetCDFPredictionWriter
 from climateml.errors import ConfigError
 from climateml.evaluation.base import Evaluation
+from climateml.resume import INTERRUPTED_HISTORY, RESUME_FILENAME, ResumeCheckpoint, resume_checkpoint_dir
 from climateml.writers import write_text
 
 

@@ -68,34 +68,34 @@ def test_too_few_training_samples_for_the_ranks_is_a_clear_error():
         ClimateSampler(_Range(2), num_replicas=3, rank=0, even=True)
 
 
-def test_resumable_loader_skips_what_a_resumed_trainer_has_done():
+def test_resumable_loader_continues_the_epoch_lightning_gives_back():
+    """The loader's state after 2 batches of epoch 1, given back to a fresh loader (as Lightning does when a fit
+    resumes), makes the next iteration of epoch 1 the rest of that epoch; a complete epoch's state starts the next
+    epoch whole; another batch size mid-epoch is a clear error."""
     ds = _Range(20)
-    loader = ResumableDataLoader(ds, batch_size=4, sampler=ClimateSampler(ds, shuffle=True, seed=0))
-    loader.sampler.set_epoch(1)
-    full = [b["x"].flatten().tolist() for b in loader]
-    assert len(full) == 5
 
-    class _Trainer:  # what the loader reads from Lightning: is it training, how many batches of the epoch are done
-        training = True
+    def loader(batch_size=4):
+        return ResumableDataLoader(ds, batch_size=batch_size, sampler=ClimateSampler(ds, shuffle=True, seed=0))
 
-        class fit_loop:
-            class epoch_loop:
-                class batch_progress:
-                    class current:
-                        ready = 2
-
-    class _Module:
-        trainer = _Trainer
-
-    loader._datamodule = lambda: _Module
-    assert [b["x"].flatten().tolist() for b in loader] == full[2:]
-    state = loader.state_dict()
-    assert state["epoch"] == 1 and state["batches"] == 5
-    other = ResumableDataLoader(ds, batch_size=4, sampler=ClimateSampler(ds, shuffle=True, seed=0))
-    other.load_state_dict(state)
-    assert other.sampler.epoch == 1
+    first = loader()
+    first.sampler.set_epoch(1)
+    full = [b["x"].flatten().tolist() for b in first]
+    assert len(full) == 5 and first.state_dict()["batches"] == 5
+    it = iter(first)
+    next(it), next(it)
+    state = first.state_dict()
+    assert state["epoch"] == 1 and state["batches"] == 2
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert resumed.sampler.epoch == 1
+    assert [b["x"].flatten().tolist() for b in resumed] == full[2:]
+    assert resumed.state_dict()["batches"] == 5
+    assert [b["x"].flatten().tolist() for b in resumed] == full  # skipped once only
+    done = loader()
+    done.load_state_dict({**state, "batches": 5})
+    assert done.sampler.epoch == 2 and len(list(done)) == 5
     with pytest.raises(ConfigError, match="same devices"):
-        ResumableDataLoader(ds, batch_size=5, sampler=ClimateSampler(ds)).load_state_dict(state)
+        loader(batch_size=5).load_state_dict(state)
 
 
 def _datamodule(task: str, data: Path, **kw):

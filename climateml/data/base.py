@@ -19,7 +19,6 @@ The loaders are built for scale once, here, for every task:
 from __future__ import annotations
 
 import os
-import weakref
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, Iterator, Mapping
@@ -177,43 +176,51 @@ class ClimateSampler(DistributedSampler):
 
 
 class ResumableDataLoader(DataLoader):
-    """The training DataLoader: a run resumed from a mid-epoch checkpoint continues with the next batch.
+    """The training DataLoader, stateful in Lightning's sense: a run resumed from a mid-epoch checkpoint continues
+    with the next batch of that epoch.
 
-    When an epoch's iteration starts, the batches of that epoch the trainer has already trained on (its
-    progress, restored from the checkpoint; 0 in a fresh epoch) are skipped through the sampler, so the
-    rest of the epoch is exactly what an uninterrupted run would have seen. ``state_dict`` makes it
-    resumable in Lightning's eyes (Lightning stores it in every checkpoint and restores it on resume).
+    Lightning stores :meth:`state_dict` (the epoch and the batches of it this loader has handed out) in every
+    checkpoint and, when a fit resumes, gives it back through :meth:`load_state_dict` before the epoch's iteration
+    starts; the next iteration of that epoch then skips those batches through the sampler, so the rest of the
+    epoch is exactly what an uninterrupted run would have seen. (Lightning fetches no batch ahead from a loader
+    with a length, so the batches handed out are the batches trained on when a checkpoint is written between
+    two steps; tests/test_resume.py checks it.)
     """
 
-    def _batches_done(self) -> int:
-        module = getattr(self, "_datamodule", None)
-        trainer = module().trainer if module is not None and module() is not None else None
-        if trainer is None or not trainer.training:
-            return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+    _position = 0  # batches of the current iteration handed out so far
+    _pending: tuple[int, int] | None = None  # (epoch, batches) restored from a checkpoint, for the next iteration
 
     def __iter__(self):
-        done = self._batches_done()
+        pending, self._pending = self._pending, None
+        done = pending[1] if pending is not None and pending[0] == getattr(self.sampler, "epoch", 0) else 0
         if done and isinstance(self.sampler, ClimateSampler):
             self.sampler.skip = done * int(self.batch_size or 1)
         self._position = done
-        for batch in super().__iter__():
+        batches = super().__iter__()
+        return self._count(batches)
+
+    def _count(self, batches):
+        for batch in batches:
             self._position += 1
             yield batch
 
     def state_dict(self) -> dict:
-        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": int(getattr(self, "_position", 0)),
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": int(self._position),
                 "num_replicas": int(getattr(self.sampler, "num_replicas", 1)), "batch_size": int(self.batch_size or 1)}
 
     def load_state_dict(self, state: dict) -> None:
+        epoch, batches = int(state.get("epoch", 0)), int(state.get("batches", 0))
         saved = (state.get("num_replicas", 1), state.get("batch_size", self.batch_size))
         now = (getattr(self.sampler, "num_replicas", 1), self.batch_size)
-        if saved != now:
+        if saved != now and 0 < batches < len(self):
             raise ConfigError(f"the checkpoint was written mid-epoch by {saved[0]} process(es) with batch size "
                               f"{saved[1]}; resume it with the same devices x nodes and data.batch_size (now "
                               f"{now[0]} and {now[1]}), or from a checkpoint written at the end of an epoch")
+        if batches >= len(self):  # the epoch was complete: the next one comes
+            epoch, batches = epoch + 1, 0
         if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(int(state.get("epoch", 0)))
+            self.sampler.set_epoch(epoch)
+        self._pending = (epoch, batches) if batches else None
 
 
 # ---- worker processes ----
@@ -332,8 +339,6 @@ class ClimateDataModule(L.LightningDataModule):
             collate_fn=batched_collate if hasattr(ds, "__getitems__") else None,
             worker_init_fn=partial(worker_init, rank=rank) if workers > 0 else None,
             multiprocessing_context=self.multiprocessing_context if workers > 0 else None)
-        if isinstance(loader, ResumableDataLoader):
-            loader._datamodule = weakref.ref(self)
         return loader
 
     def train_dataloader(self) -> DataLoader:
