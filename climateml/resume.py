@@ -71,7 +71,7 @@ LIGHTNING_INTERNALS = (
 )
 #: what :func:`_epoch_sums` reads of each logged value in ``trainer.fit_loop.epoch_loop._results`` (checked on
 #: the first logged value, once the fit has logged one)
-RESULT_INTERNALS = ("is_tensor", "value", "cumulated_batch_size", "meta.on_epoch", "meta.is_mean_reduction",
+RESULT_INTERNALS = ("is_tensor", "value", "cumulated_batch_size", "meta.fx", "meta.on_epoch", "meta.is_mean_reduction",
                     "meta.is_sum_reduction")
 
 
@@ -350,8 +350,8 @@ def _epoch_sums(trainer: L.Trainer | None) -> dict:
             if isinstance(buf, torch.Tensor):
                 sums["buffers"][f"{prefix}.{name}" if prefix else name] = buf.detach().cpu().clone()
     for key, item in trainer.fit_loop.epoch_loop._results.items():
-        if not item.is_tensor or not item.meta.on_epoch:
-            continue
+        if not item.is_tensor or not item.meta.on_epoch or item.meta.fx == "on_train_epoch_end":
+            continue  # (a value logged once at the epoch's end is no running sum)
         if item.meta.is_mean_reduction:
             sums["results"][key] = [item.value.detach().cpu(), item.cumulated_batch_size.detach().cpu()]
         elif item.meta.is_sum_reduction:

@@ -304,6 +304,8 @@ class ClimateDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.is_built:
             self.build()
+            if self._restored_statistics is not None:  # a checkpoint's state was given before the build
+                self._use_restored_statistics()
 
     def dataset(self, split: str) -> Dataset:
         self.setup()
@@ -354,9 +356,30 @@ class ClimateDataModule(L.LightningDataModule):
         # every process predicts the whole split: prediction writers write whole files, never shards
         return self.dataloader("predict")
 
+    # ---- the training statistics in checkpoints ----
+    _restored_statistics: dict[str, torch.Tensor] | None = None
+
     def state_dict(self) -> dict:
         """Training statistics, saved in every checkpoint beside the model's copy of them."""
         return {"statistics": {k: v.clone() for k, v in self.statistics.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.statistics = dict(state_dict.get("statistics", {}))
+        """A checkpoint's training statistics replace the ones fitted on the data as it is now, and reach what is
+        built from them (``statistics``, and so ``spec``): a resumed run goes on with the statistics it started
+        with, even if the training files changed in between. Lightning calls this after ``setup`` (the module is
+        built by then); given before the build, they replace the fitted ones when it is built."""
+        restored = {k: v.detach().clone() for k, v in dict(state_dict.get("statistics", {})).items()}
+        if not restored:
+            return
+        self._restored_statistics = restored
+        if self.is_built:
+            self._use_restored_statistics()
+
+    def _use_restored_statistics(self) -> None:
+        restored, fitted = self._restored_statistics, self.statistics
+        for name, value in restored.items():
+            if name in fitted and tuple(fitted[name].shape) != tuple(value.shape):
+                raise ConfigError(f"{type(self).__name__}: the checkpoint's statistic {name} has shape "
+                                  f"{tuple(value.shape)}, the data's {tuple(fitted[name].shape)}: resume with the data "
+                                  "options the run started with")
+        self.statistics = {**fitted, **restored}

@@ -263,7 +263,7 @@ class ClimateBenchDataModule(ClimateDataModule):
     def spec(self) -> DataSpec:
         self.setup()
         layout = self.layout
-        stats = {k: getattr(self.normalization, k) for k in ("x_mean", "x_std", "y_mean", "y_std")}
+        stats = dict(self.statistics)  # x_mean, x_std, y_mean, y_std (a checkpoint's, when one was loaded)
         stats["cell_weights"] = self.area_weights
         if self.pattern_scaling is not None:  # the emulator's starting point, see fit_pattern_scaling
             stats["ps_intercept"], stats["ps_slope"] = self.pattern_scaling["intercept"], self.pattern_scaling["slope"]
