@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec
 from climateml.data.io import FLAG_ATTRS  # noqa: F401 (re-exported: climateml.data.climatenet.FLAG_ATTRS)
-from climateml.data.io import HDF5_LOCK, DataError, grid_difference, may_write_sample_data, open_dataset
+from climateml.data.io import HDF5_LOCK, DataError, grid_difference, open_dataset, sample_data_folder
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 from climateml.grid import coord_mismatch
 from climateml.metrics.segmentation import CLASS_NAMES  # noqa: F401 (re-exported: climateml.data.climatenet.CLASS_NAMES)
@@ -361,11 +361,13 @@ class SegmentationDataModule(ClimateDataModule):
 
     # ---- reading and splitting ----
     def prepare_data(self) -> None:
-        if self.synthesize_if_missing and may_write_sample_data(self.data_dir, FILE_PATTERNS, "ClimateNet",
-                                                                "data.data_dir"):
-            from climateml.data.synthetic.climatenet import generate_climatenet
+        if not self.synthesize_if_missing:
+            return
+        with sample_data_folder(self.data_dir, FILE_PATTERNS, "ClimateNet", "data.data_dir") as out:
+            if out is not None:
+                from climateml.data.synthetic.climatenet import generate_climatenet
 
-            generate_climatenet(self.data_dir, **self.sample_options)
+                generate_climatenet(out, **self.sample_options)
 
     def _split(self, snapshots: list[Snapshot]) -> dict[str, list[Snapshot]]:
         dates = [s.date for s in snapshots]
