@@ -35,6 +35,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from climateml.callbacks import AtomicCheckpointIO, NetCDFPredictionWriter
+from climateml.data.base import hand_down_fitted
 from climateml.errors import ConfigError
 from climateml.evaluation.base import Evaluation
 from climateml.resume import INTERRUPTED_HISTORY, RESUME_FILENAME, ResumeCheckpoint, resume_checkpoint_dir
@@ -169,6 +170,7 @@ class ClimateCLI(LightningCLI):
         seed = config.get("seed_everything")
         seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        hand_down_fitted(self.datamodule, self.trainer.world_size)  # DDP processes this one starts fit nothing again
         members, histories = [], {}
         for i in range(n_members):
             if i > 0:

@@ -11,6 +11,8 @@ The loaders are built for scale once, here, for every task:
   the same batches; under DDP each rank takes its own shard and no sample is seen twice in an epoch.
 - :class:`ResumableDataLoader` (training): a run resumed from a mid-epoch checkpoint continues with the
   next batch of that epoch instead of starting the epoch again.
+- Statistics a task fits on its training files (:meth:`ClimateDataModule.fit_once`) are fitted by one process
+  and sent to the others under DDP, instead of every rank reading every training file.
 - DataLoader worker processes are safe for lazily opened NetCDF / Zarr: dask's thread pools are not
   carried over a fork, and each worker reads with dask's synchronous scheduler (readers that keep files
   open, like the radar reader, open their own in each worker).
@@ -18,10 +20,13 @@ The loaders are built for scale once, here, for every task:
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import lightning as L
 import torch
@@ -223,6 +228,38 @@ class ResumableDataLoader(DataLoader):
         self._pending = (epoch, batches) if batches else None
 
 
+# ---- statistics fitted once for every process ----
+
+T = TypeVar("T")
+#: a file of the statistics the launching process fitted, for the DDP processes it starts (:func:`hand_down_fitted`)
+FITTED_ENV = "CLIMATEML_FITTED_STATISTICS"
+_handed_down: tuple[str, dict[str, Any]] = ("", {})  # (file, what it holds), read once
+
+
+def _fitted_by_the_launcher() -> dict[str, Any]:
+    """What :func:`hand_down_fitted` wrote for this process (empty when it wrote nothing)."""
+    global _handed_down
+    path = os.environ.get(FITTED_ENV, "")
+    if path != _handed_down[0]:
+        _handed_down = (path, torch.load(path, weights_only=True) if path and os.path.isfile(path) else {})
+    return _handed_down[1]
+
+
+def hand_down_fitted(datamodule: "ClimateDataModule", world_size: int) -> None:
+    """Before Lightning's DDP launcher starts the other processes of this machine (the command run again, each
+    building its DataModule before any process group exists): leave them what this process fitted through
+    :meth:`ClimateDataModule.fit_once`, in a temporary file named by ``$CLIMATEML_FITTED_STATISTICS`` (inherited
+    by the processes it starts; deleted when this one exits). Processes started by SLURM or torchrun, all at once,
+    fit for themselves until the process group exists (:meth:`ClimateDataModule.fit_once`)."""
+    if world_size <= 1 or not datamodule._fitted or FITTED_ENV in os.environ:
+        return
+    fd, path = tempfile.mkstemp(prefix="climateml-fitted-", suffix=".pt")
+    os.close(fd)
+    torch.save(datamodule._fitted, path)
+    atexit.register(lambda: os.path.exists(path) and os.remove(path))
+    os.environ[FITTED_ENV] = path
+
+
 # ---- worker processes ----
 
 def worker_init(worker_id: int, rank: int = 0) -> None:
@@ -276,6 +313,7 @@ class ClimateDataModule(L.LightningDataModule):
         self.test_dataset: Dataset | None = None
         self.predict_dataset: Dataset | None = None
         self.statistics: dict[str, torch.Tensor] = {}
+        self._fitted: dict[str, Any] = {}  # what fit_once fitted, by key
 
     # ---- what a subclass fills in ----
     def build(self) -> None:
@@ -306,6 +344,28 @@ class ClimateDataModule(L.LightningDataModule):
             self.build()
             if self._restored_statistics is not None:  # a checkpoint's state was given before the build
                 self._use_restored_statistics()
+
+    def fit_once(self, name: str, fit: Callable[..., T], *args) -> T:
+        """``fit(*args)`` (statistics read from the training files) done by one process for all of them.
+
+        Under a running torch.distributed process group (Lightning's DDP sets one up before it calls ``setup``),
+        global rank 0 fits and sends the result to the other ranks (``broadcast_object_list``); they read no file.
+        In a DDP process started by this machine's launching process, before the group exists (``climateml fit``
+        builds the DataModule to link its spec), the launcher's result is taken (:func:`hand_down_fitted`).
+        Otherwise this process fits. The result is found again by ``name`` and ``args`` (e.g. the training files).
+        """
+        key = f"{type(self).__qualname__}.{name}:{hashlib.sha1(repr(args).encode()).hexdigest()}"
+        world, rank = distributed_world()
+        if world > 1:
+            box = [fit(*args) if rank == 0 else None]
+            torch.distributed.broadcast_object_list(box, src=0)
+            value = box[0]
+        else:
+            value = _fitted_by_the_launcher().get(key)
+            if value is None:
+                value = fit(*args)
+        self._fitted[key] = value
+        return value
 
     def dataset(self, split: str) -> Dataset:
         self.setup()

@@ -435,7 +435,7 @@ class SegmentationDataModule(ClimateDataModule):
         self.test_dataset = SnapshotDataset([(s, None) for s in self.splits["test"]], self.channels)
         # prediction needs no labels: the same dates as test, fields only
         self.predict_dataset = SnapshotDataset([(s, None) for s in self.splits["test"]], self.channels, labels=False)
-        self.statistics = self._fit_statistics(train_items)
+        self.statistics = self.fit_once("statistics", self._fit_statistics, train_items)  # one process reads
 
     def _fit_statistics(self, items) -> dict[str, torch.Tensor]:
         """Per-channel mean and std over the training files, and class weights from the training masks."""
