@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import random
+import re
 from pathlib import Path
 
 import lightning as L
@@ -35,7 +36,7 @@ import torch
 import torchmetrics
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics.utilities.data import dim_zero_sum
 
 from climateml.errors import check_positive
@@ -104,6 +105,91 @@ def resume_checkpoint_dir(run_dir: str | Path | None, dirpath: str | Path | None
     """Folder of the ResumeCheckpoint file: ``dirpath`` when given, else ``<run_dir>/checkpoints`` (the callback
     writes it there, as ModelCheckpoint does, and the CLI looks for an interrupted run there)."""
     return Path(dirpath) if dirpath else Path(run_dir) / "checkpoints"
+
+
+
+# ---- finding the run a `climateml fit` left unfinished ----
+
+def _get(ns, dotted: str, default=None):
+    """A value of a (nested) jsonargparse Namespace or dict by dotted key; ``default`` if any part is missing."""
+    node = ns
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        try:
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        except (KeyError, AttributeError, TypeError):
+            return default
+    return default if node is None else node
+
+
+def _resume_callback_args(config) -> dict:
+    """dirpath and filename of the config's ResumeCheckpoint (or its defaults)."""
+    for cb in _get(config, "trainer.callbacks", []) or []:
+        if str(_get(cb, "class_path", "")).endswith("ResumeCheckpoint"):
+            return {"dirpath": _get(cb, "init_args.dirpath"),
+                    "filename": _get(cb, "init_args.filename", RESUME_FILENAME)}
+    return {"dirpath": None, "filename": RESUME_FILENAME}
+
+
+def find_interrupted_run(config) -> tuple[int | str | None, Path, Path | None] | None:
+    """(logger version, checkpoint, run directory) of the run a ``fit`` with this config left unfinished, or None.
+
+    The run is the logger's explicit version, else its latest ``version_N`` folder (``save_dir/name``; the
+    default logger's is ``default_root_dir/lightning_logs``); with ``logger: false``, ``default_root_dir``.
+    It is unfinished if it still holds the ResumeCheckpoint file (deleted when a run ends). On SLURM, a
+    newer ``hpc_ckpt_*.ckpt`` in default_root_dir (written by Lightning on SIGUSR1 before it requeued the
+    job) wins: the checkpoint returned is then ``Path("hpc")``, and Lightning loads it itself.
+    """
+    args = _resume_callback_args(config)
+    default_root = Path(_get(config, "trainer.default_root_dir", ".") or ".")
+    logger = _get(config, "trainer.logger")
+    version, run_dir, root = None, None, None
+    if logger is False:
+        run_dir = default_root
+    elif logger is None or logger is True:
+        root = default_root / "lightning_logs"
+    elif _get(logger, "init_args.save_dir") is not None:
+        root = Path(_get(logger, "init_args.save_dir")) / str(_get(logger, "init_args.name", "") or "")
+        explicit = _get(logger, "init_args.version")
+        if explicit not in (None, ""):
+            version = explicit
+            run_dir = root / (explicit if isinstance(explicit, str) else f"version_{explicit}")
+    if run_dir is None and root is not None and root.is_dir():
+        numbers = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := re.fullmatch(r"version_(\d+)", p.name))]
+        if numbers:
+            version = max(numbers)
+            run_dir = root / f"version_{version}"
+    if not args["dirpath"] and run_dir is None:
+        return None
+    ckpt = resume_checkpoint_dir(run_dir, args["dirpath"]) / args["filename"]
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        hpc = sorted(default_root.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if hpc and (not ckpt.is_file() or hpc[-1].stat().st_mtime > ckpt.stat().st_mtime):
+            return version, Path("hpc"), run_dir
+    return (version, ckpt, run_dir) if ckpt.is_file() else None
+
+def continue_interrupted_run(config) -> None:
+    """``climateml fit``: point ``config`` (the fit subcommand's, before instantiation) at the run this command
+    left unfinished: its logger version (the same run directory) and its resume checkpoint; its metrics.csv is
+    kept aside for :class:`ResumeCheckpoint` to put back. Nothing when ``--resume false``, ``--ckpt_path`` or
+    ``--ensemble`` > 1 is given, or no run is unfinished."""
+    if not config.get("resume", True) or config.get("ckpt_path") or int(config.get("ensemble") or 1) > 1:
+        return
+    found = find_interrupted_run(config)
+    if found is None:
+        return
+    version, ckpt, run_dir = found
+    if version is not None and _get(config, "trainer.logger.init_args") is not None:
+        config["trainer"]["logger"]["init_args"]["version"] = version
+    history = run_dir / "metrics.csv" if run_dir is not None else None
+    if history is not None and history.is_file():  # CSVLogger empties it on opening the folder again
+        write_text(history.read_text(), run_dir / INTERRUPTED_HISTORY)
+    config["ckpt_path"] = None if str(ckpt) == "hpc" else str(ckpt)
+    rank_zero_info(f"climateml: resuming the interrupted run (version {version}) from "
+                   f"{'the SLURM hpc checkpoint' if str(ckpt) == 'hpc' else ckpt}; --resume false starts afresh")
 
 
 class ResumeCheckpoint(ModelCheckpoint):
@@ -246,7 +332,8 @@ class ResumeCheckpoint(ModelCheckpoint):
                 "should_stop": bool(trainer.should_stop) if trainer is not None else False}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
+        if "dirpath" in state_dict:  # a checkpoint written before ResumeCheckpoint was a ModelCheckpoint has none
+            super().load_state_dict(state_dict)
         ranks = state_dict.get("ranks", [])
         rank = self._trainer.global_rank if self._trainer is not None else 0
         self._restored = dict(ranks[rank] if rank < len(ranks) else ranks[0]) if ranks else {}

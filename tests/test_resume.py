@@ -95,3 +95,11 @@ def test_resumed_run_keeps_its_checkpoint_statistics_when_the_data_changed(cb_co
         assert torch.equal(dm.statistics[name], value), name
         assert torch.equal(spec[name], value), name
         assert torch.equal(getattr(model, name), value.float()), name
+
+
+def test_a_resume_checkpoint_from_before_it_was_a_model_checkpoint_still_loads():
+    """A run interrupted under the previous ResumeCheckpoint (its state: random states and early stopping's
+    decision, none of ModelCheckpoint's) resumes: the per-process state is taken, nothing else is asked for."""
+    callback = ResumeCheckpoint()
+    callback.load_state_dict({"ranks": [{"rng": {"torch": torch.get_rng_state()}}], "should_stop": False})
+    assert set(callback._restored) == {"rng"} and callback.last_model_path == ""

@@ -352,7 +352,8 @@ class ClimateDataModule(L.LightningDataModule):
         global rank 0 fits and sends the result to the other ranks (``broadcast_object_list``); they read no file.
         In a DDP process started by this machine's launching process, before the group exists (``climateml fit``
         builds the DataModule to link its spec), the launcher's result is taken (:func:`hand_down_fitted`).
-        Otherwise this process fits. The result is found again by ``name`` and ``args`` (e.g. the training files).
+        Otherwise this process fits. The result is found again by ``name`` and ``args`` (e.g. the training files);
+        it holds tensors (a dict of them, as ``statistics``), so that a checkpoint could hold it too.
         """
         key = f"{type(self).__qualname__}.{name}:{hashlib.sha1(repr(args).encode()).hexdigest()}"
         world, rank = distributed_world()
