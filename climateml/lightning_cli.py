@@ -60,6 +60,8 @@ class ClimateCLI(LightningCLI):
         """The config's Trainer, with checkpoints written atomically, a ResumeCheckpoint (for fit) and, for
         predict, a NetCDFPredictionWriter when the config has no prediction writer: predict always writes files."""
         trainer = super().instantiate_trainer(**kwargs)
+        if self.datamodule is not None:  # built (its spec linked): the DDP processes this one starts fit nothing again
+            hand_down_fitted(self.datamodule, trainer.world_size)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if not any(isinstance(c, ResumeCheckpoint) for c in trainer.callbacks):
@@ -90,7 +92,6 @@ class ClimateCLI(LightningCLI):
         seed = config.get("seed_everything")
         seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        hand_down_fitted(self.datamodule, self.trainer.world_size)  # DDP processes this one starts fit nothing again
         members, histories = [], {}
         for i in range(n_members):
             if i > 0:

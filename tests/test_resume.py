@@ -103,3 +103,20 @@ def test_a_resume_checkpoint_from_before_it_was_a_model_checkpoint_still_loads()
     callback = ResumeCheckpoint()
     callback.load_state_dict({"ranks": [{"rng": {"torch": torch.get_rng_state()}}], "should_stop": False})
     assert set(callback._restored) == {"rng"} and callback.last_model_path == ""
+
+
+class _FailingEmulator(TemperatureEmulator):
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step == 3:
+            raise RuntimeError("a bug in step 4")
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_exception_inside_a_step_leaves_the_last_periodic_checkpoint(small_climatebench, tmp_path):
+    """A step that fails half-way is no state to resume from (its batch was handed out, its update not made): the
+    file keeps the periodic checkpoint of step 2 (a pre-emption, between steps, is saved: test_scale_faults.py)."""
+    dm, _ = _task(small_climatebench)
+    model = _FailingEmulator(dm.spec, hidden_sizes=[8])
+    with pytest.raises(RuntimeError, match="a bug in step 4"):
+        _trainer(tmp_path, 6, [ResumeCheckpoint(every_n_train_steps=2, dirpath=str(tmp_path))]).fit(model, dm)
+    assert torch.load(tmp_path / "resume.ckpt", weights_only=True)["global_step"] == 2
