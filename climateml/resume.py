@@ -34,6 +34,7 @@ import lightning as L
 import numpy as np
 import torch
 import torchmetrics
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -48,8 +49,10 @@ INTERRUPTED_HISTORY = "metrics.csv.interrupted"  # metrics.csv of an interrupted
 
 # ---- the Lightning internals this module needs (checked at the start of every fit, and by a test) ----
 
-#: (where, what for): attribute paths from the trainer (``trainer.``), from the running LightningModule
-#: (``module.``) or from a class (``ModelCheckpoint.`` / ``torchmetrics.Metric.``) that exact resume reads
+#: (where, what for): attribute paths that exact resume reads, from the trainer (``trainer.``), the running
+#: LightningModule (``module.``), the ModelCheckpoint class (``ModelCheckpoint.``) or an instance of it
+#: (``checkpoint.``), and a torchmetrics Metric (``metric.``). Besides these, the stateful training loader
+#: counts on Lightning fetching no batch ahead from a loader with a length (tests/test_resume.py checks it).
 LIGHTNING_INTERNALS = (
     ("trainer.fit_loop.epoch_loop.batch_progress.is_last_batch", "no resume checkpoint at an epoch's last batch"),
     ("trainer.fit_loop.epoch_loop.batch_progress.current.ready", "a pre-emption is saved between two steps only"),
@@ -107,7 +110,6 @@ def resume_checkpoint_dir(run_dir: str | Path | None, dirpath: str | Path | None
     return Path(dirpath) if dirpath else Path(run_dir) / "checkpoints"
 
 
-
 # ---- finding the run a `climateml fit` left unfinished ----
 
 def _get(ns, dotted: str, default=None):
@@ -163,13 +165,12 @@ def find_interrupted_run(config) -> tuple[int | str | None, Path, Path | None] |
     if not args["dirpath"] and run_dir is None:
         return None
     ckpt = resume_checkpoint_dir(run_dir, args["dirpath"]) / args["filename"]
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
     if SLURMEnvironment.detect():
         hpc = sorted(default_root.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
         if hpc and (not ckpt.is_file() or hpc[-1].stat().st_mtime > ckpt.stat().st_mtime):
             return version, Path("hpc"), run_dir
     return (version, ckpt, run_dir) if ckpt.is_file() else None
+
 
 def continue_interrupted_run(config) -> None:
     """``climateml fit``: point ``config`` (the fit subcommand's, before instantiation) at the run this command
