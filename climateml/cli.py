@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def __getattr__(name: str):
     # the Lightning side, importable from here as before (imported on first use: `import climateml.cli` stays light)
-    if name in ("ClimateCLI", "find_interrupted_run"):
+    if name == "find_interrupted_run":
+        from climateml import resume
+
+        return resume.find_interrupted_run
+    if name == "ClimateCLI":
         from climateml import lightning_cli
 
         return getattr(lightning_cli, name)

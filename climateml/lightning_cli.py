@@ -13,8 +13,8 @@ Scale, from the config alone (see scripts/ for launch scripts):
 - GPUs and DDP: ``trainer.accelerator``, ``devices``, ``num_nodes``, ``strategy: ddp``, ``precision``.
   Under DDP every process trains and tests on its shard; the evaluation (metrics.json, predictions,
   figures) then runs once, on global rank 0.
-- Fault tolerance: ``fit`` keeps ``<run>/checkpoints/resume.ckpt`` up to date (:class:`ResumeCheckpoint`,
-  added if the config lists none; ``every_n_train_steps`` is set there). Started again with the same
+- Fault tolerance: ``fit`` keeps ``<run>/checkpoints/resume.ckpt`` up to date (:class:`~climateml.resume.ResumeCheckpoint`,
+  a ModelCheckpoint, added if the config lists none; ``every_n_train_steps`` is set there). Started again with the same
   command after a kill or pre-emption, ``fit`` finds the latest run of its logger left unfinished and
   continues it in the same run directory (``--resume false`` starts afresh instead). On SLURM, a newer
   ``hpc_ckpt_*.ckpt`` that Lightning wrote on SIGUSR1 before requeueing the job is used instead.
@@ -23,7 +23,6 @@ Scale, from the config alone (see scripts/ for launch scripts):
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -32,75 +31,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
 
-from climateml.callbacks import (INTERRUPTED_HISTORY, RESUME_FILENAME, AtomicCheckpointIO, NetCDFPredictionWriter,
-                                 ResumeCheckpoint, resume_checkpoint_dir)
+from climateml.callbacks import AtomicCheckpointIO, NetCDFPredictionWriter
+from climateml.data.base import hand_down_fitted
 from climateml.errors import ConfigError
 from climateml.evaluation.base import Evaluation
-from climateml.writers import write_text
-
-
-def _get(ns, dotted: str, default=None):
-    """A value of a (nested) jsonargparse Namespace or dict by dotted key; ``default`` if any part is missing."""
-    node = ns
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        try:
-            node = node[part] if isinstance(node, dict) else getattr(node, part)
-        except (KeyError, AttributeError, TypeError):
-            return default
-    return default if node is None else node
-
-
-def _resume_callback_args(config) -> dict:
-    """dirpath and filename of the config's ResumeCheckpoint (or its defaults)."""
-    for cb in _get(config, "trainer.callbacks", []) or []:
-        if str(_get(cb, "class_path", "")).endswith("ResumeCheckpoint"):
-            return {"dirpath": _get(cb, "init_args.dirpath"),
-                    "filename": _get(cb, "init_args.filename", RESUME_FILENAME)}
-    return {"dirpath": None, "filename": RESUME_FILENAME}
-
-
-def find_interrupted_run(config) -> tuple[int | str | None, Path, Path | None] | None:
-    """(logger version, checkpoint, run directory) of the run a ``fit`` with this config left unfinished, or None.
-
-    The run is the logger's explicit version, else its latest ``version_N`` folder (``save_dir/name``; the
-    default logger's is ``default_root_dir/lightning_logs``); with ``logger: false``, ``default_root_dir``.
-    It is unfinished if it still holds the ResumeCheckpoint file (deleted when a run ends). On SLURM, a
-    newer ``hpc_ckpt_*.ckpt`` in default_root_dir (written by Lightning on SIGUSR1 before it requeued the
-    job) wins: the checkpoint returned is then ``Path("hpc")``, and Lightning loads it itself.
-    """
-    args = _resume_callback_args(config)
-    default_root = Path(_get(config, "trainer.default_root_dir", ".") or ".")
-    logger = _get(config, "trainer.logger")
-    version, run_dir, root = None, None, None
-    if logger is False:
-        run_dir = default_root
-    elif logger is None or logger is True:
-        root = default_root / "lightning_logs"
-    elif _get(logger, "init_args.save_dir") is not None:
-        root = Path(_get(logger, "init_args.save_dir")) / str(_get(logger, "init_args.name", "") or "")
-        explicit = _get(logger, "init_args.version")
-        if explicit not in (None, ""):
-            version = explicit
-            run_dir = root / (explicit if isinstance(explicit, str) else f"version_{explicit}")
-    if run_dir is None and root is not None and root.is_dir():
-        numbers = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := re.fullmatch(r"version_(\d+)", p.name))]
-        if numbers:
-            version = max(numbers)
-            run_dir = root / f"version_{version}"
-    if not args["dirpath"] and run_dir is None:
-        return None
-    ckpt = resume_checkpoint_dir(run_dir, args["dirpath"]) / args["filename"]
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    if SLURMEnvironment.detect():
-        hpc = sorted(default_root.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if hpc and (not ckpt.is_file() or hpc[-1].stat().st_mtime > ckpt.stat().st_mtime):
-            return version, Path("hpc"), run_dir
-    return (version, ckpt, run_dir) if ckpt.is_file() else None
+from climateml.resume import RESUME_FILENAME, ResumeCheckpoint, continue_interrupted_run
 
 
 class ClimateCLI(LightningCLI):
@@ -117,28 +53,15 @@ class ClimateCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """fit: pick up the run this command left unfinished (same run directory, its resume checkpoint)."""
-        if self.subcommand != "fit":
-            return
-        config = self.config["fit"]
-        if not config.get("resume", True) or config.get("ckpt_path") or int(config.get("ensemble") or 1) > 1:
-            return
-        found = find_interrupted_run(config)
-        if found is None:
-            return
-        version, ckpt, run_dir = found
-        if version is not None and _get(config, "trainer.logger.init_args") is not None:
-            config["trainer"]["logger"]["init_args"]["version"] = version
-        history = run_dir / "metrics.csv" if run_dir is not None else None
-        if history is not None and history.is_file():  # CSVLogger empties it on opening the folder again
-            write_text(history.read_text(), run_dir / INTERRUPTED_HISTORY)
-        config["ckpt_path"] = None if str(ckpt) == "hpc" else str(ckpt)
-        rank_zero_info(f"climateml: resuming the interrupted run (version {version}) from "
-                       f"{'the SLURM hpc checkpoint' if str(ckpt) == 'hpc' else ckpt}; --resume false starts afresh")
+        if self.subcommand == "fit":
+            continue_interrupted_run(self.config["fit"])
 
     def instantiate_trainer(self, **kwargs):
         """The config's Trainer, with checkpoints written atomically, a ResumeCheckpoint (for fit) and, for
         predict, a NetCDFPredictionWriter when the config has no prediction writer: predict always writes files."""
         trainer = super().instantiate_trainer(**kwargs)
+        if self.datamodule is not None:  # built (its spec linked): the DDP processes this one starts fit nothing again
+            hand_down_fitted(self.datamodule, trainer.world_size)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if not any(isinstance(c, ResumeCheckpoint) for c in trainer.callbacks):

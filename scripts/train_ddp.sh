@@ -16,7 +16,7 @@
 #   SYNC_BN     true: BatchNorm statistics over the global batch (the U-Nets use norm: batch); costs one
 #               all-reduce per BatchNorm layer and step. false keeps per-GPU statistics.
 # A crash or kill: run the same command again; it resumes from the last checkpoint (every
-# every_n_train_steps steps, see climateml.callbacks.ResumeCheckpoint) with the same number of GPUs.
+# every_n_train_steps steps, see climateml.resume.ResumeCheckpoint) with the same number of GPUs.
 set -euo pipefail
 TASK=${1:?usage: scripts/train_ddp.sh temperature|segmentation|nowcasting [climateml fit options]}
 shift

@@ -127,3 +127,54 @@ def test_the_command_line_reports_the_folder_in_one_line(tmp_path, cli_error):
     assert rc == 2 and len(lines) == 1
     assert lines[0].startswith(f"climateml: error: {folder / 'composite_0.hdf'}: cannot be read as ODIM HDF5")
     assert sorted(p.name for p in folder.iterdir()) == [f"composite_{i}.hdf" for i in range(3)]
+
+
+def _race_for_sample_data(folder: str, log: str, barrier) -> None:
+    """One of two processes started at once: ``sample_data_folder``, with a slow writer that notes each call."""
+    import os
+    import time
+
+    from climateml.data.io import sample_data_folder
+
+    barrier.wait()
+    with sample_data_folder(folder, ("*.nc",), "test", "data.data_dir") as out:
+        if out is not None:
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            for i in range(5):
+                (out / f"part_{i}.nc").write_text(str(i))
+                time.sleep(0.05)
+    # when either process returns, the folder is whole: the other one's half-written copy is never visible
+    assert sorted(p.name for p in Path(folder).iterdir()) == [".gitkeep"] + [f"part_{i}.nc" for i in range(5)]
+
+
+def test_two_processes_at_once_write_the_sample_data_once(tmp_path):
+    """Two processes (two DDP ranks' prepare_data, two jobs) start at once on an empty folder: one writes, the
+    other waits and reads what it wrote; no temporary folder is left."""
+    import multiprocessing
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / ".gitkeep").write_text("")
+    log = tmp_path / "writers.txt"
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_race_for_sample_data, args=(str(folder), str(log), barrier)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(log.read_text().split()) == 1  # written once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "writers.txt"]  # no temporary folder left
+
+
+def test_a_failed_sample_data_write_leaves_nothing(tmp_path):
+    from climateml.data.io import sample_data_folder
+
+    folder = tmp_path / "data"
+    with pytest.raises(RuntimeError, match="generator failed"):
+        with sample_data_folder(folder, ("*.nc",), "test", "data.data_dir") as out:
+            (out / "half.nc").write_text("x")
+            raise RuntimeError("generator failed")
+    assert list(tmp_path.iterdir()) == []

@@ -230,7 +230,11 @@ class RecordSamples(L.Callback):
         out = Path(os.environ["CLIMATEML_RECORD_DIR"])
         out.mkdir(parents=True, exist_ok=True)
         rank = trainer.global_rank
+        from climateml.data.base import _fitted_by_the_launcher
+
         record = {"rank": rank, "world_size": trainer.world_size,
+                  # statistics this process fitted through fit_once, and those the DDP launcher handed down
+                  "fitted": sorted(trainer.datamodule._fitted), "handed_down": sorted(_fitted_by_the_launcher()),
                   "max_rss_mib": peak_rss_mib(), "rss_growth_mib": peak_rss_mib() - self.peak_rss_at_start,
                   "epochs": {str(k): v for k, v in self.epochs.items()}}
         (out / f"rank{rank}.json").write_text(json.dumps(record))

@@ -68,34 +68,34 @@ def test_too_few_training_samples_for_the_ranks_is_a_clear_error():
         ClimateSampler(_Range(2), num_replicas=3, rank=0, even=True)
 
 
-def test_resumable_loader_skips_what_a_resumed_trainer_has_done():
+def test_resumable_loader_continues_the_epoch_lightning_gives_back():
+    """The loader's state after 2 batches of epoch 1, given back to a fresh loader (as Lightning does when a fit
+    resumes), makes the next iteration of epoch 1 the rest of that epoch; a complete epoch's state starts the next
+    epoch whole; another batch size mid-epoch is a clear error."""
     ds = _Range(20)
-    loader = ResumableDataLoader(ds, batch_size=4, sampler=ClimateSampler(ds, shuffle=True, seed=0))
-    loader.sampler.set_epoch(1)
-    full = [b["x"].flatten().tolist() for b in loader]
-    assert len(full) == 5
 
-    class _Trainer:  # what the loader reads from Lightning: is it training, how many batches of the epoch are done
-        training = True
+    def loader(batch_size=4):
+        return ResumableDataLoader(ds, batch_size=batch_size, sampler=ClimateSampler(ds, shuffle=True, seed=0))
 
-        class fit_loop:
-            class epoch_loop:
-                class batch_progress:
-                    class current:
-                        ready = 2
-
-    class _Module:
-        trainer = _Trainer
-
-    loader._datamodule = lambda: _Module
-    assert [b["x"].flatten().tolist() for b in loader] == full[2:]
-    state = loader.state_dict()
-    assert state["epoch"] == 1 and state["batches"] == 5
-    other = ResumableDataLoader(ds, batch_size=4, sampler=ClimateSampler(ds, shuffle=True, seed=0))
-    other.load_state_dict(state)
-    assert other.sampler.epoch == 1
+    first = loader()
+    first.sampler.set_epoch(1)
+    full = [b["x"].flatten().tolist() for b in first]
+    assert len(full) == 5 and first.state_dict()["batches"] == 5
+    it = iter(first)
+    next(it), next(it)
+    state = first.state_dict()
+    assert state["epoch"] == 1 and state["batches"] == 2
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert resumed.sampler.epoch == 1
+    assert [b["x"].flatten().tolist() for b in resumed] == full[2:]
+    assert resumed.state_dict()["batches"] == 5
+    assert [b["x"].flatten().tolist() for b in resumed] == full  # skipped once only
+    done = loader()
+    done.load_state_dict({**state, "batches": 5})
+    assert done.sampler.epoch == 2 and len(list(done)) == 5
     with pytest.raises(ConfigError, match="same devices"):
-        ResumableDataLoader(ds, batch_size=5, sampler=ClimateSampler(ds)).load_state_dict(state)
+        loader(batch_size=5).load_state_dict(state)
 
 
 def _datamodule(task: str, data: Path, **kw):
@@ -208,3 +208,85 @@ def test_dask_reads_in_forked_workers_do_not_deadlock(tmp_path):
         pytest.fail("the loader's forked workers hung on the parent's dask thread pool")
     assert proc.returncode == 0, stderr[-2000:]
     assert "TOTAL 12000.0" in stdout and "CHILD 0" in stdout
+
+
+def _build_on_rank(rank: int, store: str, data: str, out) -> None:
+    """One of two gloo processes: set up the segmentation DataModule, counting the training files its statistics
+    read, and report (reads, statistics)."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        dm = _datamodule("segmentation", Path(data))
+        names = type(dm)._fit_statistics.__globals__  # the module the fit reads through
+        read, reads = names["read_snapshot"], []
+
+        def counting(path, *args, **kwargs):
+            reads.append(Path(path).name)
+            return read(path, *args, **kwargs)
+
+        names["read_snapshot"] = counting
+        try:
+            dm.setup("fit")
+        finally:
+            names["read_snapshot"] = read
+        out.put((rank, reads, {k: v.numpy() for k, v in dm.spec.statistics.items()}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_statistics_are_fitted_by_rank_zero_and_sent_to_the_others(data_root, tmp_path):
+    """Two DDP ranks (gloo) set up the segmentation DataModule: rank 0 reads the training files for the
+    statistics, rank 1 reads none, and both end with the same statistics, those of one process alone."""
+    import multiprocessing
+
+    data = make_data("segmentation", data_root)
+    alone = _datamodule("segmentation", data)
+    alone.setup()
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_build_on_rank, args=(r, str(tmp_path / "store"), str(data), out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict((r, (reads, stats)) for r, reads, stats in (out.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(results[0][0]) == len(alone.splits["train"]) > 0 and results[1][0] == []
+    for name, value in alone.spec.statistics.items():
+        assert (results[0][1][name] == value.numpy()).all() and (results[1][1][name] == value.numpy()).all(), name
+
+
+def _build_in_child(data: str, out) -> None:
+    torch.set_num_threads(1)
+    dm = _datamodule("segmentation", Path(data))
+    names = type(dm)._fit_statistics.__globals__
+    read, reads = names["read_snapshot"], []
+    names["read_snapshot"] = lambda path, *a, **k: reads.append(path) or read(path, *a, **k)
+    dm.setup("fit")
+    out.put((len(reads), {k: v.numpy() for k, v in dm.spec.statistics.items()}))
+
+
+def test_processes_the_ddp_launcher_starts_take_its_statistics(data_root, monkeypatch):
+    """``climateml fit`` under DDP on one machine: the launching process fitted the statistics before any process
+    group exists; the processes it starts (here a forked child, with its environment) build their DataModule
+    from what it handed down, reading no training file."""
+    import multiprocessing
+
+    import climateml.data.base as base
+
+    data = make_data("segmentation", data_root)
+    parent = _datamodule("segmentation", data)
+    parent.setup()
+    monkeypatch.delenv(base.FITTED_ENV, raising=False)
+    base.hand_down_fitted(parent, world_size=2)
+    path = Path(os.environ[base.FITTED_ENV])
+    try:
+        out = multiprocessing.get_context("fork").Queue()
+        child = multiprocessing.get_context("fork").Process(target=_build_in_child, args=(str(data), out))
+        child.start()
+        n_reads, stats = out.get(timeout=120)
+        child.join(60)
+    finally:
+        path.unlink()
+    assert child.exitcode == 0 and n_reads == 0
+    assert all((stats[k] == v.numpy()).all() for k, v in parent.spec.statistics.items())

@@ -50,7 +50,7 @@ def test_killed_fit_resumes_with_the_same_command_and_ends_the_same(task, kills,
     def args(runs: Path) -> list[str]:
         return [*task_args(task, data, runs), "--trainer.deterministic", "true",
                 "--trainer.callbacks+=test_scale_common.KillAtStep",
-                "--trainer.callbacks+=climateml.callbacks.ResumeCheckpoint",
+                "--trainer.callbacks+=climateml.resume.ResumeCheckpoint",
                 "--trainer.callbacks.every_n_train_steps", str(EVERY[task])]
 
     whole = run_forked(args(tmp_path / "whole"), tmp_path)

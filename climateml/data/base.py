@@ -12,6 +12,8 @@ The loaders are built for scale once, here, for every task:
   the same batches; under DDP each rank takes its own shard and no sample is seen twice in an epoch.
 - :class:`ResumableDataLoader` (training): a run resumed from a mid-epoch checkpoint continues with the
   next batch of that epoch instead of starting the epoch again.
+- Statistics a task fits on its training files (:meth:`ClimateDataModule.fit_once`) are fitted by one process
+  and sent to the others under DDP, instead of every rank reading every training file.
 - DataLoader worker processes are safe for lazily opened NetCDF / Zarr: dask's thread pools are not
   carried over a fork, and each worker reads with dask's synchronous scheduler (readers that keep files
   open, like the radar reader, open their own in each worker).
@@ -19,12 +21,14 @@ The loaders are built for scale once, here, for every task:
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
-import weakref
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import lightning as L
 import pandas as pd
@@ -181,43 +185,83 @@ class ClimateSampler(DistributedSampler):
 
 
 class ResumableDataLoader(DataLoader):
-    """The training DataLoader: a run resumed from a mid-epoch checkpoint continues with the next batch.
+    """The training DataLoader, stateful in Lightning's sense: a run resumed from a mid-epoch checkpoint continues
+    with the next batch of that epoch.
 
-    When an epoch's iteration starts, the batches of that epoch the trainer has already trained on (its
-    progress, restored from the checkpoint; 0 in a fresh epoch) are skipped through the sampler, so the
-    rest of the epoch is exactly what an uninterrupted run would have seen. ``state_dict`` makes it
-    resumable in Lightning's eyes (Lightning stores it in every checkpoint and restores it on resume).
+    Lightning stores :meth:`state_dict` (the epoch and the batches of it this loader has handed out) in every
+    checkpoint and, when a fit resumes, gives it back through :meth:`load_state_dict` before the epoch's iteration
+    starts; the next iteration of that epoch then skips those batches through the sampler, so the rest of the
+    epoch is exactly what an uninterrupted run would have seen. (Lightning fetches no batch ahead from a loader
+    with a length, so the batches handed out are the batches trained on when a checkpoint is written between
+    two steps; tests/test_resume.py checks it.)
     """
 
-    def _batches_done(self) -> int:
-        module = getattr(self, "_datamodule", None)
-        trainer = module().trainer if module is not None and module() is not None else None
-        if trainer is None or not trainer.training:
-            return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+    _position = 0  # batches of the current iteration handed out so far
+    _pending: tuple[int, int] | None = None  # (epoch, batches) restored from a checkpoint, for the next iteration
 
     def __iter__(self):
-        done = self._batches_done()
+        pending, self._pending = self._pending, None
+        done = pending[1] if pending is not None and pending[0] == getattr(self.sampler, "epoch", 0) else 0
         if done and isinstance(self.sampler, ClimateSampler):
             self.sampler.skip = done * int(self.batch_size or 1)
         self._position = done
-        for batch in super().__iter__():
+        batches = super().__iter__()
+        return self._count(batches)
+
+    def _count(self, batches):
+        for batch in batches:
             self._position += 1
             yield batch
 
     def state_dict(self) -> dict:
-        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": int(getattr(self, "_position", 0)),
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": int(self._position),
                 "num_replicas": int(getattr(self.sampler, "num_replicas", 1)), "batch_size": int(self.batch_size or 1)}
 
     def load_state_dict(self, state: dict) -> None:
+        epoch, batches = int(state.get("epoch", 0)), int(state.get("batches", 0))
         saved = (state.get("num_replicas", 1), state.get("batch_size", self.batch_size))
         now = (getattr(self.sampler, "num_replicas", 1), self.batch_size)
-        if saved != now:
+        if saved != now and 0 < batches < len(self):
             raise ConfigError(f"the checkpoint was written mid-epoch by {saved[0]} process(es) with batch size "
                               f"{saved[1]}; resume it with the same devices x nodes and data.batch_size (now "
                               f"{now[0]} and {now[1]}), or from a checkpoint written at the end of an epoch")
+        if batches >= len(self):  # the epoch was complete: the next one comes
+            epoch, batches = epoch + 1, 0
         if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(int(state.get("epoch", 0)))
+            self.sampler.set_epoch(epoch)
+        self._pending = (epoch, batches) if batches else None
+
+
+# ---- statistics fitted once for every process ----
+
+T = TypeVar("T")
+#: a file of the statistics the launching process fitted, for the DDP processes it starts (:func:`hand_down_fitted`)
+FITTED_ENV = "CLIMATEML_FITTED_STATISTICS"
+_handed_down: tuple[str, dict[str, Any]] = ("", {})  # (file, what it holds), read once
+
+
+def _fitted_by_the_launcher() -> dict[str, Any]:
+    """What :func:`hand_down_fitted` wrote for this process (empty when it wrote nothing)."""
+    global _handed_down
+    path = os.environ.get(FITTED_ENV, "")
+    if path != _handed_down[0]:
+        _handed_down = (path, torch.load(path, weights_only=True) if path and os.path.isfile(path) else {})
+    return _handed_down[1]
+
+
+def hand_down_fitted(datamodule: "ClimateDataModule", world_size: int) -> None:
+    """Before Lightning's DDP launcher starts the other processes of this machine (the command run again, each
+    building its DataModule before any process group exists): leave them what this process fitted through
+    :meth:`ClimateDataModule.fit_once`, in a temporary file named by ``$CLIMATEML_FITTED_STATISTICS`` (inherited
+    by the processes it starts; deleted when this one exits). Processes started by SLURM or torchrun, all at once,
+    fit for themselves until the process group exists (:meth:`ClimateDataModule.fit_once`)."""
+    if world_size <= 1 or not datamodule._fitted or FITTED_ENV in os.environ:
+        return
+    fd, path = tempfile.mkstemp(prefix="climateml-fitted-", suffix=".pt")
+    os.close(fd)
+    torch.save(datamodule._fitted, path)
+    atexit.register(lambda: os.path.exists(path) and os.remove(path))
+    os.environ[FITTED_ENV] = path
 
 
 # ---- checks every task's splits and crops share ----
@@ -317,6 +361,7 @@ class BaseDataModule(L.LightningDataModule):
         self.test_dataset: Dataset | None = None
         self.predict_dataset: Dataset | None = None
         self.statistics: dict[str, torch.Tensor] = {}
+        self._fitted: dict[str, Any] = {}  # what fit_once fitted, by key
 
     def build(self) -> None:
         """Read the data, split it, fit statistics on the training split, set the four datasets."""
@@ -335,6 +380,31 @@ class BaseDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.is_built:
             self.build()
+            if self._restored_statistics is not None:  # a checkpoint's state was given before the build
+                self._use_restored_statistics()
+
+    def fit_once(self, name: str, fit: Callable[..., T], *args) -> T:
+        """``fit(*args)`` (statistics read from the training files) done by one process for all of them.
+
+        Under a running torch.distributed process group (Lightning's DDP sets one up before it calls ``setup``),
+        global rank 0 fits and sends the result to the other ranks (``broadcast_object_list``); they read no file.
+        In a DDP process started by this machine's launching process, before the group exists (``climateml fit``
+        builds the DataModule to link its spec), the launcher's result is taken (:func:`hand_down_fitted`).
+        Otherwise this process fits. The result is found again by ``name`` and ``args`` (e.g. the training files);
+        it holds tensors (a dict of them, as ``statistics``), so that a checkpoint could hold it too.
+        """
+        key = f"{type(self).__qualname__}.{name}:{hashlib.sha1(repr(args).encode()).hexdigest()}"
+        world, rank = distributed_world()
+        if world > 1:
+            box = [fit(*args) if rank == 0 else None]
+            torch.distributed.broadcast_object_list(box, src=0)
+            value = box[0]
+        else:
+            value = _fitted_by_the_launcher().get(key)
+            if value is None:
+                value = fit(*args)
+        self._fitted[key] = value
+        return value
 
     def dataset(self, split: str) -> Dataset:
         self.setup()
@@ -370,8 +440,6 @@ class BaseDataModule(L.LightningDataModule):
             collate_fn=batched_collate if hasattr(ds, "__getitems__") else None,
             worker_init_fn=partial(worker_init, rank=rank) if workers > 0 else None,
             multiprocessing_context=self.multiprocessing_context if workers > 0 else None)
-        if isinstance(loader, ResumableDataLoader):
-            loader._datamodule = weakref.ref(self)
         return loader
 
     def train_dataloader(self) -> DataLoader:
@@ -387,12 +455,33 @@ class BaseDataModule(L.LightningDataModule):
         # every process predicts the whole split: prediction writers write whole files, never shards
         return self.dataloader("predict")
 
+    # ---- the training statistics in checkpoints ----
+    _restored_statistics: dict[str, torch.Tensor] | None = None
+
     def state_dict(self) -> dict:
         """Training statistics, saved in every checkpoint beside the model's copy of them."""
         return {"statistics": {k: v.clone() for k, v in self.statistics.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.statistics = dict(state_dict.get("statistics", {}))
+        """A checkpoint's training statistics replace the ones fitted on the data as it is now, and reach what is
+        built from them (``statistics``, and so ``spec``): a resumed run goes on with the statistics it started
+        with, even if the training files changed in between. Lightning calls this after ``setup`` (the module is
+        built by then); given before the build, they replace the fitted ones when it is built."""
+        restored = {k: v.detach().clone() for k, v in dict(state_dict.get("statistics", {})).items()}
+        if not restored:
+            return
+        self._restored_statistics = restored
+        if self.is_built:
+            self._use_restored_statistics()
+
+    def _use_restored_statistics(self) -> None:
+        restored, fitted = self._restored_statistics, self.statistics
+        for name, value in restored.items():
+            if name in fitted and tuple(fitted[name].shape) != tuple(value.shape):
+                raise ConfigError(f"{type(self).__name__}: the checkpoint's statistic {name} has shape "
+                                  f"{tuple(value.shape)}, the data's {tuple(fitted[name].shape)}: resume with the data "
+                                  "options the run started with")
+        self.statistics = {**fitted, **restored}
 
 
 class ClimateDataModule(BaseDataModule, ABC):

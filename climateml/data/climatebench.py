@@ -17,9 +17,8 @@ import xarray as xr
 
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec, TensorDictDataset
-from climateml.data.io import (DataError, find_file, grid_difference, may_write_sample_data, open_dataset, require_finite,
-                               require_variable,
-                               standardize)
+from climateml.data.io import (DataError, find_file, grid_difference, open_dataset, require_finite, require_variable,
+                               sample_data_folder, standardize)
 from climateml.data.normalize import Standardization, fit_pattern_scaling, residual_modes
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
 from climateml.grid import cell_area, flat_area_weights, lat_weights
@@ -268,7 +267,7 @@ class ClimateBenchDataModule(ClimateDataModule):
     def spec(self) -> DataSpec:
         self.setup()
         layout = self.layout
-        stats = {k: getattr(self.normalization, k) for k in ("x_mean", "x_std", "y_mean", "y_std")}
+        stats = dict(self.statistics)  # x_mean, x_std, y_mean, y_std (a checkpoint's, when one was loaded)
         stats["cell_weights"] = self.area_weights
         if self.pattern_scaling is not None:  # the emulator's starting point, see fit_pattern_scaling
             stats["ps_intercept"], stats["ps_slope"] = self.pattern_scaling["intercept"], self.pattern_scaling["slope"]
@@ -284,14 +283,16 @@ class ClimateBenchDataModule(ClimateDataModule):
 
     # ---- loading ----
     def prepare_data(self) -> None:
-        if self.synthesize_if_missing and may_write_sample_data(self.data_dir, FILE_PATTERNS, "ClimateBench",
-                                                                "data.data_dir"):
-            from climateml.data.synthetic import Grid, generate_climatebench
+        if not self.synthesize_if_missing:
+            return
+        with sample_data_folder(self.data_dir, FILE_PATTERNS, "ClimateBench", "data.data_dir") as out:
+            if out is not None:
+                from climateml.data.synthetic import Grid, generate_climatebench
 
-            options = dict(self.sample_options)
-            if "nlat" in options or "nlon" in options:
-                options["grid"] = Grid(options.pop("nlat", Grid.nlat), options.pop("nlon", Grid.nlon))
-            generate_climatebench(self.data_dir, **options)
+                options = dict(self.sample_options)
+                if "nlat" in options or "nlon" in options:
+                    options["grid"] = Grid(options.pop("nlat", Grid.nlat), options.pop("nlon", Grid.nlon))
+                generate_climatebench(out, **options)
 
     def _load(self) -> None:
         needed = dict.fromkeys(self.train_scenarios + self.val_scenarios + self.test_scenarios + self.predict_scenarios)

@@ -24,7 +24,7 @@ from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_p
 from climateml.data.climatenet_labels import class_weights_from_counts, merge_labellings
 from climateml.data.climatenet_reader import (FILE_PATTERNS, LABEL_VAR, Snapshot, common_grid, find_snapshots,
                                               read_fields, read_labels, read_snapshot)
-from climateml.data.io import FLAG_ATTRS, DataError, may_write_sample_data, open_dataset
+from climateml.data.io import FLAG_ATTRS, DataError, open_dataset, sample_data_folder
 from climateml.data.normalize import Moments
 from climateml.errors import ConfigError, check_choice, check_fraction
 from climateml.metrics.segmentation import CLASS_NAMES
@@ -173,11 +173,13 @@ class SegmentationDataModule(ClimateDataModule):
 
     # ---- reading and splitting ----
     def prepare_data(self) -> None:
-        if self.synthesize_if_missing and may_write_sample_data(self.data_dir, FILE_PATTERNS, "ClimateNet",
-                                                                "data.data_dir"):
-            from climateml.data.synthetic.climatenet import generate_climatenet
+        if not self.synthesize_if_missing:
+            return
+        with sample_data_folder(self.data_dir, FILE_PATTERNS, "ClimateNet", "data.data_dir") as out:
+            if out is not None:
+                from climateml.data.synthetic.climatenet import generate_climatenet
 
-            generate_climatenet(self.data_dir, **self.sample_options)
+                generate_climatenet(out, **self.sample_options)
 
     def _split(self, snapshots: list[Snapshot]) -> dict[str, list[Snapshot]]:
         dates = [s.date for s in snapshots]
@@ -225,7 +227,7 @@ class SegmentationDataModule(ClimateDataModule):
         self.test_dataset = SnapshotDataset([(s, None) for s in self.splits["test"]], self.channels)
         # prediction needs no labels: the same dates as test, fields only
         self.predict_dataset = SnapshotDataset([(s, None) for s in self.splits["test"]], self.channels, labels=False)
-        self.statistics = self._fit_statistics(train_items)
+        self.statistics = self.fit_once("statistics", self._fit_statistics, train_items)  # one process reads
 
     def _fit_statistics(self, items) -> dict[str, torch.Tensor]:
         """Per-channel mean and std over the training files, and class weights from the training masks."""

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import xarray as xr
@@ -169,3 +174,51 @@ def may_write_sample_data(folder: str | Path, patterns: tuple[str, ...], layout:
                     f"format supported? Sample data is only written into a folder that does not exist or is empty: "
                     f"point {option} at your {layout} files, or at an empty folder, or set data.synthesize_if_missing "
                     f"false")
+
+
+@contextmanager
+def sample_data_folder(folder: str | Path, patterns: tuple[str, ...], layout: str, option: str) -> Iterator[Path | None]:
+    """Where ``synthesize_if_missing`` writes sample data of ``layout``, once, however many processes ask at once.
+
+    Yields None when nothing is to be written (:func:`may_write_sample_data`: the folder holds the layout's
+    files), else a temporary folder beside ``folder`` to write into: at the end of the ``with`` block it becomes
+    ``folder`` by one rename (the hidden entries an empty ``folder`` held, e.g. ``.gitkeep``, are kept), so a
+    reader never sees half the files, and a failed or killed write leaves nothing at ``folder``. Processes that
+    start at once (every DDP rank's ``prepare_data``, several jobs on one data folder) take turns on a lock on
+    the parent folder; the one that comes second finds the files there and writes nothing. Where the lock does
+    not hold (some network filesystems), the rename still does: the slower writer discards its copy.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    if not may_write_sample_data(folder, patterns, layout, option):
+        yield None
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(folder.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not may_write_sample_data(folder, patterns, layout, option):  # another process wrote it meanwhile
+            yield None
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.sample-", dir=folder.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a folder as mkdir makes it (mkdtemp's is private)
+        try:
+            yield tmp
+            if folder.exists():  # empty but for hidden entries: they move along, then the folder goes
+                for kept in folder.iterdir():
+                    os.replace(kept, tmp / kept.name)
+                folder.rmdir()
+            try:
+                os.rename(tmp, folder)
+            except OSError:
+                if may_write_sample_data(folder, patterns, layout, option):
+                    raise
+                # another writer got there first (no lock across machines): its files stand
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        os.close(lock)  # releases the lock

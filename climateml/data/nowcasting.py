@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_periods
-from climateml.data.io import may_write_sample_data, open_dataset
+from climateml.data.io import open_dataset, sample_data_folder
 from climateml.data.radar import RadarReader
 from climateml.data.radar_header import FILE_PATTERNS, resolve_paths
 from climateml.data.windows import window_starts
@@ -172,10 +172,11 @@ class NowcastingDataModule(ClimateDataModule):
         parts = Path(str(self.paths)).parts
         glob_at = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), None)
         folder = Path(str(self.paths)) if glob_at is None else Path(*parts[:glob_at]) if glob_at else Path(".")
-        if may_write_sample_data(folder, FILE_PATTERNS, "radar", "data.paths"):
-            from climateml.data.synthetic.radar import generate_radar
+        with sample_data_folder(folder, FILE_PATTERNS, "radar", "data.paths") as out:
+            if out is not None:
+                from climateml.data.synthetic.radar import generate_radar
 
-            generate_radar(folder, **self.sample_options)
+                generate_radar(out, **self.sample_options)
 
     def build(self) -> None:
         self.prepare_data()

@@ -27,6 +27,7 @@ import torchmetrics
 
 from climateml.data.base import DataSpec
 from climateml.errors import ConfigError, check_choice, check_positive
+from climateml.resume import ResumableSchedules
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "rmsprop": torch.optim.RMSprop}
@@ -74,8 +75,9 @@ class SampleMean(torchmetrics.Metric):
         return (self.total / self.n.clamp(min=1)).float()
 
 
-class ClimateTask(L.LightningModule, ABC):
-    """Base LightningModule of every task.
+class ClimateTask(ResumableSchedules, L.LightningModule, ABC):
+    """Base LightningModule of every task (plateau schedules once per validation and across a resume:
+    :class:`~climateml.resume.ResumableSchedules`).
 
     Args:
         spec: the data->model spec (linked from the DataModule by the CLI; a dict when reloaded from a
@@ -114,8 +116,6 @@ class ClimateTask(L.LightningModule, ABC):
                               "module, or pass spec=datamodule.spec")
         for name, value in self.spec.statistics.items():
             self.register_buffer(name, value.detach().clone().float())
-        self._validations = 0  # validation runs so far (a plateau schedule steps once per run, see lr_scheduler_step)
-        self._plateau_steps = 0  # ... and the one the plateau schedule last stepped for
 
     __init__ = _then_post_init(__init__)
 
@@ -266,72 +266,13 @@ class ClimateTask(L.LightningModule, ABC):
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         return self(batch["x"])
 
-    # ---- plateau schedules: once per validation run, and across a resume ----
-    # Lightning steps an epoch-interval ReduceLROnPlateau at every epoch end; when validation runs every N
-    # optimiser steps (``check_val_every_n_epoch: null``) a small data set has several epochs per validation,
-    # and the schedule would count the same validation loss as several non-improvements. So the module counts
-    # its validation runs and steps a plateau schedule once per run (:meth:`lr_scheduler_step`).
-    #
-    # Lightning (2.x) does not update plateau schedules (ReduceLROnPlateau) at the end of the epoch a run
-    # resumed in (its fit loop is still "restarting" then; always, when max_steps is set), and keeps logged
-    # metrics out of checkpoints, so a plateau schedule has nothing to compare after a resume until the next
-    # validation. A resumed run would miss one schedule step, and its learning rate, and with it the final
-    # metrics, would differ from an uninterrupted run's. So the last value of each monitored metric travels
-    # in the checkpoint and is put back when the resumed run starts (unless a newer one was logged), and the
-    # plateau update Lightning skips is made at the end of the resumed epoch. (Other epoch schedules are
-    # updated by Lightning's epoch loop and need nothing.) The validation counters travel in the checkpoint
-    # too: a resumed run carries on with the interrupted run's counts, so a validation saved before the
-    # schedule had stepped for it is still stepped for. Written as module hooks, not a callback: every
-    # callback costs Lightning several hook calls per step. Subclasses that override these hooks call super().
-    MONITORED_KEY = "climateml_monitored"
-    PLATEAU_COUNTERS_KEY = "climateml_plateau_counters"
-
-    def _plateau_monitors(self) -> list[str]:
-        configs = getattr(self._trainer, "lr_scheduler_configs", None) or []
-        return [c.monitor for c in configs
-                if isinstance(c.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and c.monitor]
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self._trainer is not None:
-            logged = self._trainer.callback_metrics
-            checkpoint[self.MONITORED_KEY] = {k: float(logged[k]) for k in self._plateau_monitors() if k in logged}
-        checkpoint[self.PLATEAU_COUNTERS_KEY] = {"validations": int(self._validations),
-                                                 "plateau_steps": int(self._plateau_steps)}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore the monitored values and the plateau counters; a checkpoint written before the counters were
-        saved starts them at 0."""
-        self._restored_monitored = dict(checkpoint.get(self.MONITORED_KEY) or {})
-        counters = checkpoint.get(self.PLATEAU_COUNTERS_KEY) or {}
-        self._validations = int(counters.get("validations", 0))
-        self._plateau_steps = int(counters.get("plateau_steps", 0))
-
-    def on_train_start(self) -> None:
-        logged = self.trainer.callback_metrics
-        for key, value in self.__dict__.pop("_restored_monitored", {}).items():
-            logged.setdefault(key, torch.tensor(value))
-
     def on_train_epoch_end(self) -> None:
         self.log_stage_metrics("train")
-        loop = self.trainer.fit_loop
-        epoch_loop = getattr(loop, "epoch_loop", None)
-        update = getattr(epoch_loop, "update_lr_schedulers", None)
-        ready = getattr(epoch_loop, "_num_ready_batches_reached", None)
-        if loop.restarting and update is not None and ready is not None and ready():
-            update("epoch", update_plateau_schedulers=True)  # where the fit loop would have, uninterrupted
+        super().on_train_epoch_end()
 
     def on_validation_epoch_end(self) -> None:
         self.log_stage_metrics("val")
-        if not self.trainer.sanity_checking:
-            self._validations += 1
-
-    def lr_scheduler_step(self, scheduler, metric) -> None:
-        """Step a plateau schedule once per validation run, however often Lightning asks."""
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            if self._plateau_steps >= self._validations:
-                return
-            self._plateau_steps = self._validations
-        super().lr_scheduler_step(scheduler, metric)
+        super().on_validation_epoch_end()
 
     def configure_optimizers(self):
         hp = self.hparams
