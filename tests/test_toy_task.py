@@ -36,7 +36,6 @@ class NextFrameData(ClimateDataModule):
         self.times = {k: (ds["time"].values[a:b], ds["time"].values[a + 1:b + 1]) for k, (a, b) in cut.items()}
         for k, (a, b) in cut.items():
             setattr(self, f"{k}_dataset", TensorDictDataset(x=frames[a:b], y=frames[a + 1:b + 1]))
-        self.predict_dataset = self.test_dataset
         mean, std = Moments(1).add(self.train_dataset.tensors["x"], channel_axis=1).mean_std()
         self.statistics = {"x_mean": mean, "x_std": std}
 

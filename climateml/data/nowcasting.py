@@ -230,7 +230,6 @@ class NowcastingDataModule(ClimateDataModule):
                                            self.augment)
         self.val_dataset = WindowDataset(reader, self.starts["val"], self.n_in, self.n_out)
         self.test_dataset = WindowDataset(reader, self.starts["test"], self.n_in, self.n_out)
-        self.predict_dataset = self.test_dataset
 
     @property
     def grid(self) -> xr.Dataset:
