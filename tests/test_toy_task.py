@@ -5,7 +5,6 @@ written as NetCDF, scored against persistence; fit, evaluation, predict and attr
 import json
 
 import numpy as np
-import pytest
 import torch
 import torchmetrics
 import xarray as xr
@@ -109,7 +108,7 @@ trainer: {{max_epochs: 25, accelerator: cpu, enable_progress_bar: false, enable_
 """
 
 
-def test_a_toy_fourth_task_fits_evaluates_predicts_and_attributes(tmp_path, capsys):
+def test_a_toy_fourth_task_fits_evaluates_predicts_and_attributes(tmp_path):
     rng = np.random.default_rng(0)
     lat, lon = np.linspace(-50, 50, 6), np.arange(0, 360, 30.0)
     wave = np.sin(np.deg2rad(lon))[None, :] * np.cos(np.deg2rad(lat))[:, None]

@@ -22,7 +22,7 @@ from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_periods
 from climateml.data.io import may_write_sample_data, open_dataset
 from climateml.data.radar import FILE_PATTERNS, RadarReader, RainTransform, resolve_paths, window_starts
-from climateml.errors import ConfigError, DataError, check_choice, check_fraction, check_positive
+from climateml.errors import DataError, check_choice, check_fraction, check_positive
 
 VARIABLE = "rain_rate"
 RAIN_ATTRS = {"units": "mm h-1", "long_name": "rain rate", "standard_name": "rainfall_rate"}
