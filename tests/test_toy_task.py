@@ -5,7 +5,6 @@ written as NetCDF, scored against persistence; fit, evaluation, predict and attr
 import json
 
 import numpy as np
-import pytest
 import torch
 import torchmetrics
 import xarray as xr
@@ -36,7 +35,6 @@ class NextFrameData(ClimateDataModule):
         self.times = {k: (ds["time"].values[a:b], ds["time"].values[a + 1:b + 1]) for k, (a, b) in cut.items()}
         for k, (a, b) in cut.items():
             setattr(self, f"{k}_dataset", TensorDictDataset(x=frames[a:b], y=frames[a + 1:b + 1]))
-        self.predict_dataset = self.test_dataset
         mean, std = Moments(1).add(self.train_dataset.tensors["x"], channel_axis=1).mean_std()
         self.statistics = {"x_mean": mean, "x_std": std}
 
@@ -110,7 +108,7 @@ trainer: {{max_epochs: 25, accelerator: cpu, enable_progress_bar: false, enable_
 """
 
 
-def test_a_toy_fourth_task_fits_evaluates_predicts_and_attributes(tmp_path, capsys):
+def test_a_toy_fourth_task_fits_evaluates_predicts_and_attributes(tmp_path):
     rng = np.random.default_rng(0)
     lat, lon = np.linspace(-50, 50, 6), np.arange(0, 360, 30.0)
     wave = np.sin(np.deg2rad(lon))[None, :] * np.cos(np.deg2rad(lat))[:, None]

@@ -328,8 +328,9 @@ class BaseDataModule(L.LightningDataModule):
     """Loaders, public datasets and normalisation kept in the checkpoint, with no declared contract: what
     :class:`ClimateDataModule` builds on, and enough for a loader-only DataModule (a test's, a callback's).
 
-    Subclasses implement :meth:`build` (set ``train_dataset``, ``val_dataset``, ``test_dataset``,
-    ``predict_dataset`` and ``statistics``).
+    Subclasses implement :meth:`build` (set ``train_dataset``, ``val_dataset``, ``test_dataset``, and
+    ``statistics``; ``predict_dataset`` only when prediction needs other samples or items than
+    :attr:`predict_split`'s dataset, see :meth:`dataset`).
 
     Args:
         batch_size: samples per batch (per process under DDP: the global batch is batch_size x processes).
@@ -407,8 +408,12 @@ class BaseDataModule(L.LightningDataModule):
         return value
 
     def dataset(self, split: str) -> Dataset:
+        """The built dataset of ``split``; for "predict", the :attr:`predict_split`'s when ``build`` set no
+        ``predict_dataset`` of its own."""
         self.setup()
         ds = getattr(self, f"{split}_dataset")
+        if ds is None and split == "predict" and self.predict_split != "predict":
+            ds = getattr(self, f"{self.predict_split}_dataset")
         if ds is None:
             raise ValueError(f"{type(self).__name__} has no {split} dataset")
         return ds

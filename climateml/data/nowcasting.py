@@ -24,7 +24,7 @@ from climateml.data.io import open_dataset, sample_data_folder
 from climateml.data.radar import RadarReader
 from climateml.data.radar_header import FILE_PATTERNS, resolve_paths
 from climateml.data.windows import window_starts
-from climateml.errors import ConfigError, DataError, check_choice, check_fraction, check_positive
+from climateml.errors import DataError, check_choice, check_fraction, check_positive
 from climateml.models.rain_transform import RainTransform
 
 VARIABLE = "rain_rate"
@@ -234,7 +234,6 @@ class NowcastingDataModule(ClimateDataModule):
                                            self.augment)
         self.val_dataset = WindowDataset(reader, self.starts["val"], self.n_in, self.n_out)
         self.test_dataset = WindowDataset(reader, self.starts["test"], self.n_in, self.n_out)
-        self.predict_dataset = self.test_dataset
 
     @property
     def grid(self) -> xr.Dataset:

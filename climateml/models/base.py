@@ -75,6 +75,23 @@ class SampleMean(torchmetrics.Metric):
         return (self.total / self.n.clamp(min=1)).float()
 
 
+class Sums(torchmetrics.Metric):
+    """Running sums of a tensor of fixed ``shape`` over the epoch, float64, summed across processes under DDP: the
+    sufficient statistics of a task's own epoch scores (``compute`` returns the sums; the task derives its scores)."""
+
+    full_state_update = False
+
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.add_state("total", default=torch.zeros(*shape, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor) -> None:
+        self.total += value.detach().double()
+
+    def compute(self) -> torch.Tensor:
+        return self.total
+
+
 class ClimateTask(ResumableSchedules, L.LightningModule, ABC):
     """Base LightningModule of every task (plateau schedules once per validation and across a resume:
     :class:`~climateml.resume.ResumableSchedules`).

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchmetrics
 
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
-from climateml.models.base import ClimateTask
+from climateml.models.base import ClimateTask, Sums
 from climateml.models.blocks_unet import UNet
 from climateml.models.extrapolation import gaussian_blur, optical_flow_nowcast
 from climateml.models.rain_transform import RainTransform
@@ -184,7 +184,9 @@ class NowcastModel(ClimateTask):
             weights = torch.zeros(self.n_out, 1 + len(self.smoothing_scales))
             weights[:, 0] = 1.0
             self.scale_weights = torch.nn.Parameter(weights)
-        self.on_validation_epoch_start()  # the validation sums (see _gate_sums), created in one place
+        # the gate's validation sums (see _gate_sums): the corrected nowcast's and optical flow's, and [samples, loss x
+        # samples]; summed over the validation run and every process
+        self.gate_sums, self.gate_loss_sums = Sums(2, 5, self.n_out), Sums(2)
         if self.space_to_depth > 1:
             self.refine = torch.nn.Conv2d(out, out, 3, padding=1, padding_mode="replicate")
             with torch.no_grad():
@@ -325,9 +327,9 @@ class NowcastModel(ClimateTask):
         loss = self.compute_loss(z_pred, y)
         if stage == "val" and z_base is not None:  # val_loss is logged per validation run, see on_validation_epoch_end
             with torch.no_grad():
-                self._val_sums += torch.stack([self._gate_sums(self.to_rain(z_pred), y),
-                                               self._gate_sums(self.to_rain(base, transformed=False), y)]).cpu()
-                self._val_loss_sums += torch.tensor([float(len(x)), float(loss) * len(x)], dtype=torch.float64)
+                self.gate_sums.update(torch.stack([self._gate_sums(self.to_rain(z_pred), y),
+                                                   self._gate_sums(self.to_rain(base, transformed=False), y)]))
+                self.gate_loss_sums.update(torch.stack([loss.new_tensor(float(len(x))), loss.detach() * len(x)]))
         else:
             self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(x))
         metrics = self.metrics(stage)
@@ -348,10 +350,6 @@ class NowcastModel(ClimateTask):
                             (event & observed).sum(dims), (~event & observed).sum(dims),
                             (event & ~observed).sum(dims)]).double()
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(2, 5, self.n_out, dtype=torch.float64)
-        self._val_loss_sums = torch.zeros(2, dtype=torch.float64)
-
     def on_validation_epoch_end(self) -> None:
         """With the optical-flow base, per lead time: switch the correction on only at the lead times where, over
         this whole validation run (every sample of every process), it beat optical flow alone on both headline
@@ -367,10 +365,9 @@ class NowcastModel(ClimateTask):
         ``val_csi_optical_flow``, ``val_mae_mm_h``, ``val_csi``), and ``val_correction_on``, the fraction of
         lead times where the correction is on."""
         if self.base == "optical_flow":
-            sums, losses = self._val_sums.to(self.device), self._val_loss_sums.to(self.device)
-            if self.trainer.world_size > 1:
-                sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-                losses = self.trainer.strategy.reduce(losses, reduce_op="sum")
+            sums, losses = self.gate_sums.compute(), self.gate_loss_sums.compute()  # every process's
+            self.gate_sums.reset()
+            self.gate_loss_sums.reset()
 
             def scores(part):  # part (5, ...): MAE and CSI
                 cells, abs_err, hits, misses, false_alarms = part
