@@ -120,3 +120,30 @@ def test_an_exception_inside_a_step_leaves_the_last_periodic_checkpoint(small_cl
     with pytest.raises(RuntimeError, match="a bug in step 4"):
         _trainer(tmp_path, 6, [ResumeCheckpoint(every_n_train_steps=2, dirpath=str(tmp_path))]).fit(model, dm)
     assert torch.load(tmp_path / "resume.ckpt", weights_only=True)["global_step"] == 2
+
+
+class _Crash(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 6:
+            raise RuntimeError("crash")  # in a step: the file keeps the periodic checkpoint of step 4
+
+
+def test_a_run_resumed_mid_epoch_with_loader_workers_ends_like_the_uninterrupted_one(small_climatebench, tmp_path):
+    """Two DataLoader worker processes (persistent, forked): the restored loader state skips the epoch's first
+    4 batches before the workers are handed any index, so the resumed run trains on the uninterrupted run's
+    batches and ends with its weights (9 steps per epoch: the checkpoint of step 4 is mid-epoch)."""
+    def run(name: str, callbacks: list, ckpt_path: str | None = None) -> dict:
+        dm, model = _task(small_climatebench)
+        dm.num_workers = 2
+        trainer = _trainer(tmp_path / name, 12, [*callbacks, ResumeCheckpoint(every_n_train_steps=4,
+                                                                              dirpath=str(tmp_path / name))])
+        trainer.fit(model, dm, ckpt_path=ckpt_path)
+        return model.state_dict()
+
+    whole = run("whole", [])
+    with pytest.raises(RuntimeError, match="crash"):
+        run("killed", [_Crash()])
+    checkpoint = tmp_path / "killed" / "resume.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 4
+    resumed = run("killed", [], str(checkpoint))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
