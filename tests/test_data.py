@@ -7,7 +7,6 @@ csv module), never copied from a run of the code.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import os

@@ -17,7 +17,6 @@ import torch
 import xarray as xr
 from sklearn.metrics import accuracy_score, jaccard_score, precision_score, recall_score
 
-from climateml.callbacks import NetCDFPredictionWriter
 from climateml.cli import main
 from climateml.data.climatenet import SegmentationDataModule
 from climateml.data.climatenet_labels import class_weights_from_counts

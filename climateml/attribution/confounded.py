@@ -287,7 +287,7 @@ def run_clever_hans(out_dir: str | Path | None = None, data: Mapping[str, Mappin
     """
     torch_threads = torch.get_num_threads()
     data = data or generate_confounded(n_train, n_val, n_test, seed=seed, **data_options)
-    result, artefacts, timings = {}, {}, {}
+    result, artefacts = {}, {}
     for twin in ("confounded", "clean"):
         t0 = time.perf_counter()
         model = train_cnn(data[twin]["train"], epochs=epochs, seed=seed)

@@ -309,13 +309,3 @@ def open_radar(
     if check_nan:
         reader.check_frames()
     return reader.to_dataarray()
-
-
-def __getattr__(name: str):
-    # RainTransform moved to climateml.models.rain_transform (issue 15); importable from here only until the
-    # issue's parallel branches are merged, then delete this function
-    if name == "RainTransform":
-        from climateml.models.rain_transform import RainTransform  # noqa: PLC0415
-
-        return RainTransform
-    raise AttributeError(f"module 'climateml.data.radar' has no attribute {name!r}")
