@@ -276,10 +276,12 @@ class NowcastingDataModule(ClimateDataModule):
                   **self.auxiliary_coords()}
         return FieldLayout([VARIABLE], ("lead_time", *grid.dims), coords, {VARIABLE: dict(RAIN_ATTRS)}, sample_dim="time")
 
-    def _dataset(self, values: np.ndarray, split: str) -> xr.Dataset:
+    def _dataset(self, values: np.ndarray, split: str, indices=None) -> xr.Dataset:
         """``rain_rate`` (time, lead_time, *grid) [mm/h] (:attr:`layout`): ``time`` the issue time, ``valid_time``
-        (time, lead_time) the time each nowcast is for."""
+        (time, lead_time) the time each nowcast is for; of the windows ``indices`` when given (a batch)."""
         issue_times = self.issue_times(split)
+        if indices is not None:
+            issue_times = issue_times[np.asarray(indices, dtype=np.int64)]
         issue = xr.DataArray(issue_times, dims="time",
                              attrs={"long_name": "forecast issue time (valid time of the last input frame)",
                                     "standard_name": "forecast_reference_time"})
@@ -356,3 +358,20 @@ class NowcastingDataModule(ClimateDataModule):
                               **{d: grid[d] for d in grid.dims}},
                              {VARIABLE: {k: RAIN_ATTRS[k] for k in ("units", "long_name")}}, sample_dim="time")
         return layout.to_xarray(frames, self.issue_times(split))[VARIABLE]
+
+    # ---- one batch at a time (the streaming evaluation) ----
+    def batch_to_xarray(self, values, split: str, indices, batch) -> dict[str, xr.Dataset]:
+        """:meth:`to_xarray` of the windows ``indices`` of ``split`` (one batch of its loader, ``batch``): NaN
+        where the batch's last input frame is NaN."""
+        values = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.array(values)
+        unseen = np.isnan(self.batch_past_frames(batch)[:, -1:])
+        values = np.where(unseen, np.float32(np.nan), values).astype(values.dtype, copy=False)
+        return {self._split(split): self._dataset(values, split, indices=indices)}
+
+    def batch_truth(self, batch, split: str, indices) -> dict[str, xr.Dataset]:
+        """:meth:`truth` of the windows ``indices`` of ``split``: the batch's future frames [mm/h]."""
+        return {self._split(split): self._dataset(batch["y"].float().cpu().numpy(), split, indices=indices)}
+
+    def batch_past_frames(self, batch) -> np.ndarray:
+        """:meth:`past_frames` of a batch: (windows, n_in, y, x) [mm/h]."""
+        return batch["x"].float().cpu().numpy()

@@ -23,6 +23,7 @@ import torch
 import xarray as xr
 
 from climateml import plotting
+from climateml.data.base import distributed_world
 from climateml.errors import ConfigError
 from climateml.writers import write_cf, write_text
 
@@ -116,6 +117,17 @@ def predict(model: torch.nn.Module, datamodule, split: str = "test", accelerator
     return datamodule.to_xarray(torch.cat([o.float() for o in outputs]), split)
 
 
+def _device(accelerator: str) -> torch.device:
+    """The device the streaming evaluation predicts on: this rank's GPU for "gpu" / "cuda" / "auto" when there is one."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _module_device(module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
 def _members(datasets: Sequence[dict[str, xr.Dataset]]) -> dict[str, xr.Dataset]:
     """Per group, the members' predictions stacked on a ``member`` dim."""
     return {g: xr.concat([d[g] for d in datasets], dim="member").assign_coords(member=np.arange(len(datasets)))
@@ -205,14 +217,54 @@ class Evaluation:
             plotting.save(plotting.plot_learning_curves(histories, self.loss_label(models)),
                           fig_dir / "learning_curves.png")
 
+    # ---- hooks of the streaming evaluation (a task that streams fills them in; see :meth:`streams`) ----
+    def streams(self, datamodule) -> bool:
+        """Whether this task scores ``datamodule`` batch by batch (:meth:`run_streaming`); if not, :meth:`run`
+        holds the split in memory (:meth:`run_in_memory`)."""
+        return False
+
+    def batch_baselines(self, datamodule, batch: Mapping, indices: Sequence[int]) -> dict[str, dict[str, xr.Dataset]]:
+        """{baseline name: {group: predictions}} for one batch (the samples ``indices`` of the split)."""
+        return {}
+
+    def statistics(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, np.ndarray]:
+        """Sufficient statistics of one variable on a part of the evaluation set: arrays that add up over
+        batches and ranks to the statistics of the whole set (:meth:`scores_from_statistics` turns them into
+        scores)."""
+        raise NotImplementedError
+
+    def scores_from_statistics(self, statistics: Mapping[str, np.ndarray], variable: str) -> dict:
+        """One variable's scores from its statistics summed over the whole evaluation set."""
+        raise NotImplementedError
+
+    def observe(self, sums, group: str, truth: xr.Dataset, indices: Sequence[int]) -> None:
+        """Note what the figures will need of a batch (e.g. :meth:`Sums.pick` of the rainiest sample)."""
+
+    def streamed_figures(self, fig_dir: Path, group: str, predictions: xr.Dataset, sums,
+                         scores: dict[str, dict[str, dict]]) -> None:
+        """The task's figures of one group, reading back only the samples they show from ``predictions`` (the
+        written predictions, lazily, on a ``model`` dim); ``sums`` holds what :meth:`observe` picked."""
+
     # ---- the run ----
     def run(self, models: Sequence[torch.nn.Module], datamodule, run_dir: str | Path,
             histories: Mapping[str, str | Path] | None = None, accelerator: str = "auto") -> dict:
-        """Score ``models`` (an ensemble of one or more) and the baselines; write metrics.json, predictions, figures."""
-        run_dir = Path(run_dir)
+        """Score ``models`` (an ensemble of one or more) and the baselines; write metrics.json, predictions, figures.
+
+        Batch by batch on every rank when the task streams this DataModule (:meth:`streams`,
+        :meth:`run_streaming`), else with the whole split in memory on this process (:meth:`run_in_memory`).
+        """
         self.datamodule = datamodule  # for hooks that need the inputs (e.g. fields under a mask figure)
         self.run_state = {}
         datamodule.setup("test")
+        try:
+            if self.streams(datamodule):
+                return self.run_streaming(models, datamodule, Path(run_dir), histories, accelerator)
+            return self.run_in_memory(models, datamodule, Path(run_dir), histories, accelerator)
+        finally:
+            self.run_state = {}  # what the hooks kept for this run's figures is not kept past it
+
+    def run_in_memory(self, models, datamodule, run_dir: Path, histories, accelerator: str) -> dict:
+        """The whole split's predictions, baselines and truth in memory, scored by :meth:`score`."""
         members = _members([predict(m, datamodule, self.split, accelerator) for m in models])
         baselines = self.baselines(datamodule)
         truth = datamodule.truth(self.split)
@@ -226,13 +278,86 @@ class Evaluation:
                 for variable, s in by_variable.items():
                     per_group.setdefault(variable, {}).setdefault(name, []).append(s)
             if self.write_predictions:
-                self._write(run_dir / f"{self.split}_predictions_{group}.nc", group, preds, member_ds)
+                write_cf(self._prediction_dataset(preds, member_ds), run_dir / f"{self.split}_predictions_{group}.nc",
+                         title=self._title(group), group=group)
             if self.make_figures:
                 self.figures(run_dir / "figures", group, truth[group], preds, member_ds, scores)
-        self.run_state = {}  # what the hooks kept for this run's figures is not kept past it
+        return self._finish(per_group, models, run_dir, histories)
+
+    def run_streaming(self, models, datamodule, run_dir: Path, histories, accelerator: str) -> dict:
+        """Score batch by batch: every rank of a running process group takes its shard of the split's loader,
+        predicts it with each member, computes the baselines of the batch, adds the sufficient statistics of
+        every entry (:meth:`statistics`) and appends the predictions to its part store; the statistics are
+        then summed over the ranks, so each score is that of the whole evaluation set. Rank 0 writes
+        metrics.json, merges the predictions into ``<split>_predictions_<group>.nc`` and draws the figures
+        from what was written; every rank returns the scores."""
+        from climateml.evaluation.streaming import PredictionParts, Sums, barrier
+
+        world, rank = distributed_world()
+        loader = datamodule.dataloader(self.split, distributed=True)
+        sampler = loader.sampler
+        # fewer samples than ranks: every rank's sampler holds them all, and rank 0 alone scores them
+        shard = list(sampler.shard()) if world == 1 or sampler.sharded or rank == 0 else []
+        parts = PredictionParts(run_dir / ".parts" / self.split)
+        parts.clear()
+        sums = Sums()
+        device = _device(accelerator)
+        states = [(m.training, _module_device(m)) for m in models]
+        try:
+            for m in models:
+                m.eval().to(device)
+            with torch.no_grad():
+                start = 0
+                for i, batch in enumerate(loader if shard else []):
+                    n = len(next(iter(batch.values())))
+                    indices = shard[start:start + n]
+                    start += n
+                    on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                    outputs = [m.predict_step(on_device, i).float().cpu() for m in models]
+                    self._stream_batch(datamodule, batch, indices, outputs, sums, parts)
+        finally:
+            for m, (training, was) in zip(models, states):
+                m.train(training).to(was)
+        sums.all_reduce()
+        barrier()  # every rank's parts are complete
+        per_group: dict[str, dict[str, list]] = {}
+        groups = sorted({k[0] for k in sums.values})
+        for group in groups:
+            names = list(dict.fromkeys(k[1] for k in sums.values if k[0] == group))
+            scores = {name: {v: self.scores_from_statistics(sums.group(group, name, v), v)
+                             for v in dict.fromkeys(k[2] for k in sums.values if k[:2] == (group, name))}
+                      for name in names}
+            for name, by_variable in scores.items():
+                for variable, s in by_variable.items():
+                    per_group.setdefault(variable, {}).setdefault(name, []).append(s)
+            if rank == 0 and self.write_predictions:
+                parts.merge(group, run_dir / f"{self.split}_predictions_{group}.nc", self._title(group), group=group)
+            if rank == 0 and self.make_figures:
+                self.streamed_figures(run_dir / "figures", group, parts.open(group), sums, scores)
+        result = self._finish(per_group, models, run_dir, histories, write=rank == 0)
+        parts.remove()
+        return result
+
+    def _stream_batch(self, datamodule, batch, indices, outputs, sums, parts) -> None:
+        """One batch: the members' predictions, the baselines, their statistics and the part stores."""
+        members = _members([datamodule.batch_to_xarray(o, self.split, indices, batch) for o in outputs])
+        truth = datamodule.batch_truth(batch, self.split, indices)
+        baselines = self.batch_baselines(datamodule, batch, indices)
+        for group, member_ds in members.items():
+            preds = {"model": self.combine_members(member_ds), **{b: p[group] for b, p in baselines.items()}}
+            for name, pred in preds.items():
+                for v in truth[group].data_vars:
+                    sums.add((group, name, v), self.statistics(pred[v], truth[group][v], v))
+            self.observe(sums, group, truth[group], indices)
+            parts.append(group, self._prediction_dataset(preds, member_ds))
+
+    def _finish(self, per_group: dict, models, run_dir: Path, histories, write: bool = True) -> dict:
+        """Scores of the groups aggregated; metrics.json with the verdicts, and the summary figures."""
         result = {v: {name: self.aggregate(s) for name, s in by.items()} for v, by in per_group.items()}
         for by_name in result.values():
             by_name["model"]["ensemble_size"] = len(models)
+        if not write:
+            return result
         verdicts = self.verdicts(result)
         write_text(json.dumps({**result, VERDICT_KEY: verdicts}, indent=2, allow_nan=True), run_dir / "metrics.json")
         if self.make_figures:
@@ -240,9 +365,12 @@ class Evaluation:
             self.summary_figures(run_dir / "figures", result, existing, models)
         return result
 
-    def _write(self, path: Path, group: str, preds: dict[str, xr.Dataset], members: xr.Dataset) -> None:
-        """One file per group: every variable on a ``model`` dim (the model, then each baseline), plus the
-        members as ``<variable>_members`` when there is more than one."""
+    def _title(self, group: str) -> str:
+        return f"{self.split} predictions of the model and its baselines, {group}"
+
+    def _prediction_dataset(self, preds: dict[str, xr.Dataset], members: xr.Dataset) -> xr.Dataset:
+        """One group's predictions as written: every variable on a ``model`` dim (the model, then each baseline),
+        plus the members as ``<variable>_members`` when there is more than one."""
         names = list(preds)
         shared = [v for v in preds["model"].data_vars if all(v in p.data_vars for p in preds.values())]
         out = xr.concat([preds[n][shared] for n in names], dim="model", coords="minimal", compat="override")
@@ -252,7 +380,7 @@ class Evaluation:
             out = out.merge(preds["model"][only_model].rename({v: f"{v}_model" for v in only_model}))
         if members.sizes["member"] > 1:
             out = out.merge(members.rename({v: f"{v}_members" for v in members.data_vars}), compat="override")
-        write_cf(out, path, title=f"{self.split} predictions of the model and its baselines, {group}", group=group)
+        return out
 
     def verdicts(self, result: Mapping) -> dict[str, list[dict]]:
         """{variable: [:func:`verdict` of each headline score the variable has]}, as written to metrics.json."""

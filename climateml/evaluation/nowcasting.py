@@ -12,12 +12,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 import xarray as xr
 
 from climateml import metrics, plotting
 from climateml.contracts import NowcastData, require
 from climateml.errors import ConfigError
 from climateml.evaluation.base import Evaluation
+from climateml.evaluation.streaming import NowcastBatchData, synchronous
 from climateml.metrics import categorical
 from climateml.models.extrapolation import METHODS, optical_flow_nowcast, persistence
 
@@ -63,39 +65,99 @@ class NowcastEvaluation(Evaluation):
         past = datamodule.past_frames(self.split)
         if past is not None:  # the figures show the last input frame; the run empties run_state when it ends
             self.run_state["last_input"] = past[:, -1].copy()
-        out = {}
-        for name in self.baseline_names:
-            if name == "persistence":
-                pred = persistence(past, datamodule.n_out)
-            else:
-                # rain advected in from outside the domain is unknown: taken as dry, so every model is
-                # scored on the same cells
-                pred = optical_flow_nowcast(past, datamodule.n_out, method=self.optical_flow_method, fill_value=0.0)
-            out[name] = datamodule.to_xarray(np.asarray(pred), self.split)
+        return {name: datamodule.to_xarray(self._extrapolate(name, past, datamodule.n_out), self.split)
+                for name in self.baseline_names}
+
+    def streams(self, datamodule) -> bool:
+        """Batch by batch for a DataModule that serves its batches' windows (:class:`NowcastBatchData`)."""
+        return isinstance(datamodule, NowcastBatchData)
+
+    def batch_baselines(self, datamodule, batch, indices) -> dict[str, dict[str, xr.Dataset]]:
+        """Persistence and optical flow of one batch, from its own past frames."""
+        past = datamodule.batch_past_frames(batch)
+        return {name: datamodule.batch_to_xarray(self._extrapolate(name, past, datamodule.n_out), self.split,
+                                                 indices, batch)
+                for name in self.baseline_names}
+
+    def _extrapolate(self, name: str, past: np.ndarray, n_out: int) -> np.ndarray:
+        if name == "persistence":
+            return np.asarray(persistence(past, n_out))
+        # rain advected in from outside the domain is unknown: taken as dry, so every model is scored on the same cells
+        return np.asarray(optical_flow_nowcast(past, n_out, method=self.optical_flow_method, fill_value=0.0))
+
+    def statistics(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, np.ndarray]:
+        """Per lead time, summed over the windows and cells given where both fields are finite: ``abs_error``
+        (sum of |pred - truth|), ``squared_error``, ``count``; per threshold the contingency table
+        ``table_<t>`` (hits, misses, false alarms, correct negatives; event ``rain >= t``); per FSS scale
+        ``fss_<km>km`` (sum of squared fraction differences, sum of the reference), see
+        :func:`~climateml.metrics.categorical.fss_components`."""
+        spatial = [d for d in truth.dims if d not in ("time", "lead_time")]
+        reduce = ["time", *spatial]
+        pred = pred.where(np.isfinite(truth)).astype(np.float64)  # sums in float64: exact enough over any split
+        error = (pred - truth.astype(np.float64)).transpose("lead_time", ...)
+        valid = error.notnull()
+        out = {"abs_error": abs(error).sum(reduce).values, "squared_error": (error ** 2).sum(reduce).values,
+               "count": valid.sum(reduce).values}
+        for t in self.thresholds:
+            table = categorical.contingency(pred, truth, t, dim=reduce).transpose("lead_time")
+            out[f"table_{t:g}"] = np.stack([table[k].values for k in categorical.TABLE])
+        spacing = float(np.mean([np.abs(np.diff(truth[d].values)).mean() for d in spatial]))
+        for km, cells in zip(self.fss_scales_km, categorical.fss_scales_km(self.fss_scales_km, spacing)):
+            parts = categorical.fss_components(pred, truth, self.fss_threshold, cells, spatial_dims=spatial, dim="time")
+            out[f"fss_{km:g}km"] = np.stack([parts["mse"].transpose("lead_time").values,
+                                             parts["reference"].transpose("lead_time").values])
+        self.run_state["lead_minutes"] = (truth["lead_time"].values / np.timedelta64(1, "m")).astype(float)
+        return out
+
+    def scores_from_statistics(self, statistics, variable: str) -> dict:
+        """MAE, RMSE [mm/h], CSI/POD/FAR per threshold and FSS per scale from the statistics summed over every
+        test window and valid cell (not means of per-batch scores): per lead time under ``by_lead_time``
+        (minutes), and their means over lead times; NaN where a ratio is 0 / 0."""
+        s = {k: np.asarray(v, dtype=float) for k, v in statistics.items()}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            count = np.where(s["count"] > 0, s["count"], np.nan)
+            per_lead = {"mae": s["abs_error"] / count, "rmse": np.sqrt(s["squared_error"] / count)}
+            for t in self.thresholds:
+                table = xr.Dataset({k: ("lead_time", row) for k, row in zip(categorical.TABLE, s[f"table_{t:g}"])})
+                per_lead[_threshold_key("csi", t)] = categorical.csi_from_table(table).values
+                per_lead[_threshold_key("pod", t)] = categorical.pod_from_table(table).values
+                per_lead[_threshold_key("far", t)] = categorical.far_from_table(table).values
+            for km in self.fss_scales_km:
+                mse, ref = s[f"fss_{km:g}km"]
+                parts = xr.Dataset({"mse": ("lead_time", mse), "reference": ("lead_time", ref)})
+                per_lead[f"fss_{km:g}km"] = categorical.fss_from_components(parts).values
+        minutes = self.run_state["lead_minutes"]
+        # the mean over the lead times where a score is defined (NaN only when it is defined at none)
+        out: dict = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in per_lead.items()}
+        out["by_lead_time"] = {f"{m:g}min": {k: float(v[i]) for k, v in per_lead.items()} for i, m in enumerate(minutes)}
         return out
 
     def score_variable(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict:
-        """MAE, RMSE [mm/h], CSI/POD/FAR per threshold and FSS per scale: means over lead times, and
-        ``by_lead_time`` with each score per lead time (minutes)."""
-        spatial = [d for d in truth.dims if d not in ("time", "lead_time")]
-        reduce = ["time", *spatial]
-        pred = pred.where(np.isfinite(truth))
-        per_lead = {"mae": metrics.mae(pred, truth, dim=reduce, weights=None),
-                    "rmse": metrics.rmse(pred, truth, dim=reduce, weights=None)}
-        for t in self.thresholds:
-            table = categorical.contingency(pred, truth, t, dim=reduce)
-            per_lead[_threshold_key("csi", t)] = categorical.csi_from_table(table)
-            per_lead[_threshold_key("pod", t)] = categorical.pod_from_table(table)
-            per_lead[_threshold_key("far", t)] = categorical.far_from_table(table)
-        spacing = float(np.mean([np.abs(np.diff(truth[d].values)).mean() for d in spatial]))
-        for km, cells in zip(self.fss_scales_km, categorical.fss_scales_km(self.fss_scales_km, spacing)):
-            per_lead[f"fss_{km:g}km"] = categorical.fss(pred, truth, self.fss_threshold, cells, spatial_dims=spatial,
-                                                        dim="time")
-        minutes = (truth["lead_time"].values / np.timedelta64(1, "m")).astype(float)
-        out: dict = {k: float(v.mean("lead_time")) for k, v in per_lead.items()}
-        out["by_lead_time"] = {f"{m:g}min": {k: float(v.isel(lead_time=i)) for k, v in per_lead.items()}
-                               for i, m in enumerate(minutes)}
-        return out
+        """MAE, RMSE [mm/h], CSI/POD/FAR per threshold and FSS per scale over every window and valid cell given:
+        means over lead times, and ``by_lead_time`` with each score per lead time (minutes); the same code as
+        the streaming evaluation (:meth:`scores_from_statistics` of :meth:`statistics`)."""
+        return self.scores_from_statistics(self.statistics(pred, truth, variable), variable)
+
+    def observe(self, sums, group: str, truth: xr.Dataset, indices) -> None:
+        """Picks the rainiest window (most cells >= ``figure_threshold`` over its lead times) for the figure."""
+        v = "rain_rate"
+        wet = (truth[v] >= self.figure_threshold).sum([d for d in truth[v].dims if d != "time"]).values
+        sums.pick((group, "rainiest"), wet, indices)
+
+    def streamed_figures(self, fig_dir: Path, group: str, predictions: xr.Dataset, sums, scores) -> None:
+        """The rainiest window read back (its predictions from the written file, its frames from the data) and
+        the skill per lead time from the scores."""
+        v = "rain_rate"
+        case = sums.picks[(group, "rainiest")][1]
+        sample = torch.utils.data.default_collate([self.datamodule.dataset(self.split)[case]])
+        truth = self.datamodule.batch_truth(sample, self.split, [case])[group][v].isel(time=0)
+        last = truth.isel(lead_time=0).copy(data=self.datamodule.batch_past_frames(sample)[0, -1])
+        with synchronous():
+            shown = predictions[v].sel(time=truth["time"].values).load()
+        plotting.save(plot_sequences(truth, {str(n): shown.sel(model=n) for n in shown["model"].values},
+                                     last_input=last), fig_dir / f"sequence_{group}.png")
+        plotting.save(self._skill_figure(int(predictions.sizes["time"]), {n: s[v]["by_lead_time"] for n, s in scores.items()}),
+                      fig_dir / f"skill_by_lead_time_{group}.png")
 
     def summary_figures(self, fig_dir: Path, result: dict, histories, models) -> None:
         """This task's score bars (errors: lower is better; CSI: higher is better) as ``metrics.png`` and
@@ -120,11 +182,11 @@ class NowcastEvaluation(Evaluation):
         plotting.save(plot_sequences(truth[v].isel(time=case), {n: p[v].isel(time=case) for n, p in predictions.items()},
                                      last_input=last_input),
                       fig_dir / f"sequence_{group}.png")
-        plotting.save(self._skill_figure(truth[v], {n: s[v]["by_lead_time"] for n, s in scores.items()}),
+        plotting.save(self._skill_figure(truth.sizes["time"], {n: s[v]["by_lead_time"] for n, s in scores.items()}),
                       fig_dir / f"skill_by_lead_time_{group}.png")
 
-    def _skill_figure(self, truth: xr.DataArray, by_lead_time: dict[str, dict[str, dict[str, float]]]) -> plt.Figure:
-        """Scores per lead time of each prediction (``by_lead_time``: {name: its scores' ``by_lead_time``})."""
+    def _skill_figure(self, n_cases: int, by_lead_time: dict[str, dict[str, dict[str, float]]]) -> plt.Figure:
+        """Scores per lead time of each of ``n_cases`` predictions (``by_lead_time``: {name: its scores' ``by_lead_time``})."""
         t = self.figure_threshold
         high = max(self.thresholds) if self.thresholds else t
         high = next((x for x in sorted(self.thresholds) if x > t and x <= 5.0), high)
@@ -146,7 +208,7 @@ class NowcastEvaluation(Evaluation):
                 ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"Skill per lead time over {truth.sizes['time']} test nowcasts (event: rain >= threshold; "
+        fig.suptitle(f"Skill per lead time over {n_cases} test nowcasts (event: rain >= threshold; "
                      "cells outside the radar's range left out)", fontsize=10)
         return fig
 

@@ -1,0 +1,188 @@
+"""Streaming, distributed evaluation: scores from sufficient statistics summed batch by batch and over DDP
+ranks, predictions appended batch by batch to per-rank part stores and merged into the run's NetCDF.
+
+Nothing of a whole split is held in memory: each batch's predictions, truth and baselines are turned into
+sums (:class:`Sums`: squared and absolute errors, counts, contingency tables, FSS fraction sums ...) and
+appended to this rank's Zarr part store (:class:`PredictionParts`), then dropped. At the end the sums are
+added over the ranks of a running ``torch.distributed`` process group (one ``all_reduce``), so every score
+is the score of the whole evaluation set, computed once from its totals (not a mean of per-batch or
+per-rank scores); rank 0 then merges the parts into ``<split>_predictions_<group>.nc`` chunk by chunk.
+The part stores live in the run directory (``.parts/``), which every rank must see (a shared file system,
+as a run directory under DDP always is).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+import xarray as xr
+
+from climateml.data.base import distributed_world
+from climateml.writers import write_cf
+
+
+@runtime_checkable
+class BatchData(Protocol):
+    """What the streaming evaluator calls on a DataModule, one batch of its loader at a time.
+
+    ``indices`` are the positions, in the split, of the batch's samples (this rank's shard of the split's
+    loader, in order); the values are in physical units, as :meth:`to_xarray` gives them for a whole split.
+    """
+
+    def dataloader(self, split: str, shuffle: bool = False, distributed: bool = False): ...
+
+    def batch_to_xarray(self, values, split: str, indices: Sequence[int], batch: Mapping) -> dict[str, xr.Dataset]:
+        """The model's outputs for the samples ``indices`` of ``split``: {group: Dataset}, as ``to_xarray``."""
+
+    def batch_truth(self, batch: Mapping, split: str, indices: Sequence[int]) -> dict[str, xr.Dataset]:
+        """The observed values of the batch: {group: Dataset}, as ``truth``."""
+
+
+@runtime_checkable
+class NowcastBatchData(BatchData, Protocol):
+    """A nowcasting DataModule, one batch at a time: the baselines extrapolate the batch's past frames."""
+
+    n_out: int
+
+    def batch_past_frames(self, batch: Mapping) -> np.ndarray:
+        """(windows, n_in, y, x) [mm/h] of the batch: what persistence and optical flow extrapolate."""
+
+
+class Sums:
+    """Named float64 arrays added batch by batch (:meth:`add`), then over DDP ranks (:meth:`all_reduce`).
+
+    Keys are tuples of strings, e.g. ``(group, entry, variable, statistic)``. Alongside the sums, a
+    :meth:`pick` keeps, per key, the sample with the highest value (the lowest index on a tie), e.g. the
+    rainiest test case a figure shows; picks are reduced over the ranks too.
+    """
+
+    def __init__(self):
+        self.values: dict[tuple, np.ndarray] = {}
+        self.picks: dict[tuple, tuple[float, int]] = {}
+
+    def add(self, key: tuple, statistics: Mapping[str, np.ndarray]) -> None:
+        for name, value in statistics.items():
+            full = (*key, name)
+            value = np.asarray(value, dtype=np.float64)
+            self.values[full] = self.values[full] + value if full in self.values else value.copy()
+
+    def pick(self, key: tuple, values: Sequence[float], indices: Sequence[int]) -> None:
+        """Keep the sample of ``indices`` with the highest of ``values`` if it beats the one kept under ``key``."""
+        for value, index in zip(np.asarray(values, dtype=float), indices):
+            self.picks[key] = _better(self.picks.get(key), (float(value), int(index)))
+
+    def group(self, *prefix) -> dict[str, np.ndarray]:
+        """{statistic: sum} of the keys starting with ``prefix`` (one level below it)."""
+        n = len(prefix)
+        return {k[n]: v for k, v in self.values.items() if k[:n] == prefix and len(k) == n + 1}
+
+    def all_reduce(self) -> None:
+        """Add the sums of every rank (and keep the best pick of all) when a process group is running.
+
+        Every rank must call it. A rank that saw no batch (fewer samples than ranks) has no keys; the keys and
+        shapes are gathered first, so every rank then reduces the same vector.
+        """
+        world, _ = distributed_world()
+        if world == 1:
+            return
+        dist = torch.distributed
+        shapes: list = [None] * world
+        dist.all_gather_object(shapes, ({k: v.shape for k, v in self.values.items()}, self.picks))
+        every: dict[tuple, tuple] = {}
+        for rank_shapes, picks in shapes:
+            every.update(rank_shapes)
+            for key, p in picks.items():
+                self.picks[key] = _better(self.picks.get(key), p)
+        keys = sorted(every)
+        flat = np.concatenate([self.values.get(k, np.zeros(every[k])).ravel() for k in keys]) if keys else np.zeros(0)
+        total = torch.from_numpy(flat.astype(np.float64))
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        total, start = total.numpy(), 0
+        for k in keys:
+            size = int(np.prod(every[k]))
+            self.values[k] = total[start:start + size].reshape(every[k])
+            start += size
+
+
+def _better(kept: tuple[float, int] | None, new: tuple[float, int]) -> tuple[float, int]:
+    if kept is None or new[0] > kept[0] or (new[0] == kept[0] and new[1] < kept[1]):
+        return new
+    return kept
+
+
+def synchronous():
+    """Dask's synchronous scheduler: one chunk (one batch) in memory at a time, and no thread pool (a pool
+    inherited over a fork would never answer)."""
+    import dask
+
+    return dask.config.set(scheduler="synchronous")
+
+
+def barrier() -> None:
+    if distributed_world()[0] > 1:
+        torch.distributed.barrier()
+
+
+class PredictionParts:
+    """Each rank's predictions, appended batch by batch along ``time`` to one Zarr store per group
+    (``<folder>/<group>.rank<r>.zarr``); read back lazily (:meth:`open`) and merged into one NetCDF (:meth:`merge`).
+
+    A variable without a ``time`` dim (``lead_time``, the grid, 2-d lat / lon) is written with the first batch
+    only. Each rank writes only its own stores, so ranks never write the same file.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        _, self.rank = distributed_world()
+        self.written: set[str] = set()
+
+    def _store(self, group: str, rank: int) -> Path:
+        return self.folder / f"{group}.rank{rank}.zarr"
+
+    def clear(self) -> None:
+        """Remove what an earlier (e.g. killed) run left (rank 0, before any rank writes)."""
+        if self.rank == 0 and self.folder.exists():
+            shutil.rmtree(self.folder)
+        barrier()
+
+    def append(self, group: str, ds: xr.Dataset) -> None:
+        store = self._store(group, self.rank)
+        ds = ds.copy()
+        for v in ds.variables.values():
+            v.encoding = {}
+        if group not in self.written:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            ds.to_zarr(store, mode="w", zarr_format=2, consolidated=False)
+            self.written.add(group)
+        else:
+            fixed = [n for n in ds.variables if "time" not in ds[n].dims]
+            ds.drop_vars(fixed).to_zarr(store, append_dim="time", zarr_format=2, consolidated=False)
+
+    def groups(self) -> list[str]:
+        return sorted({p.name.rsplit(".rank", 1)[0] for p in self.folder.glob("*.rank*.zarr")})
+
+    def open(self, group: str) -> xr.Dataset:
+        """Every rank's predictions of ``group``, lazily (dask, one chunk per batch), in ``time`` order."""
+        stores = sorted(self.folder.glob(f"{group}.rank*.zarr"))
+        if not stores:
+            raise FileNotFoundError(f"{self.folder}: no predictions of {group!r} were written")
+        parts = [xr.open_zarr(s, consolidated=False) for s in stores]
+        if len(parts) == 1:
+            return parts[0]
+        merged = xr.concat(parts, dim="time", data_vars="minimal", coords="minimal", compat="override",
+                           join="override")
+        return merged.sortby("time")
+
+    def merge(self, name: str, path: Path, title: str, **attrs) -> Path:
+        """Write the predictions of group ``name`` to one CF NetCDF ``path`` (atomically), chunk by chunk from the parts."""
+        with synchronous():
+            return write_cf(self.open(name), path, title=title, **attrs)
+
+    def remove(self) -> None:
+        barrier()
+        if self.rank == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
