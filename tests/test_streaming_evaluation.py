@@ -105,7 +105,10 @@ def test_sums_pick_the_highest_value_and_the_first_index_on_a_tie():
     np.testing.assert_array_equal(sums.group("g", "model", "v")["count"], [4.0, 6.0])
     sums.pick(("g", "wet"), [5, 9, 9], [10, 11, 12])
     sums.pick(("g", "wet"), [9, 2], [3, 4])
-    assert sums.picks[("g", "wet")] == (9.0, 3)
+    assert sums.picks[("g", "wet")] == [(9.0, 3)]
+    sums.pick(("g", "top2"), [5, 9, 9, 1], [10, 11, 12, 3], k=2)
+    sums.pick(("g", "top2"), [7, 9], [4, 13], k=2)
+    assert sums.picks[("g", "top2")] == [(9.0, 11), (9.0, 12)]
 
 
 def _rank(rank: int, world: int, port: int, radar_dir: Path, out: Path) -> None:

@@ -292,21 +292,23 @@ class SegmentationDataModule(ClimateDataModule):
         coords = {"lat": self.grid["lat"].copy(), "lon": self.grid["lon"].copy()}
         return FieldLayout(list(variables), ("lat", "lon"), coords, attrs, sample_dim="time")
 
-    def _time(self, split: str) -> xr.DataArray:
-        return xr.DataArray(self.dates(split), dims="time", attrs={"long_name": "date of the snapshot (YYYY-MM-DD)"})
+    def _time(self, split: str, indices=None) -> xr.DataArray:
+        dates = self.dates(split)
+        dates = dates if indices is None else [dates[int(i)] for i in indices]  # some samples (a batch)
+        return xr.DataArray(dates, dims="time", attrs={"long_name": "date of the snapshot (YYYY-MM-DD)"})
 
-    def to_xarray(self, values: torch.Tensor | np.ndarray, split: str) -> dict[str, xr.Dataset]:
+    def to_xarray(self, values: torch.Tensor | np.ndarray, split: str, indices=None) -> dict[str, xr.Dataset]:
         """Logits (samples, class, lat, lon) -> ``LABELS`` (argmax) and ``probability`` (softmax over
-        ``class``) on the input's lat / lon, one time step per date of ``split``."""
+        ``class``) on the input's lat / lon, one time step per date of ``split`` (or of its samples ``indices``)."""
         logits = torch.as_tensor(values).float()
-        n = len(self.dates(split))
+        n = len(self.dates(split)) if indices is None else len(indices)
         if logits.ndim != 4 or logits.shape[0] != n or logits.shape[1] != len(CLASS_NAMES):
             raise DataError(f"predictions of shape {tuple(logits.shape)} do not fit the {n} {split} dates "
                             f"x {len(CLASS_NAMES)} classes x (lat, lon)")
         prob = torch.softmax(logits, dim=1)
         attrs = {"probability": {"long_name": "class probability", "units": "1"},
                  LABEL_VAR: {"long_name": "predicted label", **FLAG_ATTRS}}
-        time = self._time(split)
+        time = self._time(split, indices)
         probability = self._layout(["probability"], attrs).to_xarray(prob[:, :, None], time,
                                                                       extra_dims={"class": list(CLASS_NAMES)})
         labels = self._layout([LABEL_VAR], attrs).to_xarray(prob.argmax(1, keepdim=True).numpy().astype(np.int64), time)
@@ -319,14 +321,27 @@ class SegmentationDataModule(ClimateDataModule):
         layout = self._layout([LABEL_VAR], {LABEL_VAR: {"long_name": "expert label", **FLAG_ATTRS}})
         return {self.sample_split(split): layout.to_xarray(labels, self._time(split))}
 
-    def fields(self, split: str, channels: Sequence[str] | None = None) -> xr.Dataset:
-        """The raw input fields (physical units, with the files' attributes) of a split's dates, from each
-        date's first file; e.g. for the heuristic baseline and the figures."""
+    def fields(self, split: str, channels: Sequence[str] | None = None, indices=None) -> xr.Dataset:
+        """The raw input fields (physical units, with the files' attributes) of a split's dates (or of its
+        samples ``indices``), from each date's first file; e.g. for the heuristic baseline and the figures."""
         names = list(channels or self.channels)
-        data = np.stack([read_fields(s.files[0], names) for s in self._snapshots(split)])
-        return self.fields_layout(names).to_xarray(data, self._time(split))
+        snapshots = self._snapshots(split)
+        chosen = snapshots if indices is None else [snapshots[int(i)] for i in indices]
+        data = np.stack([read_fields(s.files[0], names) for s in chosen])
+        return self.fields_layout(names).to_xarray(data, self._time(split, indices))
 
     def inputs_xarray(self, split: str) -> xr.DataArray:
         """The split's model inputs on (time, channel, lat, lon) in physical units, channels in the model's
         order: what attribution maps are computed on, so they come back on the files' grid."""
         return self.fields(split).to_array("channel").transpose("time", "channel", "lat", "lon").rename("fields")
+
+    # ---- one batch at a time (the streaming evaluation) ----
+    def batch_to_xarray(self, values, split: str, indices, batch) -> dict[str, xr.Dataset]:
+        """:meth:`to_xarray` of the samples ``indices`` of ``split`` (one batch of its loader)."""
+        return self.to_xarray(values, split, indices)
+
+    def batch_truth(self, batch, split: str, indices) -> dict[str, xr.Dataset]:
+        """:meth:`truth` of the samples ``indices`` of ``split``: the batch's (merged) expert labels."""
+        layout = self._layout([LABEL_VAR], {LABEL_VAR: {"long_name": "expert label", **FLAG_ATTRS}})
+        labels = batch["y"].cpu().numpy().astype(np.int64)[:, None]
+        return {self.sample_split(split): layout.to_xarray(labels, self._time(split, indices))}

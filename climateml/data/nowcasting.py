@@ -366,11 +366,11 @@ class NowcastingDataModule(ClimateDataModule):
         values = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.array(values)
         unseen = np.isnan(self.batch_past_frames(batch)[:, -1:])
         values = np.where(unseen, np.float32(np.nan), values).astype(values.dtype, copy=False)
-        return {self._split(split): self._dataset(values, split, indices=indices)}
+        return {self.sample_split(split): self._dataset(values, split, indices=indices)}
 
     def batch_truth(self, batch, split: str, indices) -> dict[str, xr.Dataset]:
         """:meth:`truth` of the windows ``indices`` of ``split``: the batch's future frames [mm/h]."""
-        return {self._split(split): self._dataset(batch["y"].float().cpu().numpy(), split, indices=indices)}
+        return {self.sample_split(split): self._dataset(batch["y"].float().cpu().numpy(), split, indices=indices)}
 
     def batch_past_frames(self, batch) -> np.ndarray:
         """:meth:`past_frames` of a batch: (windows, n_in, y, x) [mm/h]."""

@@ -148,7 +148,7 @@ class NowcastEvaluation(Evaluation):
         """The rainiest window read back (its predictions from the written file, its frames from the data) and
         the skill per lead time from the scores."""
         v = "rain_rate"
-        case = sums.picks[(group, "rainiest")][1]
+        case = sums.picks[(group, "rainiest")][0][1]
         sample = torch.utils.data.default_collate([self.datamodule.dataset(self.split)[case]])
         truth = self.datamodule.batch_truth(sample, self.split, [case])[group][v].isel(time=0)
         last = truth.isel(lead_time=0).copy(data=self.datamodule.batch_past_frames(sample)[0, -1])

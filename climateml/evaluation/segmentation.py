@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import xarray as xr
 
 from climateml import plotting
 from climateml.contracts import FieldData, require
 from climateml.evaluation.base import Evaluation
+from climateml.evaluation.streaming import SegmentationBatchData, synchronous
 from climateml.metrics.segmentation import CLASS_NAMES, confusion_matrix, scores_from_confusion
 from climateml.models.heuristic_detection import HeuristicDetector
 
@@ -77,7 +79,44 @@ class SegmentationEvaluation(Evaluation):
 
     def score_variable(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, float]:
         """IoU, precision and recall per class and mean IoU, from the confusion matrix of every test pixel."""
-        return scores_from_confusion(confusion_matrix(pred, truth, len(CLASS_NAMES)), CLASS_NAMES)
+        return self.scores_from_statistics(self.statistics(pred, truth, variable), variable)
+
+    def streams(self, datamodule) -> bool:
+        """Batch by batch for a DataModule that serves its batches' labels and fields (:class:`SegmentationBatchData`)."""
+        return isinstance(datamodule, SegmentationBatchData)
+
+    def batch_baselines(self, datamodule, batch, indices) -> dict[str, dict[str, xr.Dataset]]:
+        """The heuristic on the raw fields of the batch's dates."""
+        if self.detector is None:
+            return {}
+        fields = datamodule.fields(self.split, self._detector_fields(datamodule), indices)
+        return {"heuristic": {self.split: self.detector.predict(fields).to_dataset(name="LABELS")}}
+
+    def statistics(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, np.ndarray]:
+        """The confusion matrix (rows truth, columns prediction) of the pixels given."""
+        return {"confusion": confusion_matrix(pred, truth, len(CLASS_NAMES))}
+
+    def scores_from_statistics(self, statistics, variable: str) -> dict[str, float]:
+        """IoU, precision, recall per class, mean IoU and accuracy from the confusion matrix summed over every
+        test pixel (not a mean of per-batch scores); area is not weighted: every pixel counts once."""
+        return scores_from_confusion(statistics["confusion"], CLASS_NAMES)
+
+    def observe(self, sums, group: str, truth: xr.Dataset, indices) -> None:
+        """Keeps the ``n_figure_samples`` dates with the most feature (TC or AR) pixels for the mask figures."""
+        sums.pick((group, "features"), (truth["LABELS"] > 0).sum(("lat", "lon")).values, indices, self.n_figure_samples)
+
+    def streamed_figures(self, fig_dir: Path, group: str, predictions: xr.Dataset, sums, scores) -> None:
+        """A mask figure of each date picked, its predictions read back from the written file."""
+        dm = self.datamodule
+        for _, i in sums.picks.get((group, "features"), []):
+            sample = torch.utils.data.default_collate([dm.dataset(self.split)[i]])
+            truth = dm.batch_truth(sample, self.split, [i])[group]["LABELS"].isel(time=0)
+            date = str(truth["time"].values)
+            field = dm.fields(self.split, [self.figure_field], [i])[self.figure_field].isel(time=0)
+            with synchronous():
+                shown = predictions["LABELS"].sel(time=date).load()
+            masks = {str(name): shown.sel(model=name) for name in shown["model"].values}
+            plotting.save(plot_masks(field, truth, masks, CLASS_NAMES), fig_dir / f"masks_{date}.png")
 
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
                 members: xr.Dataset, scores: dict[str, dict[str, dict]]) -> None:

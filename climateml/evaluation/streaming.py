@@ -43,6 +43,14 @@ class BatchData(Protocol):
 
 
 @runtime_checkable
+class SegmentationBatchData(BatchData, Protocol):
+    """A segmentation DataModule, one batch at a time: the heuristic reads the batch's raw fields."""
+
+    def fields(self, split: str, channels: Sequence[str] | None = None, indices: Sequence[int] | None = None) -> xr.Dataset:
+        """The raw fields ``channels`` of the samples ``indices`` of ``split`` (physical units)."""
+
+
+@runtime_checkable
 class NowcastBatchData(BatchData, Protocol):
     """A nowcasting DataModule, one batch at a time: the baselines extrapolate the batch's past frames."""
 
@@ -57,12 +65,13 @@ class Sums:
 
     Keys are tuples of strings, e.g. ``(group, entry, variable, statistic)``. Alongside the sums, a
     :meth:`pick` keeps, per key, the sample with the highest value (the lowest index on a tie), e.g. the
-    rainiest test case a figure shows; picks are reduced over the ranks too.
+    rainiest test case a figure shows: ``picks[key]`` lists (value, index), best first; picks are reduced over the
+    ranks too.
     """
 
     def __init__(self):
         self.values: dict[tuple, np.ndarray] = {}
-        self.picks: dict[tuple, tuple[float, int]] = {}
+        self.picks: dict[tuple, list[tuple[float, int]]] = {}
 
     def add(self, key: tuple, statistics: Mapping[str, np.ndarray]) -> None:
         for name, value in statistics.items():
@@ -70,10 +79,9 @@ class Sums:
             value = np.asarray(value, dtype=np.float64)
             self.values[full] = self.values[full] + value if full in self.values else value.copy()
 
-    def pick(self, key: tuple, values: Sequence[float], indices: Sequence[int]) -> None:
-        """Keep the sample of ``indices`` with the highest of ``values`` if it beats the one kept under ``key``."""
-        for value, index in zip(np.asarray(values, dtype=float), indices):
-            self.picks[key] = _better(self.picks.get(key), (float(value), int(index)))
+    def pick(self, key: tuple, values: Sequence[float], indices: Sequence[int], k: int = 1) -> None:
+        """Keep, under ``key``, the ``k`` samples of the highest ``values`` seen so far (on a tie the lower index)."""
+        self.picks[key] = _best([*self.picks.get(key, []), *zip(map(float, values), map(int, indices))], k)
 
     def group(self, *prefix) -> dict[str, np.ndarray]:
         """{statistic: sum} of the keys starting with ``prefix`` (one level below it)."""
@@ -96,7 +104,7 @@ class Sums:
         for rank_shapes, picks in shapes:
             every.update(rank_shapes)
             for key, p in picks.items():
-                self.picks[key] = _better(self.picks.get(key), p)
+                self.picks[key] = _best({*self.picks.get(key, []), *p}, max(len(p), len(self.picks.get(key, []))))
         keys = sorted(every)
         flat = np.concatenate([self.values.get(k, np.zeros(every[k])).ravel() for k in keys]) if keys else np.zeros(0)
         total = torch.from_numpy(flat.astype(np.float64))
@@ -108,10 +116,8 @@ class Sums:
             start += size
 
 
-def _better(kept: tuple[float, int] | None, new: tuple[float, int]) -> tuple[float, int]:
-    if kept is None or new[0] > kept[0] or (new[0] == kept[0] and new[1] < kept[1]):
-        return new
-    return kept
+def _best(candidates, k: int) -> list[tuple[float, int]]:
+    return sorted(set(candidates), key=lambda p: (-p[0], p[1]))[:k]
 
 
 def synchronous():
