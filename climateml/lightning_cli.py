@@ -106,21 +106,26 @@ class ClimateCLI(LightningCLI):
                 histories[f"member {i}" if n_members > 1 else "model"] = Path(self.trainer.logger.log_dir) / "metrics.csv"
             if n_members > 1:
                 self._finish_run()
+        evaluation = self.config_init[self.subcommand].get("evaluation")
+        accelerator = "gpu" if self.trainer.strategy.root_device.type == "cuda" else "cpu"
+        result = None
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # DDP: every process has trained and tested. The evaluation writes files once, on rank 0, with its own
-            # one-device trainer: no collective call is left, so the processes part here (and exit cleanly)
+            # DDP: every process has trained and tested. A streaming evaluation runs on every rank, each scoring
+            # its shard (the sums are reduced, rank 0 writes); otherwise rank 0 evaluates alone, below. Then no
+            # collective call is left, so the processes part here (and exit cleanly)
             self.trainer.strategy.barrier("climateml fit done")
+            if evaluation is not None and evaluation.streams(self.datamodule):
+                result = evaluation.run(members, self.datamodule, run_dir, histories, accelerator=accelerator)
             torch.distributed.destroy_process_group()
         if not self.trainer.is_global_zero:
             return
-        evaluation = self.config_init[self.subcommand].get("evaluation")
         print(f"\nrun directory: {run_dir}")
         if evaluation is None:
             print("  no `evaluation:` in the config: metrics.json and figures were not written")
             self._finish_run()
             return
-        device = self.trainer.strategy.root_device.type
-        result = evaluation.run(members, self.datamodule, run_dir, histories, accelerator="gpu" if device == "cuda" else "cpu")
+        if result is None:
+            result = evaluation.run(members, self.datamodule, run_dir, histories, accelerator=accelerator)
         print("\n".join(evaluation.summary(result)))
         self._finish_run()
 

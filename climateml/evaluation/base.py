@@ -8,6 +8,13 @@ chosen in the task's YAML under ``evaluation:``. ``metrics.json`` always has one
 ``{variable: {"model": {...}, "<baseline>": {...}}}``, plus one reserved top-level key, ``"verdict"``
 (:data:`VERDICT_KEY`, never a variable's name): who won on each headline score, see :func:`verdict`. Readers
 that iterate over the variables skip it (:func:`variables`).
+
+A task whose DataModule serves its batches (:meth:`Evaluation.streams`) is scored batch by batch
+(:meth:`Evaluation.run_streaming`, :mod:`climateml.evaluation.streaming`): on every DDP rank, each its own
+shard; sufficient statistics summed over the batches and ranks, so every score is the score of the whole
+evaluation set (never a mean of per-batch or per-rank scores); predictions appended to the run's files batch
+by batch; figures read back the few samples they show. Otherwise (:meth:`Evaluation.run_in_memory`) the split
+is predicted, held and scored whole on one process.
 """
 
 from __future__ import annotations
