@@ -168,3 +168,36 @@ def test_streaming_evaluation_ddp_equals_one_process(radar_dir, tmp_path):
     xr.testing.assert_allclose(xr.open_dataset(ddp / "test_predictions_test.nc"),  # float32 nowcasts, as above
                                xr.open_dataset(single / "test_predictions_test.nc"), rtol=1e-5, atol=1e-4)
     assert (ddp / "figures" / "sequence_test.png").exists()
+
+
+def test_streaming_temperature_evaluation_equals_the_in_memory_scores(small_climatebench, tmp_path):
+    """Two test scenarios in batches of 16 years (a batch spans both), an ensemble of two members and two fitted
+    baselines: area-weighted RMSE, MAE, bias, R², NRMSE and the members' scores summed batch by batch equal
+    those of the in-memory evaluation (the xarray metrics on whole scenarios); the files hold the same."""
+    from climateml.data import ClimateBenchDataModule
+    from climateml.evaluation import TemperatureEvaluation
+    from climateml.models import TemperatureEmulator
+
+    dm = ClimateBenchDataModule(str(small_climatebench), test_scenarios=["ssp245", "ssp126"], batch_size=16)
+    dm.setup()
+    assert len(dm.dataset("test")) % 16  # the batches straddle the two scenarios
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(TemperatureEmulator(dm.spec))
+
+    def evaluation():
+        return TemperatureEvaluation(baselines=["pattern_scaling", "linear"], nrmse_years=(2080, 2100),
+                                     make_figures=False)
+
+    assert evaluation().streams(dm)
+    streamed = evaluation().run(members, dm, tmp_path / "streamed", accelerator="cpu")
+    held = evaluation().run_in_memory(members, dm, tmp_path / "held", None, "cpu")
+    for name, scores in held["tas"].items():
+        assert set(streamed["tas"][name]) == set(scores)
+        for key, value in scores.items():
+            assert streamed["tas"][name][key] == pytest.approx(value, rel=1e-5, abs=1e-9), (name, key)
+    assert {"nrmse_total", "r2", "ensemble_spread", "member_rmse_std"} <= set(streamed["tas"]["model"])
+    for group in ("ssp245", "ssp126"):
+        xr.testing.assert_allclose(xr.open_dataset(tmp_path / "streamed" / f"test_predictions_{group}.nc"),
+                                   xr.open_dataset(tmp_path / "held" / f"test_predictions_{group}.nc"))

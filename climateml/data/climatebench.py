@@ -463,3 +463,24 @@ class ClimateBenchDataModule(ClimateDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self.reducer.load_state_dict(state_dict["reducer"])
+
+    # ---- one batch at a time (the streaming evaluation) ----
+    def _batch_groups(self, split: str, indices) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{scenario: (positions in the batch, years)} of the samples ``indices`` of ``split``, in scenario order."""
+        origin = self.sample_origin["test" if split == "test" else split]
+        idx = np.asarray(indices, dtype=np.int64)
+        return {s: (np.nonzero(origin["scenario"][idx] == s)[0], origin["year"][idx][origin["scenario"][idx] == s])
+                for s in self.groups(split) if (origin["scenario"][idx] == s).any()}
+
+    def batch_to_xarray(self, values, split: str, indices, batch) -> dict[str, xr.Dataset]:
+        """:meth:`to_xarray` of the samples ``indices`` of ``split``: one Dataset per scenario the batch holds."""
+        layout, out = self.layout, {}
+        for s, (rows, years) in self._batch_groups(split, indices).items():
+            out[s] = layout.to_xarray(values[torch.as_tensor(rows)] if isinstance(values, torch.Tensor) else values[rows],
+                                      years)
+            out[s].attrs["scenario"] = s
+        return out
+
+    def batch_truth(self, batch, split: str, indices) -> dict[str, xr.Dataset]:
+        """:meth:`truth` of the samples ``indices`` of ``split``: each scenario's target maps of the batch's years."""
+        return {s: self.target_dataset(s).sel(time=years) for s, (_, years) in self._batch_groups(split, indices).items()}

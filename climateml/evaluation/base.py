@@ -244,6 +244,11 @@ class Evaluation:
         """One variable's scores from its statistics summed over the whole evaluation set."""
         raise NotImplementedError
 
+    def member_statistics(self, members: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, np.ndarray]:
+        """Sufficient statistics of the members (dim ``member``) of an ensemble of more than one, added to the
+        model's (:meth:`scores_from_statistics` sees them beside its own); none by default."""
+        return {}
+
     def observe(self, sums, group: str, truth: xr.Dataset, indices: Sequence[int]) -> None:
         """Note what the figures will need of a batch (e.g. :meth:`Sums.pick` of the rainiest sample)."""
 
@@ -355,6 +360,9 @@ class Evaluation:
             for name, pred in preds.items():
                 for v in truth[group].data_vars:
                     sums.add((group, name, v), self.statistics(pred[v], truth[group][v], v))
+            if member_ds.sizes["member"] > 1:
+                for v in truth[group].data_vars:
+                    sums.add((group, "model", v), self.member_statistics(member_ds[v], truth[group][v], v))
             self.observe(sums, group, truth[group], indices)
             parts.append(group, self._prediction_dataset(preds, member_ds))
 

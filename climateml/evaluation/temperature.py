@@ -11,6 +11,8 @@ from climateml import metrics, plotting
 from climateml.contracts import TabularData, require
 from climateml.errors import ConfigError, check_positive
 from climateml.evaluation.base import Evaluation
+from climateml.evaluation.streaming import BatchData, synchronous
+from climateml.grid import area_weights
 from climateml.models.baselines import LinearRegression, PatternScaling
 
 #: baseline name in the config -> its key in metrics.json, prediction files and figures
@@ -19,6 +21,12 @@ BASELINE_KEYS = {"pattern_scaling": "pattern_scaling", "linear": "linear_baselin
 BASELINES = tuple(BASELINE_KEYS)
 #: options each EOF baseline accepts under ``baseline_options`` (see climateml.models.sklearn_baselines)
 EOF_BASELINE_OPTIONS = {"n_eofs", "rf_options", "gp_options", "seed"}
+
+
+def _cell_weights(truth: xr.DataArray) -> xr.DataArray:
+    """The area weight (cos lat; equal without a ``lat`` dim) of every value of ``truth``."""
+    w = area_weights(truth)
+    return xr.ones_like(truth, dtype=np.float64) if w is None else xr.broadcast(w, truth)[0].astype(np.float64)
 
 
 class TemperatureEvaluation(Evaluation):
@@ -146,6 +154,96 @@ class TemperatureEvaluation(Evaluation):
         if len(late):
             out.update(metrics.nrmse(pred.sel(time=late), truth.sel(time=late)))
         return out
+
+    # ---- batch by batch ----
+    def streams(self, datamodule) -> bool:
+        """Batch by batch for a DataModule that serves its batches' years (:class:`BatchData`)."""
+        return isinstance(datamodule, BatchData)
+
+    def batch_baselines(self, datamodule, batch, indices) -> dict[str, dict[str, xr.Dataset]]:
+        """Each baseline (fitted once per run on the training split) applied to the batch's inputs."""
+        fitted = self.run_state.setdefault("fitted", {})
+        out = {}
+        for name in self.baseline_names:
+            if name not in fitted:
+                fitted[name] = self.fit_baseline(name, datamodule)
+            out[BASELINE_KEYS[name]] = datamodule.batch_to_xarray(fitted[name](batch["x"]), self.split, indices, batch)
+        return out
+
+    def statistics(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, np.ndarray]:
+        """Sums over the years given, where both fields are finite, with w the area weight of each cell (cos lat):
+        of w, w e, w |e|, w e^2 (e = pred - truth); per cell the count of years and the sums of w, the truth and
+        its square (R²: each cell's climatology over the whole test period); over the ``nrmse_years`` per cell
+        the sums of pred and truth, and per year the area-weighted global means of both (``global_mean_<year>``)."""
+        pred, truth = pred.astype(np.float64), truth.astype(np.float64)
+        valid = pred.notnull() & truth.notnull()
+        w = _cell_weights(truth).where(valid, 0.0)
+        e = (pred - truth).where(valid, 0.0)
+        t = truth.where(valid, 0.0)
+        out = {"weight": float(w.sum()), "error": float((w * e).sum()), "abs_error": float((w * abs(e)).sum()),
+               "squared_error": float((w * e ** 2).sum()), "cell_count": valid.sum("time").values,
+               "cell_weight": w.sum("time").values, "truth_sum": t.sum("time").values,
+               "truth_squared": (t ** 2).sum("time").values}
+        years = truth["time"].values
+        late = (years >= self.nrmse_years[0]) & (years <= self.nrmse_years[1])
+        out["late_pred_sum"] = pred.where(valid, 0.0).isel(time=late).sum("time").values
+        out["late_truth_sum"] = t.isel(time=late).sum("time").values
+        out["late_count"] = valid.isel(time=late).sum("time").values
+        gp, gt = metrics.global_mean(pred.where(valid)), metrics.global_mean(truth.where(valid))
+        for i in np.nonzero(late)[0]:
+            out[f"global_mean_{int(years[i])}"] = np.array([float(gp[i]), float(gt[i])])
+        return out
+
+    def member_statistics(self, members: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, np.ndarray]:
+        """Per member, the sum of w e^2 (its RMSE); the sum over years of the global mean of the members' spread
+        (standard deviation across members) and the number of years."""
+        e2 = ((members.astype(np.float64) - truth) ** 2)
+        w = _cell_weights(truth).where(truth.notnull(), 0.0)
+        return {"member_squared_error": (w * e2.fillna(0.0)).sum([d for d in e2.dims if d != "member"]).values,
+                "spread_sum": float(metrics.global_mean(members.std("member")).sum()),
+                "spread_years": float(truth.sizes["time"])}
+
+    def scores_from_statistics(self, statistics, variable: str) -> dict[str, float]:
+        """Area-weighted RMSE, MAE, bias and R² over every test year and cell, ClimateBench NRMSE over the
+        ``nrmse_years`` present, from the statistics summed over the whole test set (see :meth:`statistics`);
+        with members: ``ensemble_spread``, ``member_rmse_mean``, ``member_rmse_std``."""
+        s = statistics
+        weight = float(s["weight"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = np.where(s["cell_count"] > 0, s["cell_count"], np.nan)
+            cell_w = s["cell_weight"] / n
+            ss_tot = float(np.nansum(cell_w * (s["truth_squared"] - s["truth_sum"] ** 2 / n)))
+            out = {"rmse": float(np.sqrt(s["squared_error"] / weight)), "mae": float(s["abs_error"] / weight),
+                   "bias": float(s["error"] / weight),
+                   "r2": float(1.0 - s["squared_error"] / ss_tot) if ss_tot > 0 else float("nan")}
+            years = sorted(k for k in s if k.startswith("global_mean_"))
+            if years:
+                gm = np.stack([s[k] for k in years])
+                norm = abs(float(gm[:, 1].mean()))
+                late = np.where(s["late_count"] > 0, s["late_count"], np.nan)
+                diff = s["late_pred_sum"] / late - s["late_truth_sum"] / late
+                keep = np.isfinite(diff) & np.isfinite(cell_w)
+                spatial = float(np.sqrt(np.sum(cell_w[keep] * diff[keep] ** 2) / np.sum(cell_w[keep]))) / norm
+                glob = float(np.sqrt(np.mean((gm[:, 0] - gm[:, 1]) ** 2))) / norm
+                out.update(nrmse_spatial=spatial, nrmse_global=glob, nrmse_total=spatial + 5.0 * glob)
+            if "member_squared_error" in s:
+                member_rmse = np.sqrt(s["member_squared_error"] / weight)
+                out.update(ensemble_spread=float(s["spread_sum"] / s["spread_years"]),
+                           member_rmse_mean=float(np.mean(member_rmse)), member_rmse_std=float(np.std(member_rmse)))
+        return out
+
+    def streamed_figures(self, fig_dir: Path, group: str, predictions: xr.Dataset, sums, scores) -> None:
+        """The figures of :meth:`figures`, on the written predictions of the scenario read back lazily (the maps
+        read only their years; the series one variable at a time)."""
+        names = [str(n) for n in predictions["model"].values]
+        truth = self.datamodule.truth(self.split)[group]
+        preds = {n: predictions.sel(model=n)[list(truth.data_vars)] for n in names}
+        if all(f"{v}_members" in predictions for v in truth.data_vars):
+            members = xr.Dataset({v: predictions[f"{v}_members"] for v in truth.data_vars})
+        else:
+            members = preds["model"].expand_dims(member=[0])
+        with synchronous():
+            self.figures(fig_dir, group, truth, preds, members, scores)
 
     def member_scores(self, members: xr.Dataset, truth: xr.Dataset) -> dict[str, dict[str, float]]:
         """Ensemble spread (area-weighted mean std across members) and the members' own RMSE, mean and std."""
