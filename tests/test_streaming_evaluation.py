@@ -201,3 +201,35 @@ def test_streaming_temperature_evaluation_equals_the_in_memory_scores(small_clim
     for group in ("ssp245", "ssp126"):
         xr.testing.assert_allclose(xr.open_dataset(tmp_path / "streamed" / f"test_predictions_{group}.nc"),
                                    xr.open_dataset(tmp_path / "held" / f"test_predictions_{group}.nc"))
+
+
+def test_streaming_segmentation_evaluation_equals_the_in_memory_scores(tmp_path):
+    """5 test dates in batches of 2: the per-class scores of the model and the heuristic (run on each batch's
+    fields) from confusion matrices summed batch by batch equal those of the whole split in memory, and a
+    confusion matrix counted by hand from the written labels."""
+    from climateml.data.climatenet import SegmentationDataModule
+    from climateml.data.synthetic.climatenet import generate_climatenet
+    from climateml.evaluation.segmentation import SegmentationEvaluation
+    from climateml.metrics.segmentation import CLASS_NAMES, scores_from_confusion
+    from climateml.models.segmentation import SegmentationModel
+
+    generate_climatenet(tmp_path / "data", n_dates=10, nlat=17, nlon=24, seed=2, progress=False)
+    dm = SegmentationDataModule(str(tmp_path / "data"), channels=["TMQ", "U850", "V850", "PSL"], batch_size=2,
+                                val_fraction=0.2, test_fraction=0.5)
+    dm.setup()
+    torch.manual_seed(0)
+    model = SegmentationModel(dm.spec, depth=1, width=4, norm="group")
+    assert SegmentationEvaluation().streams(dm)
+    streamed = SegmentationEvaluation(make_figures=False).run([model], dm, tmp_path / "streamed", accelerator="cpu")
+    held = SegmentationEvaluation(make_figures=False).run_in_memory([model], dm, tmp_path / "held", None, "cpu")
+    assert set(streamed["LABELS"]) == {"model", "heuristic"}
+    written = xr.open_dataset(tmp_path / "streamed" / "test_predictions_test.nc")
+    xr.testing.assert_equal(written["LABELS"], xr.open_dataset(tmp_path / "held" / "test_predictions_test.nc")["LABELS"])
+    truth = dm.truth("test")["test"]["LABELS"].values.astype(int)
+    for name in ("model", "heuristic"):
+        pred = written["LABELS"].sel(model=name).values.astype(int)
+        by_hand = np.array([[np.sum((truth == i) & (pred == j)) for j in range(3)] for i in range(3)])
+        expected = scores_from_confusion(by_hand, CLASS_NAMES)
+        for key, value in expected.items():
+            assert streamed["LABELS"][name][key] == pytest.approx(value, nan_ok=True), (name, key)
+            assert held["LABELS"][name][key] == pytest.approx(value, nan_ok=True), (name, key)

@@ -135,6 +135,14 @@ def _module_device(module) -> torch.device:
     return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
+def _on_device(batch: Mapping, device: torch.device, module) -> dict:
+    """The batch on ``device``, its floating-point tensors in the dtype of ``module``'s weights (float64 under
+    ``precision: 64-true``, as the Trainer's precision plugin converts them)."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    return {k: v.to(device, dtype=dtype if v.is_floating_point() else v.dtype) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
 def _members(datasets: Sequence[dict[str, xr.Dataset]]) -> dict[str, xr.Dataset]:
     """Per group, the members' predictions stacked on a ``member`` dim."""
     return {g: xr.concat([d[g] for d in datasets], dim="member").assign_coords(member=np.arange(len(datasets)))
@@ -324,8 +332,7 @@ class Evaluation:
                     n = len(next(iter(batch.values())))
                     indices = shard[start:start + n]
                     start += n
-                    on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                    outputs = [m.predict_step(on_device, i).float().cpu() for m in models]
+                    outputs = [m.predict_step(_on_device(batch, device, m), i).float().cpu() for m in models]
                     self._stream_batch(datamodule, batch, indices, outputs, sums, parts)
         finally:
             for m, (training, was) in zip(models, states):
@@ -364,7 +371,8 @@ class Evaluation:
                 for v in truth[group].data_vars:
                     sums.add((group, "model", v), self.member_statistics(member_ds[v], truth[group][v], v))
             self.observe(sums, group, truth[group], indices)
-            parts.append(group, self._prediction_dataset(preds, member_ds))
+            if self.write_predictions or self.make_figures:  # the figures read the predictions back
+                parts.append(group, self._prediction_dataset(preds, member_ds))
 
     def _finish(self, per_group: dict, models, run_dir: Path, histories, write: bool = True) -> dict:
         """Scores of the groups aggregated; metrics.json with the verdicts, and the summary figures."""
