@@ -93,6 +93,12 @@ class NowcastEvaluation(Evaluation):
         :func:`~climateml.metrics.categorical.fss_components`."""
         spatial = [d for d in truth.dims if d not in ("time", "lead_time")]
         reduce = ["time", *spatial]
+        spacing = float(np.mean([np.abs(np.diff(truth[d].values)).mean() for d in spatial]))
+        self.run_state["lead_minutes"] = (truth["lead_time"].values / np.timedelta64(1, "m")).astype(float)
+        # plain arrays on the same dims, aligned once: no coordinates to align at every operation
+        pred, truth = xr.align(pred, truth, join="exact")
+        pred = xr.DataArray(pred.transpose(*truth.dims).values, dims=truth.dims)
+        truth = xr.DataArray(truth.values, dims=truth.dims)
         pred = pred.where(np.isfinite(truth)).astype(np.float64)  # sums in float64: exact enough over any split
         error = (pred - truth.astype(np.float64)).transpose("lead_time", ...)
         valid = error.notnull()
@@ -101,12 +107,10 @@ class NowcastEvaluation(Evaluation):
         for t in self.thresholds:
             table = categorical.contingency(pred, truth, t, dim=reduce).transpose("lead_time")
             out[f"table_{t:g}"] = np.stack([table[k].values for k in categorical.TABLE])
-        spacing = float(np.mean([np.abs(np.diff(truth[d].values)).mean() for d in spatial]))
         for km, cells in zip(self.fss_scales_km, categorical.fss_scales_km(self.fss_scales_km, spacing)):
             parts = categorical.fss_components(pred, truth, self.fss_threshold, cells, spatial_dims=spatial, dim="time")
             out[f"fss_{km:g}km"] = np.stack([parts["mse"].transpose("lead_time").values,
                                              parts["reference"].transpose("lead_time").values])
-        self.run_state["lead_minutes"] = (truth["lead_time"].values / np.timedelta64(1, "m")).astype(float)
         return out
 
     def scores_from_statistics(self, statistics, variable: str) -> dict:
