@@ -130,7 +130,10 @@ class NowcastEvaluation(Evaluation):
                 mse, ref = s[f"fss_{km:g}km"]
                 parts = xr.Dataset({"mse": ("lead_time", mse), "reference": ("lead_time", ref)})
                 per_lead[f"fss_{km:g}km"] = categorical.fss_from_components(parts).values
-        minutes = self.run_state["lead_minutes"]
+        minutes = self.run_state.get("lead_minutes")
+        if minutes is None:  # a DDP rank that scored no window (fewer windows than ranks) has the others' sums
+            step = float(self.datamodule.spec.options["time_step_minutes"])
+            minutes = step * np.arange(1, self.datamodule.n_out + 1)
         # the mean over the lead times where a score is defined (NaN only when it is defined at none)
         out: dict = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in per_lead.items()}
         out["by_lead_time"] = {f"{m:g}min": {k: float(v[i]) for k, v in per_lead.items()} for i, m in enumerate(minutes)}
