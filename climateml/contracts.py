@@ -10,7 +10,7 @@ run or a silent ``hasattr`` fallback.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -45,6 +45,42 @@ class TabularData(Protocol):
 
     def tensors(self, split: str) -> dict[str, torch.Tensor]:
         """``{"x": inputs, "y": targets}`` of every sample of ``split`` (predict: ``x`` only), physical units."""
+
+
+# ---- one batch at a time: what the streaming evaluation (climateml.evaluation.streaming) calls ----
+@runtime_checkable
+class BatchData(Protocol):
+    """What the streaming evaluator calls on a DataModule, one batch of its loader at a time.
+
+    ``indices`` are the positions, in the split, of the batch's samples (this rank's shard of the split's
+    loader, in order); the values are in physical units, as :meth:`to_xarray` gives them for a whole split.
+    """
+
+    def dataloader(self, split: str, shuffle: bool = False, distributed: bool = False): ...
+
+    def batch_to_xarray(self, values, split: str, indices: Sequence[int], batch: Mapping) -> dict[str, xr.Dataset]:
+        """The model's outputs for the samples ``indices`` of ``split``: {group: Dataset}, as ``to_xarray``."""
+
+    def batch_truth(self, batch: Mapping, split: str, indices: Sequence[int]) -> dict[str, xr.Dataset]:
+        """The observed values of the batch: {group: Dataset}, as ``truth``."""
+
+
+@runtime_checkable
+class SegmentationBatchData(BatchData, Protocol):
+    """A segmentation DataModule, one batch at a time: the heuristic reads the batch's raw fields."""
+
+    def fields(self, split: str, channels: Sequence[str] | None = None, indices: Sequence[int] | None = None) -> xr.Dataset:
+        """The raw fields ``channels`` of the samples ``indices`` of ``split`` (physical units)."""
+
+
+@runtime_checkable
+class NowcastBatchData(BatchData, Protocol):
+    """A nowcasting DataModule, one batch at a time: the baselines extrapolate the batch's past frames."""
+
+    n_out: int
+
+    def batch_past_frames(self, batch: Mapping) -> np.ndarray:
+        """(windows, n_in, y, x) [mm/h] of the batch: what persistence and optical flow extrapolate."""
 
 
 def members(protocol: type) -> list[str]:

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from climateml import metrics, plotting
-from climateml.contracts import NowcastData, require
+from climateml import plotting
+from climateml.contracts import NowcastBatchData, NowcastData, require
 from climateml.errors import ConfigError
 from climateml.evaluation.base import Evaluation
-from climateml.evaluation.streaming import NowcastBatchData, synchronous
+from climateml.evaluation.streaming import synchronous
 from climateml.metrics import categorical
 from climateml.models.extrapolation import METHODS, optical_flow_nowcast, persistence
 

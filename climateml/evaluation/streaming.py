@@ -8,14 +8,15 @@ added over the ranks of a running ``torch.distributed`` process group (one ``all
 is the score of the whole evaluation set, computed once from its totals (not a mean of per-batch or
 per-rank scores); rank 0 then merges the parts into ``<split>_predictions_<group>.nc`` chunk by chunk.
 The part stores live in the run directory (``.parts/``), which every rank must see (a shared file system,
-as a run directory under DDP always is).
+as a run directory under DDP always is). What the evaluator calls on a DataModule batch by batch is declared in
+:mod:`climateml.contracts` (:class:`~climateml.contracts.BatchData` and its task-specific extensions).
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,41 +24,6 @@ import xarray as xr
 
 from climateml.data.base import distributed_world
 from climateml.writers import write_cf
-
-
-@runtime_checkable
-class BatchData(Protocol):
-    """What the streaming evaluator calls on a DataModule, one batch of its loader at a time.
-
-    ``indices`` are the positions, in the split, of the batch's samples (this rank's shard of the split's
-    loader, in order); the values are in physical units, as :meth:`to_xarray` gives them for a whole split.
-    """
-
-    def dataloader(self, split: str, shuffle: bool = False, distributed: bool = False): ...
-
-    def batch_to_xarray(self, values, split: str, indices: Sequence[int], batch: Mapping) -> dict[str, xr.Dataset]:
-        """The model's outputs for the samples ``indices`` of ``split``: {group: Dataset}, as ``to_xarray``."""
-
-    def batch_truth(self, batch: Mapping, split: str, indices: Sequence[int]) -> dict[str, xr.Dataset]:
-        """The observed values of the batch: {group: Dataset}, as ``truth``."""
-
-
-@runtime_checkable
-class SegmentationBatchData(BatchData, Protocol):
-    """A segmentation DataModule, one batch at a time: the heuristic reads the batch's raw fields."""
-
-    def fields(self, split: str, channels: Sequence[str] | None = None, indices: Sequence[int] | None = None) -> xr.Dataset:
-        """The raw fields ``channels`` of the samples ``indices`` of ``split`` (physical units)."""
-
-
-@runtime_checkable
-class NowcastBatchData(BatchData, Protocol):
-    """A nowcasting DataModule, one batch at a time: the baselines extrapolate the batch's past frames."""
-
-    n_out: int
-
-    def batch_past_frames(self, batch: Mapping) -> np.ndarray:
-        """(windows, n_in, y, x) [mm/h] of the batch: what persistence and optical flow extrapolate."""
 
 
 class Sums:

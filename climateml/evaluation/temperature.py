@@ -8,10 +8,10 @@ import numpy as np
 import xarray as xr
 
 from climateml import metrics, plotting
-from climateml.contracts import TabularData, require
+from climateml.contracts import BatchData, TabularData, require
 from climateml.errors import ConfigError, check_positive
 from climateml.evaluation.base import Evaluation
-from climateml.evaluation.streaming import BatchData, synchronous
+from climateml.evaluation.streaming import synchronous
 from climateml.grid import area_weights
 from climateml.models.baselines import LinearRegression, PatternScaling
 
