@@ -10,7 +10,6 @@ import torchmetrics
 import xarray as xr
 from torch import nn
 
-from climateml import metrics
 from climateml.cli import main
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec, TensorDictDataset
@@ -50,8 +49,14 @@ class NextFrameData(ClimateDataModule):
         return self._layout
 
     def to_xarray(self, values, split: str) -> dict[str, xr.Dataset]:
-        split = self.sample_split(split)
-        return {split: self.layout.to_xarray(values, self.times[split][1])}  # on the targets' times
+        return self.batch_to_xarray(values, split, np.arange(len(values)))
+
+    def batch_to_xarray(self, values, split: str, indices, batch=None) -> dict[str, xr.Dataset]:
+        split = self.sample_split(split)  # the samples `indices` of the split (one batch), on the targets' times
+        return {split: self.layout.to_xarray(values, self.times[split][1][np.asarray(indices)])}
+
+    def batch_truth(self, batch, split: str, indices) -> dict[str, xr.Dataset]:
+        return self.batch_to_xarray(batch["y"], split, indices)
 
     def truth(self, split: str) -> dict[str, xr.Dataset]:
         return self.to_xarray(self.dataset(self.sample_split(split)).tensors["y"], split)
@@ -88,13 +93,10 @@ class NextFrame(ClimateTask):
 
 
 class NextFrameEvaluation(Evaluation):
-    """Area-weighted RMSE of the model and of persistence (the last frame)."""
+    """The model against persistence (the last frame), batch by batch; the base's area-weighted RMSE, MAE, bias."""
 
-    def baselines(self, datamodule) -> dict:
-        return {"persistence": datamodule.to_xarray(datamodule.dataset(self.split).tensors["x"], self.split)}
-
-    def score_variable(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict:
-        return {"rmse": float(metrics.rmse(pred, truth))}
+    def batch_baselines(self, datamodule, batch, indices) -> dict:
+        return {"persistence": datamodule.batch_to_xarray(batch["x"], self.split, indices)}
 
 
 CONFIG = """seed_everything: 0
@@ -122,7 +124,7 @@ def test_a_toy_fourth_task_fits_evaluates_predicts_and_attributes(tmp_path):
     assert main(["fit", "--config", str(config)]) == 0
     run = tmp_path / "runs" / "toy" / "version_0"
     scores = json.loads((run / "metrics.json").read_text())
-    assert set(scores["z"]) == {"model", "persistence"}
+    assert set(scores["z"]) == {"model", "persistence"} and {"rmse", "mae", "bias"} <= set(scores["z"]["model"])
     # the wave moves one cell a step: a 3 x 3 correction learns it, persistence cannot
     assert scores["z"]["model"]["rmse"] < 0.5 * scores["z"]["persistence"]["rmse"]
     assert scores["verdict"]["z"][0]["best"] == "model"

@@ -30,8 +30,10 @@ import torch
 import xarray as xr
 
 from climateml import plotting
+from climateml.contracts import BatchData
 from climateml.data.base import distributed_world
 from climateml.errors import ConfigError
+from climateml.grid import area_weights
 from climateml.writers import write_cf, write_text
 
 
@@ -143,6 +145,34 @@ def _on_device(batch: Mapping, device: torch.device, module) -> dict:
             for k, v in batch.items()}
 
 
+def cell_weights(truth: xr.DataArray) -> xr.DataArray:
+    """The area weight of every value of ``truth``: cos(lat) where it has a ``lat`` dim, else 1 (projected grids)."""
+    w = area_weights(truth)
+    return xr.ones_like(truth, dtype=np.float64) if w is None else xr.broadcast(w, truth)[0].astype(np.float64)
+
+
+def error_sums(pred: xr.DataArray, truth: xr.DataArray) -> dict[str, float]:
+    """Sums over every value given where both are finite, with w the area weight of its cell (:func:`cell_weights`)
+    and e = pred - truth: ``weight`` (sum of w), ``error`` (w e), ``abs_error`` (w |e|), ``squared_error`` (w e^2).
+    They add up over batches and DDP ranks to the sums over the whole evaluation set (:func:`error_scores`)."""
+    pred, truth = pred.astype(np.float64), truth.astype(np.float64)
+    valid = pred.notnull() & truth.notnull()
+    w = cell_weights(truth).where(valid, 0.0)
+    e = (pred - truth).where(valid, 0.0)
+    return {"weight": float(w.sum()), "error": float((w * e).sum()), "abs_error": float((w * abs(e)).sum()),
+            "squared_error": float((w * e ** 2).sum())}
+
+
+def error_scores(sums: Mapping[str, float]) -> dict[str, float]:
+    """Area-weighted RMSE, MAE and bias (pred - truth) over the whole evaluation set, from :func:`error_sums`
+    summed over it (not a mean of per-batch scores); NaN when no value was finite."""
+    weight = float(sums["weight"])
+    if weight <= 0:
+        return {"rmse": float("nan"), "mae": float("nan"), "bias": float("nan")}
+    return {"rmse": float(np.sqrt(sums["squared_error"] / weight)), "mae": float(sums["abs_error"] / weight),
+            "bias": float(sums["error"] / weight)}
+
+
 def _members(datasets: Sequence[dict[str, xr.Dataset]]) -> dict[str, xr.Dataset]:
     """Per group, the members' predictions stacked on a ``member`` dim."""
     return {g: xr.concat([d[g] for d in datasets], dim="member").assign_coords(member=np.arange(len(datasets)))
@@ -193,8 +223,9 @@ class Evaluation:
         return members.mean("member", keep_attrs=True)
 
     def score_variable(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, float]:
-        """Scores of one variable in one group."""
-        raise NotImplementedError
+        """Scores of one variable in one group: :meth:`scores_from_statistics` of :meth:`statistics`, the same
+        code as the streaming evaluation (by default area-weighted RMSE, MAE and bias)."""
+        return self.scores_from_statistics(self.statistics(pred, truth, variable), variable)
 
     def score(self, pred: xr.Dataset, truth: xr.Dataset) -> dict[str, dict[str, float]]:
         """{variable: scores} for one group; by default :meth:`score_variable` for every variable of ``truth``."""
@@ -234,9 +265,10 @@ class Evaluation:
 
     # ---- hooks of the streaming evaluation (a task that streams fills them in; see :meth:`streams`) ----
     def streams(self, datamodule) -> bool:
-        """Whether this task scores ``datamodule`` batch by batch (:meth:`run_streaming`); if not, :meth:`run`
-        holds the split in memory (:meth:`run_in_memory`)."""
-        return False
+        """Whether this task scores ``datamodule`` batch by batch (:meth:`run_streaming`): when the DataModule
+        serves its batches as xarray (:class:`~climateml.contracts.BatchData`); if not, :meth:`run` holds the
+        split in memory (:meth:`run_in_memory`)."""
+        return isinstance(datamodule, BatchData)
 
     def batch_baselines(self, datamodule, batch: Mapping, indices: Sequence[int]) -> dict[str, dict[str, xr.Dataset]]:
         """{baseline name: {group: predictions}} for one batch (the samples ``indices`` of the split)."""
@@ -245,12 +277,13 @@ class Evaluation:
     def statistics(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, np.ndarray]:
         """Sufficient statistics of one variable on a part of the evaluation set: arrays that add up over
         batches and ranks to the statistics of the whole set (:meth:`scores_from_statistics` turns them into
-        scores)."""
-        raise NotImplementedError
+        scores). By default the area-weighted error sums of :func:`error_sums`."""
+        return error_sums(pred, truth)
 
     def scores_from_statistics(self, statistics: Mapping[str, np.ndarray], variable: str) -> dict:
-        """One variable's scores from its statistics summed over the whole evaluation set."""
-        raise NotImplementedError
+        """One variable's scores from its statistics summed over the whole evaluation set; by default RMSE, MAE
+        and bias (:func:`error_scores`)."""
+        return error_scores(statistics)
 
     def member_statistics(self, members: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, np.ndarray]:
         """Sufficient statistics of the members (dim ``member``) of an ensemble of more than one, added to the

@@ -8,11 +8,10 @@ import numpy as np
 import xarray as xr
 
 from climateml import metrics, plotting
-from climateml.contracts import BatchData, TabularData, require
+from climateml.contracts import TabularData, require
 from climateml.errors import ConfigError, check_positive
-from climateml.evaluation.base import Evaluation
+from climateml.evaluation.base import Evaluation, cell_weights, error_scores, error_sums
 from climateml.evaluation.streaming import synchronous
-from climateml.grid import area_weights
 from climateml.models.baselines import LinearRegression, PatternScaling
 
 #: baseline name in the config -> its key in metrics.json, prediction files and figures
@@ -21,12 +20,6 @@ BASELINE_KEYS = {"pattern_scaling": "pattern_scaling", "linear": "linear_baselin
 BASELINES = tuple(BASELINE_KEYS)
 #: options each EOF baseline accepts under ``baseline_options`` (see climateml.models.sklearn_baselines)
 EOF_BASELINE_OPTIONS = {"n_eofs", "rf_options", "gp_options", "seed"}
-
-
-def _cell_weights(truth: xr.DataArray) -> xr.DataArray:
-    """The area weight (cos lat; equal without a ``lat`` dim) of every value of ``truth``."""
-    w = area_weights(truth)
-    return xr.ones_like(truth, dtype=np.float64) if w is None else xr.broadcast(w, truth)[0].astype(np.float64)
 
 
 class TemperatureEvaluation(Evaluation):
@@ -156,10 +149,6 @@ class TemperatureEvaluation(Evaluation):
         return out
 
     # ---- batch by batch ----
-    def streams(self, datamodule) -> bool:
-        """Batch by batch for a DataModule that serves its batches' years (:class:`BatchData`)."""
-        return isinstance(datamodule, BatchData)
-
     def batch_baselines(self, datamodule, batch, indices) -> dict[str, dict[str, xr.Dataset]]:
         """Each baseline (fitted once per run on the training split) applied to the batch's inputs."""
         fitted = self.run_state.setdefault("fitted", {})
@@ -177,11 +166,9 @@ class TemperatureEvaluation(Evaluation):
         the sums of pred and truth, and per year the area-weighted global means of both (``global_mean_<year>``)."""
         pred, truth = pred.astype(np.float64), truth.astype(np.float64)
         valid = pred.notnull() & truth.notnull()
-        w = _cell_weights(truth).where(valid, 0.0)
-        e = (pred - truth).where(valid, 0.0)
+        w = cell_weights(truth).where(valid, 0.0)
         t = truth.where(valid, 0.0)
-        out = {"weight": float(w.sum()), "error": float((w * e).sum()), "abs_error": float((w * abs(e)).sum()),
-               "squared_error": float((w * e ** 2).sum()), "cell_count": valid.sum("time").values,
+        out = {**error_sums(pred, truth), "cell_count": valid.sum("time").values,
                "cell_weight": w.sum("time").values, "truth_sum": t.sum("time").values,
                "truth_squared": (t ** 2).sum("time").values}
         years = truth["time"].values
@@ -198,7 +185,7 @@ class TemperatureEvaluation(Evaluation):
         """Per member, the sum of w e^2 (its RMSE); the sum over years of the global mean of the members' spread
         (standard deviation across members) and the number of years."""
         e2 = ((members.astype(np.float64) - truth) ** 2)
-        w = _cell_weights(truth).where(truth.notnull(), 0.0)
+        w = cell_weights(truth).where(truth.notnull(), 0.0)
         return {"member_squared_error": (w * e2.fillna(0.0)).sum([d for d in e2.dims if d != "member"]).values,
                 "spread_sum": float(metrics.global_mean(members.std("member")).sum()),
                 "spread_years": float(truth.sizes["time"])}
@@ -213,9 +200,7 @@ class TemperatureEvaluation(Evaluation):
             n = np.where(s["cell_count"] > 0, s["cell_count"], np.nan)
             cell_w = s["cell_weight"] / n
             ss_tot = float(np.nansum(cell_w * (s["truth_squared"] - s["truth_sum"] ** 2 / n)))
-            out = {"rmse": float(np.sqrt(s["squared_error"] / weight)), "mae": float(s["abs_error"] / weight),
-                   "bias": float(s["error"] / weight),
-                   "r2": float(1.0 - s["squared_error"] / ss_tot) if ss_tot > 0 else float("nan")}
+            out = {**error_scores(s), "r2": float(1.0 - s["squared_error"] / ss_tot) if ss_tot > 0 else float("nan")}
             years = sorted(k for k in s if k.startswith("global_mean_"))
             if years:
                 gm = np.stack([s[k] for k in years])
