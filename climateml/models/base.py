@@ -27,7 +27,7 @@ import torchmetrics
 
 from climateml.data.base import DataSpec
 from climateml.errors import ConfigError, check_choice, check_positive
-from climateml.resume import ResumableSchedules
+from climateml.resume import ResumableSchedules, internal
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "rmsprop": torch.optim.RMSprop}
@@ -147,12 +147,8 @@ class ClimateTask(ResumableSchedules, L.LightningModule, ABC):
         gave, else the call's, defaults filled in and ``**task_options`` spread out, plus what ClimateTask itself
         received; ``spec`` as plain types, its statistics' values live in the state dict), then build networks,
         loss and the stages' metrics."""
-        try:  # what LightningCLI gave (its config's init_args), which it needs to rebuild the model from a checkpoint
-            from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-            given = _given_hyperparameters.get()
-        except ImportError:
-            given = None
+        # what LightningCLI gave (its config's init_args), which it needs to rebuild the model from a checkpoint
+        given = internal("lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters").get()
         if given is not None:
             hp = dict(given)
         else:
@@ -246,8 +242,8 @@ class ClimateTask(ResumableSchedules, L.LightningModule, ABC):
         super().setup(stage)
         scratch = [f"{prefix}.{name}" if prefix else name for prefix, module in self.named_modules()
                    for name in module._non_persistent_buffers_set]
-        ignore = getattr(torch.nn.parallel.DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
-        if scratch and ignore is not None:
+        if scratch:
+            ignore = internal("torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model")
             ignore(self, sorted(set(scratch) | set(getattr(self, "_ddp_params_and_buffers_to_ignore", []))))
 
     def on_fit_start(self) -> None:
