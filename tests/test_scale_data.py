@@ -274,6 +274,48 @@ def test_statistics_are_fitted_by_rank_zero_and_sent_to_the_others(task, data_ro
         assert (results[0][1][name] == value.numpy()).all() and (results[1][1][name] == value.numpy()).all(), name
 
 
+def _fail_on_rank(rank: int, store: str, out) -> None:
+    """One of two gloo processes: fit_once with a fit that fails (rank 0 runs it); report the error each raised."""
+    from climateml.data.base import BaseDataModule
+    from climateml.errors import DataError
+
+    def fit(path):
+        raise DataError(f"{path}: damaged")
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        BaseDataModule().fit_once("statistics", fit, "a.nc")
+        out.put((rank, "no error"))
+    except Exception as err:  # noqa: BLE001
+        out.put((rank, f"{type(err).__name__}: {err}"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_fit_that_fails_on_rank_zero_stops_every_rank_with_its_message(tmp_path):
+    """Rank 0's fit raises a DataError naming a file: rank 0 raises it, rank 1 an error quoting it (not gloo's
+    "Connection closed by peer", nor, with a backend that does not notice, a wait until the timeout)."""
+    import multiprocessing
+    import queue
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_fail_on_rank, args=(r, str(tmp_path / "store"), out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        errors = dict(out.get(timeout=60) for _ in procs)
+    except queue.Empty:
+        pytest.fail("a rank waited for ever for rank 0's statistics")
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    assert errors[0] == "DataError: a.nc: damaged"
+    assert errors[1] == "RuntimeError: BaseDataModule: rank 0 failed to fit 'statistics' for every rank: DataError: a.nc: damaged"
+
+
 def _build_in_child(task: str, data: str, out) -> None:
     torch.set_num_threads(1)
     out.put(_setup_counting_reads(task, Path(data)))
