@@ -36,7 +36,7 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from climateml.contracts import check_properties
+from climateml.contracts import PostInit, check_properties, check_provides, then_post_init
 from climateml.errors import ConfigError, check_choice, check_positive
 
 
@@ -500,17 +500,25 @@ class BaseDataModule(L.LightningDataModule):
         self.statistics = {**fitted, **restored}
 
 
-class ClimateDataModule(BaseDataModule, ABC):
+class ClimateDataModule(PostInit, BaseDataModule, ABC):
     """Base of every task's DataModule: the members evaluation, attribution and prediction writers may call.
 
     A subclass defines every member below (the loaders, :meth:`dataset` and :meth:`sample_split` come from
     :class:`BaseDataModule`); one missing, or ``spec`` / ``layout`` defined as a method instead of a
     property, fails when the class is instantiated, with a TypeError naming the members and the class.
     Task-specific members that a task's evaluation calls are declared as protocols in
-    :mod:`climateml.contracts`.
+    :mod:`climateml.contracts`; a DataModule lists those it provides in ``PROTOCOLS``, checked the same way.
     """
 
     PROPERTIES = ("spec", "layout")
+    #: the protocols of :mod:`climateml.contracts` a task's DataModule provides (what its evaluation requires):
+    #: checked once its ``__init__`` has returned, a TypeError naming the missing members
+    PROTOCOLS: tuple[type, ...] = ()
+
+    __init__ = then_post_init(BaseDataModule.__init__)  # a subclass without an __init__ of its own is checked too
+
+    def _post_init(self, init, args: tuple, kwargs: dict) -> None:
+        check_provides(self, self.PROTOCOLS)
 
     @abstractmethod
     def build(self) -> None:

@@ -18,6 +18,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
+from climateml.contracts import NowcastBatchData, NowcastData
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_periods
 from climateml.data.io import open_dataset, sample_data_folder
@@ -102,6 +103,8 @@ class NowcastingDataModule(ClimateDataModule):
         batch_size, num_workers, pin_memory, multiprocessing_context: the loaders (see
             :class:`~climateml.data.base.BaseDataModule`); each worker opens its own files.
     """
+
+    PROTOCOLS = (NowcastData, NowcastBatchData)  # what its evaluation calls (climateml.contracts)
 
     def __init__(
         self,
