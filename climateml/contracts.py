@@ -5,11 +5,13 @@ Every DataModule declares the shared members (``build``, ``spec``, ``layout``, `
 ``inputs_xarray``) as a :class:`~climateml.data.base.ClimateDataModule`; a task's evaluation that needs more
 names it here as a ``typing.Protocol`` (runtime checkable) and calls ``require(datamodule, Protocol, "who")`` once:
 a DataModule without those members is one clear error naming them, instead of an ``AttributeError`` deep in a
-run or a silent ``hasattr`` fallback.
+run or a silent ``hasattr`` fallback. A task's DataModule lists the protocols it provides in ``PROTOCOLS``; they are
+checked when it is instantiated (:func:`check_provides`, run after its ``__init__`` through :class:`PostInit`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -84,9 +86,14 @@ class NowcastBatchData(BatchData, Protocol):
 
 
 def members(protocol: type) -> list[str]:
-    """The members a protocol declares (attributes and methods), in the order written."""
-    names = list(getattr(protocol, "__annotations__", {}))
-    names += [k for k, v in vars(protocol).items() if callable(v) and not k.startswith("_")]
+    """The members a protocol declares (attributes and methods), with those of the protocols it extends first, in
+    the order written."""
+    names: list[str] = []
+    for cls in reversed(protocol.__mro__):
+        if cls is object or cls.__module__ == "typing":  # Protocol, Generic
+            continue
+        names += list(vars(cls).get("__annotations__", {}))
+        names += [k for k, v in vars(cls).items() if callable(v) and not k.startswith("_")]
     return list(dict.fromkeys(names))
 
 
@@ -109,3 +116,50 @@ def check_properties(cls: type, base: type, properties: Sequence[str]) -> None:
     if wrong:
         raise TypeError(f"{cls.__module__}.{cls.__qualname__} defines {', '.join(wrong)} as a method: a "
                         f"{base.__name__} declares {', '.join(properties)} as properties")
+
+
+def check_provides(obj, protocols: Sequence[type]) -> None:
+    """``obj`` (just constructed) has every member of each protocol its class says it provides: a TypeError naming
+    the class, the protocol and the missing members otherwise. Class members (methods, properties) are looked up
+    on the class, without running them; attributes on the instance."""
+    for protocol in protocols:
+        missing = [m for m in members(protocol)
+                   if m not in vars(obj) and not any(m in vars(c) for c in type(obj).__mro__)]
+        if missing:
+            raise TypeError(f"{type(obj).__module__}.{type(obj).__qualname__} provides {protocol.__name__} (its "
+                            f"PROTOCOLS) but has no {', '.join(missing)}")
+
+
+def then_post_init(init):
+    """``init`` wrapped so that, when it is the outermost ``__init__`` of an instance (not one reached through
+    ``super().__init__``), ``self._post_init`` runs after it has returned, with the arguments it was given."""
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        depth = self.__dict__.get("_init_depth", 0)
+        self.__dict__["_init_depth"] = depth + 1
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            self.__dict__["_init_depth"] = depth
+        if depth == 0:
+            del self.__dict__["_init_depth"]
+            self._post_init(init, args, kwargs)
+
+    __init__._post_init_wrapper = True
+    return __init__
+
+
+class PostInit:
+    """Mixin: ``self._post_init(init, args, kwargs)`` runs once the outermost ``__init__`` of an instance has
+    returned, so hooks and checks see every attribute the subclass set (no "set it before ``super().__init__``"
+    rule). Each subclass's own ``__init__`` is wrapped when the class is defined (:func:`then_post_init`; its
+    signature stays visible to ``inspect`` and the command line)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_post_init_wrapper", False):
+            cls.__init__ = then_post_init(init)
+
+    def _post_init(self, init, args: tuple, kwargs: dict) -> None:
+        """Runs after the outermost ``__init__``; nothing here."""

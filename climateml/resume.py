@@ -25,6 +25,7 @@ resuming differently without a word.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import random
 import re
@@ -77,11 +78,47 @@ LIGHTNING_INTERNALS = (
 #: the first logged value, once the fit has logged one)
 RESULT_INTERNALS = ("is_tensor", "value", "cumulated_batch_size", "meta.fx", "meta.on_epoch", "meta.is_mean_reduction",
                     "meta.is_sum_reduction")
+#: internals that other climateml modules use, by their import path: fetched with :func:`internal` (which fails
+#: naming the path, never falls back) and checked with the ones above by :func:`check_lightning_internals`
+IMPORTED_INTERNALS = {
+    "lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters":
+        "ClimateTask saves the init_args a LightningCLI config gave (load_from_checkpoint rebuilds the model from them)",
+    "torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model":
+        "ClimateTask keeps per-process non-persistent buffers out of DDP's buffer broadcast",
+}
+
+
+def _moved(path: str, part: str, why: str) -> AssertionError:
+    return AssertionError(f"Lightning internal moved: {path} ({part!r} is gone) - climateml needs it ({why}); "
+                          f"installed lightning {L.__version__}, torch {torch.__version__}, "
+                          f"torchmetrics {torchmetrics.__version__}")
+
+
+def internal(path: str):
+    """The object at ``path``, one of :data:`IMPORTED_INTERNALS` (a module path, then attributes); an
+    AssertionError naming the path and the missing part if the installed Lightning or torch moved it."""
+    why = IMPORTED_INTERNALS[path]
+    parts = path.split(".")
+    node, i = None, len(parts)
+    while i > 0:  # the longest prefix that imports as a module
+        try:
+            node = importlib.import_module(".".join(parts[:i]))
+            break
+        except ImportError:
+            i -= 1
+    if node is None:
+        raise _moved(path, parts[0], why)
+    for part in parts[i:]:
+        if not hasattr(node, part):
+            raise _moved(path, part, why)
+        node = getattr(node, part)
+    return node
 
 
 def check_lightning_internals(trainer: L.Trainer) -> None:
-    """Raise an AssertionError naming the first of :data:`LIGHTNING_INTERNALS` that is missing (the installed
-    Lightning, or torchmetrics, moved it): exact resume would otherwise be silently inexact."""
+    """Raise an AssertionError naming the first of :data:`LIGHTNING_INTERNALS` (then :data:`IMPORTED_INTERNALS`)
+    that is missing (the installed Lightning, torch or torchmetrics moved it): exact resume would otherwise be
+    silently inexact."""
     roots = {"trainer": trainer, "module": trainer.lightning_module, "ModelCheckpoint": ModelCheckpoint,
              "metric": torchmetrics.MeanMetric(), "checkpoint": ModelCheckpoint()}
     checks = [(roots[path.split(".")[0]], path, why) for path, why in LIGHTNING_INTERNALS]
@@ -92,10 +129,11 @@ def check_lightning_internals(trainer: L.Trainer) -> None:
     for node, path, why in checks:
         parts = path.split("].")[-1].split(".") if "]." in path else path.split(".")[1:]
         for part in parts:
-            assert hasattr(node, part), (
-                f"Lightning internal moved: {path} ({part!r} is gone) - climateml.resume needs it ({why}); "
-                f"installed lightning {L.__version__}, torchmetrics {torchmetrics.__version__}")
+            if not hasattr(node, part):
+                raise _moved(path, part, why)
             node = getattr(node, part)
+    for path in IMPORTED_INTERNALS:
+        internal(path)
 
 
 def batches_done(trainer: L.Trainer) -> tuple[int, int]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from climateml.contracts import FieldData, NowcastData, TabularData, require
+from climateml.contracts import (BatchData, FieldData, NowcastBatchData, NowcastData, SegmentationBatchData, TabularData,
+                                 members, require)
 from climateml.data.base import ClimateDataModule, DataSpec
 from climateml.errors import ConfigError
 from climateml.models.base import ClimateTask
@@ -43,6 +44,58 @@ def test_a_datamodule_missing_a_member_fails_at_instantiation_naming_it():
     with pytest.raises(TypeError, match=r"NoLayout.*layout"):
         NoLayout()
     Complete(batch_size=2)  # every member there: fine
+
+
+def test_a_datamodule_missing_a_member_of_a_protocol_it_provides_fails_at_instantiation_naming_it():
+    """The members set in the subclass's __init__ count (checked once it has returned); a method or property of the
+    class is not run by the check (Complete.spec would build the data)."""
+    class Nowcasts(Complete):
+        PROTOCOLS = (NowcastData,)
+
+        def __init__(self, n_out: int = 2, **kwargs):
+            super().__init__(**kwargs)
+            self.n_out = n_out
+
+    with pytest.raises(TypeError, match=r"Nowcasts provides NowcastData \(its PROTOCOLS\) but has no past_frames$"):
+        Nowcasts(n_out=3)
+
+    class Complete_(Nowcasts):
+        def past_frames(self, split):
+            return None
+
+    assert Complete_(n_out=3).n_out == 3
+
+    class Fields(Complete):  # no __init__ of its own: checked too
+        PROTOCOLS = (FieldData,)
+
+    with pytest.raises(TypeError, match=r"Fields provides FieldData .* has no fields$"):
+        Fields()
+
+
+def test_each_task_datamodule_provides_what_its_evaluation_requires(monkeypatch):
+    """Constructed (no data read), each task's DataModule passes the check of the protocols its evaluation requires
+    (the streaming ones include the members of those they extend); without one of its members, construction fails
+    naming it."""
+    from climateml.data import ClimateBenchDataModule, NowcastingDataModule, SegmentationDataModule
+
+    assert members(SegmentationBatchData) == ["dataloader", "batch_to_xarray", "batch_truth", "fields"]
+
+    periods = {f"{split}_period": [f"2024-06-0{day}T00:00", f"2024-06-0{day}T12:00"]
+               for day, split in enumerate(("train", "val", "test"), start=1)}
+    made = {ClimateBenchDataModule: lambda: ClimateBenchDataModule("/nowhere", synthesize_if_missing=False),
+            SegmentationDataModule: lambda: SegmentationDataModule("/nowhere", synthesize_if_missing=False),
+            NowcastingDataModule: lambda: NowcastingDataModule("/nowhere/*.nc", synthesize_if_missing=False, **periods)}
+    for cls, protocol, member in ((ClimateBenchDataModule, TabularData, "tensors"),
+                                  (ClimateBenchDataModule, BatchData, "batch_truth"),
+                                  (SegmentationDataModule, FieldData, "fields"),
+                                  (SegmentationDataModule, SegmentationBatchData, "batch_to_xarray"),
+                                  (NowcastingDataModule, NowcastData, "past_frames"),
+                                  (NowcastingDataModule, NowcastBatchData, "batch_past_frames")):
+        assert protocol in cls.PROTOCOLS and not made[cls]().is_built
+        with monkeypatch.context() as patch:
+            patch.delattr(cls, member)
+            with pytest.raises(TypeError, match=rf"{cls.__name__} provides {protocol.__name__} .* has no {member}$"):
+                made[cls]()
 
 
 def test_layout_and_spec_must_be_properties():

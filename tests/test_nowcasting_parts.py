@@ -19,6 +19,7 @@ from climateml.data.synthetic.radar import generate_radar
 from climateml.data.windows import time_step, window_starts
 from climateml.metrics.categorical import contingency, csi, far, fss, fss_components, fss_scales_km, pod
 from climateml.models.extrapolation import advect, estimate_motion, optical_flow_nowcast, persistence
+from climateml.data.normalize import Moments
 from climateml.models.rain_transform import RainTransform
 from radar_files import radar_frame
 
@@ -274,6 +275,28 @@ def test_rain_transform_values_and_state():
     torch.testing.assert_close(restored(x), (torch.log1p(x) - g.mean()) / g.std(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(restored.inverse(restored(x)), x, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(RainTransform("none").fit(rain)(rain)[:5], (rain[:5] - rain[:5].mean()) / rain[:5].std(), rtol=1e-5)
+
+
+def test_rain_transform_moments_merged_per_frame_equal_one_pass_over_all():
+    """Per-frame moments (what the nowcasting DataModule keeps), merged in any order, give numpy's mean and population
+    std of every finite value at once, also for a mean a million times the spread (where sum and sum of squares
+    lose the variance: float64 has 16 digits, mean^2 ~ 1e12 against a variance ~ 1)."""
+    rng = np.random.default_rng(0)
+    frames = 1e6 + rng.gamma(0.5, 2.0, (7, 9, 11))
+    frames[2, :3] = np.nan
+    t = RainTransform("none")
+    states = [t.moments(f).state() for f in frames]
+    values = frames[np.isfinite(frames)]
+    for order in (range(7), [6, 0, 5, 1, 4, 2, 3]):
+        total = Moments(1)
+        for k in order:
+            total.merge(states[k])
+        t.fit_moments(total)
+        assert total.count == values.size
+        assert float(t.mean) == pytest.approx(values.mean(), rel=1e-14)
+        assert float(t.std) == pytest.approx(values.std(), rel=1e-9)
+    with pytest.raises(DataError, match="no or constant data"):
+        t.fit_moments(t.moments(np.full(5, np.nan)))
 
 
 def test_rain_transform_fits_lazy_dataarray(archive):

@@ -14,7 +14,7 @@ import xarray as xr
 
 from climateml.config import instantiate, load_config
 from climateml.models import TemperatureEmulator
-from climateml.resume import ResumeCheckpoint, check_lightning_internals
+from climateml.resume import IMPORTED_INTERNALS, ResumeCheckpoint, check_lightning_internals, internal
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "temperature.yaml"
 
@@ -67,6 +67,26 @@ def test_a_moved_lightning_internal_stops_the_fit_with_its_name(owner, name, sma
     dm, model = _task(small_climatebench)
     with pytest.raises(AssertionError, match=rf"Lightning internal moved: \S+\.{name} "):
         _trainer(tmp_path, 1, [ResumeCheckpoint(every_n_train_steps=1, dirpath=str(tmp_path))]).fit(model, dm)
+
+
+def _build_then_setup(data_dir: Path) -> None:
+    """What uses the imported internals: a task's construction (LightningCLI's given hyperparameters) and its setup
+    with a non-persistent buffer (TemperatureEmulator's correction_columns) kept out of DDP's broadcast."""
+    dm, model = _task(data_dir)
+    model.setup("fit")
+    assert model._ddp_params_and_buffers_to_ignore == ["correction_columns"]
+
+
+@pytest.mark.parametrize("path", sorted(IMPORTED_INTERNALS))
+def test_a_moved_imported_internal_fails_where_it_is_used_with_its_name(path, small_climatebench, monkeypatch):
+    _build_then_setup(small_climatebench)  # there today, and used
+    owner, name = path.rsplit(".", 1)
+    monkeypatch.delattr(owner + "." + name)
+    message = rf"Lightning internal moved: {path} \({name!r} is gone\)"
+    with pytest.raises(AssertionError, match=message):
+        internal(path)
+    with pytest.raises(AssertionError, match=message):
+        _build_then_setup(small_climatebench)
 
 
 def test_resumed_run_keeps_its_checkpoint_statistics_when_the_data_changed(cb_copy, tmp_path):

@@ -210,63 +210,119 @@ def test_dask_reads_in_forked_workers_do_not_deadlock(tmp_path):
     assert "TOTAL 12000.0" in stdout and "CHILD 0" in stdout
 
 
-def _build_on_rank(rank: int, store: str, data: str, out) -> None:
-    """One of two gloo processes: set up the segmentation DataModule, counting the training files its statistics
-    read, and report (reads, statistics)."""
+def _reads(task: str, dm):
+    """(owner, name) of what reads the training data for the statistics: segmentation's file reader (looked up in
+    the module its fit reads through), the radar reader's frame read (nowcasting scans every frame)."""
+    if task == "segmentation":
+        return sys.modules[type(dm)._fit_statistics.__module__], "read_snapshot"
+    from climateml.data.radar import RadarReader
+
+    return RadarReader, "read"
+
+
+def _setup_counting_reads(task: str, data: Path) -> tuple[int, dict]:
+    """Set up ``task``'s DataModule, counting the reads of training data: (reads, statistics)."""
+    dm = _datamodule(task, data)
+    owner, name = _reads(task, dm)
+    read, reads = getattr(owner, name), []
+
+    def counting(*args, **kwargs):
+        reads.append(args)
+        return read(*args, **kwargs)
+
+    setattr(owner, name, counting)
+    try:
+        dm.setup("fit")
+    finally:
+        setattr(owner, name, read)
+    return len(reads), {k: v.numpy() for k, v in dm.spec.statistics.items()}
+
+
+def _build_on_rank(rank: int, store: str, task: str, data: str, out) -> None:
+    """One of two gloo processes: set up the DataModule, counting the reads its statistics make; report them."""
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        dm = _datamodule("segmentation", Path(data))
-        names = type(dm)._fit_statistics.__globals__  # the module the fit reads through
-        read, reads = names["read_snapshot"], []
-
-        def counting(path, *args, **kwargs):
-            reads.append(Path(path).name)
-            return read(path, *args, **kwargs)
-
-        names["read_snapshot"] = counting
-        try:
-            dm.setup("fit")
-        finally:
-            names["read_snapshot"] = read
-        out.put((rank, reads, {k: v.numpy() for k, v in dm.spec.statistics.items()}))
+        out.put((rank, *_setup_counting_reads(task, Path(data))))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_statistics_are_fitted_by_rank_zero_and_sent_to_the_others(data_root, tmp_path):
-    """Two DDP ranks (gloo) set up the segmentation DataModule: rank 0 reads the training files for the
-    statistics, rank 1 reads none, and both end with the same statistics, those of one process alone."""
+@pytest.mark.parametrize("task", ["segmentation", "nowcasting"])
+def test_statistics_are_fitted_by_rank_zero_and_sent_to_the_others(task, data_root, tmp_path):
+    """Two DDP ranks (gloo) set up the DataModule: rank 0 reads the training data for the statistics (segmentation:
+    each training file; nowcasting: every frame, for the rain transform's moments, the rain cap and the outage
+    frames), rank 1 reads none, and both end with the same statistics, those of one process alone."""
     import multiprocessing
 
-    data = make_data("segmentation", data_root)
-    alone = _datamodule("segmentation", data)
+    data = make_data(task, data_root)
+    alone = _datamodule(task, data)
     alone.setup()
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_build_on_rank, args=(r, str(tmp_path / "store"), str(data), out)) for r in range(2)]
+    procs = [ctx.Process(target=_build_on_rank, args=(r, str(tmp_path / "store"), task, str(data), out))
+             for r in range(2)]
     for p in procs:
         p.start()
     results = dict((r, (reads, stats)) for r, reads, stats in (out.get(timeout=120) for _ in procs))
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert len(results[0][0]) == len(alone.splits["train"]) > 0 and results[1][0] == []
+    expected = len(alone.splits["train"]) if task == "segmentation" else len(alone.reader)
+    assert results[0][0] == expected > 0 and results[1][0] == 0
     for name, value in alone.spec.statistics.items():
         assert (results[0][1][name] == value.numpy()).all() and (results[1][1][name] == value.numpy()).all(), name
 
 
-def _build_in_child(data: str, out) -> None:
+def _fail_on_rank(rank: int, store: str, out) -> None:
+    """One of two gloo processes: fit_once with a fit that fails (rank 0 runs it); report the error each raised."""
+    from climateml.data.base import BaseDataModule
+    from climateml.errors import DataError
+
+    def fit(path):
+        raise DataError(f"{path}: damaged")
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        BaseDataModule().fit_once("statistics", fit, "a.nc")
+        out.put((rank, "no error"))
+    except Exception as err:  # noqa: BLE001
+        out.put((rank, f"{type(err).__name__}: {err}"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_fit_that_fails_on_rank_zero_stops_every_rank_with_its_message(tmp_path):
+    """Rank 0's fit raises a DataError naming a file: rank 0 raises it, rank 1 an error quoting it (not gloo's
+    "Connection closed by peer", nor, with a backend that does not notice, a wait until the timeout)."""
+    import multiprocessing
+    import queue
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_fail_on_rank, args=(r, str(tmp_path / "store"), out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        errors = dict(out.get(timeout=60) for _ in procs)
+    except queue.Empty:
+        pytest.fail("a rank waited for ever for rank 0's statistics")
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    assert errors[0] == "DataError: a.nc: damaged"
+    assert errors[1] == "RuntimeError: BaseDataModule: rank 0 failed to fit 'statistics' for every rank: DataError: a.nc: damaged"
+
+
+def _build_in_child(task: str, data: str, out) -> None:
     torch.set_num_threads(1)
-    dm = _datamodule("segmentation", Path(data))
-    names = type(dm)._fit_statistics.__globals__
-    read, reads = names["read_snapshot"], []
-    names["read_snapshot"] = lambda path, *a, **k: reads.append(path) or read(path, *a, **k)
-    dm.setup("fit")
-    out.put((len(reads), {k: v.numpy() for k, v in dm.spec.statistics.items()}))
+    out.put(_setup_counting_reads(task, Path(data)))
 
 
-def test_processes_the_ddp_launcher_starts_take_its_statistics(data_root, monkeypatch):
+@pytest.mark.parametrize("task", ["segmentation", "nowcasting"])
+def test_processes_the_ddp_launcher_starts_take_its_statistics(task, data_root, monkeypatch):
     """``climateml fit`` under DDP on one machine: the launching process fitted the statistics before any process
     group exists; the processes it starts (here a forked child, with its environment) build their DataModule
     from what it handed down, reading no training file."""
@@ -274,15 +330,15 @@ def test_processes_the_ddp_launcher_starts_take_its_statistics(data_root, monkey
 
     import climateml.data.base as base
 
-    data = make_data("segmentation", data_root)
-    parent = _datamodule("segmentation", data)
+    data = make_data(task, data_root)
+    parent = _datamodule(task, data)
     parent.setup()
     monkeypatch.delenv(base.FITTED_ENV, raising=False)
     base.hand_down_fitted(parent, world_size=2)
     path = Path(os.environ[base.FITTED_ENV])
     try:
         out = multiprocessing.get_context("fork").Queue()
-        child = multiprocessing.get_context("fork").Process(target=_build_in_child, args=(str(data), out))
+        child = multiprocessing.get_context("fork").Process(target=_build_in_child, args=(task, str(data), out))
         child.start()
         n_reads, stats = out.get(timeout=120)
         child.join(60)

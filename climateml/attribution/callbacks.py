@@ -63,6 +63,7 @@ class AttributionSnapshot(L.Callback):
         self.samples, self.internal_batch_size = samples, internal_batch_size
         self.history: list[dict[str, Any]] = []
         self.paths: list[Path] = []
+        self._x: xr.DataArray | xr.Dataset | None = None  # the samples, read once: the same at every snapshot
 
     def _inputs(self, trainer: L.Trainer) -> xr.DataArray | xr.Dataset:
         if self.samples is not None:
@@ -76,7 +77,7 @@ class AttributionSnapshot(L.Callback):
             return
         if not trainer.is_global_zero:
             return
-        if not hasattr(self, "_x"):  # read once: the same samples at every snapshot
+        if self._x is None:
             self._x = self._inputs(trainer)
         x = self._x
         attr = attribute(pl_module, x, self.method, target=self.target, baseline=self.baseline,

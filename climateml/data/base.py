@@ -36,7 +36,7 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from climateml.contracts import check_properties
+from climateml.contracts import PostInit, check_properties, check_provides, then_post_init
 from climateml.errors import ConfigError, check_choice, check_positive
 
 
@@ -392,14 +392,25 @@ class BaseDataModule(L.LightningDataModule):
         In a DDP process started by this machine's launching process, before the group exists (``climateml fit``
         builds the DataModule to link its spec), the launcher's result is taken (:func:`hand_down_fitted`).
         Otherwise this process fits. The result is found again by ``name`` and ``args`` (e.g. the training files);
-        it holds tensors (a dict of them, as ``statistics``), so that a checkpoint could hold it too.
+        it holds tensors (a dict of them, as ``statistics``), so that a checkpoint could hold it too. When rank 0's
+        fit raises, it raises that error and every other rank a RuntimeError quoting it (none waits for ever).
         """
         key = f"{type(self).__qualname__}.{name}:{hashlib.sha1(repr(args).encode()).hexdigest()}"
         world, rank = distributed_world()
         if world > 1:
-            box = [fit(*args) if rank == 0 else None]
+            # a failed fit is sent too (its message): the other ranks stop with it, not with a lost connection or a hang
+            box, failure = [None], None
+            if rank == 0:
+                try:
+                    box = [("value", fit(*args))]
+                except Exception as err:  # noqa: BLE001  re-raised below, after the other ranks have been told
+                    box, failure = [("error", f"{type(err).__name__}: {err}")], err
             torch.distributed.broadcast_object_list(box, src=0)
-            value = box[0]
+            if failure is not None:
+                raise failure
+            kind, value = box[0]
+            if kind == "error":
+                raise RuntimeError(f"{type(self).__name__}: rank 0 failed to fit {name!r} for every rank: {value}")
         else:
             value = _fitted_by_the_launcher().get(key)
             if value is None:
@@ -489,17 +500,25 @@ class BaseDataModule(L.LightningDataModule):
         self.statistics = {**fitted, **restored}
 
 
-class ClimateDataModule(BaseDataModule, ABC):
+class ClimateDataModule(PostInit, BaseDataModule, ABC):
     """Base of every task's DataModule: the members evaluation, attribution and prediction writers may call.
 
     A subclass defines every member below (the loaders, :meth:`dataset` and :meth:`sample_split` come from
     :class:`BaseDataModule`); one missing, or ``spec`` / ``layout`` defined as a method instead of a
     property, fails when the class is instantiated, with a TypeError naming the members and the class.
     Task-specific members that a task's evaluation calls are declared as protocols in
-    :mod:`climateml.contracts`.
+    :mod:`climateml.contracts`; a DataModule lists those it provides in ``PROTOCOLS``, checked the same way.
     """
 
     PROPERTIES = ("spec", "layout")
+    #: the protocols of :mod:`climateml.contracts` a task's DataModule provides (what its evaluation requires):
+    #: checked once its ``__init__`` has returned, a TypeError naming the missing members
+    PROTOCOLS: tuple[type, ...] = ()
+
+    __init__ = then_post_init(BaseDataModule.__init__)  # a subclass without an __init__ of its own is checked too
+
+    def _post_init(self, init, args: tuple, kwargs: dict) -> None:
+        check_provides(self, self.PROTOCOLS)
 
     @abstractmethod
     def build(self) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from climateml.contracts import BatchData, TabularData
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec, TensorDictDataset
 from climateml.data.io import (DataError, find_file, grid_difference, open_dataset, require_finite, require_variable,
@@ -196,6 +197,7 @@ class ClimateBenchDataModule(ClimateDataModule):
     """
 
     predict_split = "predict"  # prediction runs on its own scenarios (predict_scenarios)
+    PROTOCOLS = (TabularData, BatchData)  # what its evaluation calls (climateml.contracts)
 
     def __init__(
         self,

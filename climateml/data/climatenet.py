@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
+from climateml.contracts import FieldData, SegmentationBatchData
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_periods
 from climateml.data.climatenet_labels import class_weights_from_counts, merge_labellings
@@ -126,6 +127,8 @@ class SegmentationDataModule(ClimateDataModule):
             :class:`~climateml.data.base.BaseDataModule`); every sample opens its own file, so worker
             processes need no shared file handles.
     """
+
+    PROTOCOLS = (FieldData, SegmentationBatchData)  # what its evaluation calls (climateml.contracts)
 
     def __init__(
         self,

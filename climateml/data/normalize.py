@@ -27,11 +27,23 @@ class Moments:
         """Adds every value of ``values`` to its channel (the index along ``channel_axis``)."""
         v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
         v = np.moveaxis(v.astype(np.float64, copy=False), channel_axis, 0).reshape(len(self.mean), -1)
-        n = v.shape[1]
-        if n == 0:
+        if v.shape[1] == 0:
             return self
         mean = v.mean(axis=1)
-        m2 = ((v - mean[:, None]) ** 2).sum(axis=1)
+        return self.merge(np.concatenate([[v.shape[1]], mean, ((v - mean[:, None]) ** 2).sum(axis=1)]))
+
+    def state(self) -> np.ndarray:
+        """[count, mean per channel..., sum of squared deviations per channel...] (float64): a piece's moments as
+        plain numbers, to keep per piece (e.g. per frame) and :meth:`merge` later."""
+        return np.concatenate([[self.count], self.mean, self.m2])
+
+    def merge(self, state: "np.ndarray | torch.Tensor | Moments") -> "Moments":
+        """Adds a piece's moments (its :meth:`state`, or a Moments of as many channels) to the running ones."""
+        state = state.state() if isinstance(state, Moments) else np.asarray(state, dtype=np.float64)
+        c = len(self.mean)
+        n, mean, m2 = float(state[0]), state[1:1 + c], state[1 + c:]
+        if n == 0:
+            return self
         total = self.count + n
         delta = mean - self.mean
         self.mean = self.mean + delta * (n / total)

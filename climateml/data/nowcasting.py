@@ -18,9 +18,11 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
+from climateml.contracts import NowcastBatchData, NowcastData
 from climateml.data.adapter import FieldLayout
 from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_periods
 from climateml.data.io import open_dataset, sample_data_folder
+from climateml.data.normalize import Moments
 from climateml.data.radar import RadarReader
 from climateml.data.radar_header import FILE_PATTERNS, resolve_paths
 from climateml.data.windows import window_starts
@@ -101,6 +103,8 @@ class NowcastingDataModule(ClimateDataModule):
         batch_size, num_workers, pin_memory, multiprocessing_context: the loaders (see
             :class:`~climateml.data.base.BaseDataModule`); each worker opens its own files.
     """
+
+    PROTOCOLS = (NowcastData, NowcastBatchData)  # what its evaluation calls (climateml.contracts)
 
     def __init__(
         self,
@@ -187,21 +191,15 @@ class NowcastingDataModule(ClimateDataModule):
                             f"sequence of at least n_in + n_out = {self.n_in + self.n_out}")
         self.reader, self.times, self.step = reader, reader.times, reader.step
         self._unseen, self._aux = {}, None  # masks and coordinates of a previous build describe another archive
-        # one streaming pass over every frame: find all-NaN frames (radar outages), keep each frame's moments
-        # of the transformed rain and its high quantile (the training frames' are summed / maxed below)
+        # one streaming pass over every frame, by one process for all (fit_once): the frames NaN everywhere (radar
+        # outages), each frame's moments of the transformed rain and its high quantile (the training frames' are
+        # merged / maxed below)
         transform = RainTransform(self.transform_kind, self.rain_threshold)
-        moments = np.zeros((len(reader), 3))
-        highs = np.zeros(len(reader))
-
-        def record(k: int, frame: np.ndarray) -> None:
-            moments[k] = transform.moments(frame)
-            finite = frame[np.isfinite(frame)]
-            if not finite.size:
-                highs[k] = 0.0
-            else:  # the plain maximum for the default quantile 1: no sort of every frame
-                highs[k] = float(finite.max() if self.rain_cap_quantile == 1.0 else np.quantile(finite, self.rain_cap_quantile))
-
-        empty = reader.check_frames(each=record, allow_empty=True)
+        archive = ([str(f["path"]) for f in reader.files], self.variable, self.zr_a, self.zr_b,
+                   self.accumulation_minutes, self.region, self.transform_kind, self.rain_threshold,
+                   self.rain_cap_quantile)
+        scan = self.fit_once("frame_scan", lambda *_: self._scan_frames(reader, transform), *archive)
+        empty = scan["outage_frames"].numpy()
         reader.close()  # no open file crosses a fork into the DataLoader workers
         missing = np.zeros(len(reader), bool)
         missing[empty] = True
@@ -227,13 +225,33 @@ class NowcastingDataModule(ClimateDataModule):
                   f"window(s) across them skipped (first: {reader.path(int(empty[0]))} at {self.times[empty[0]]})")
         window = np.arange(self.n_in + self.n_out)
         train_frames = np.unique(self.starts["train"][:, None] + window)
-        transform.fit_moments(moments[train_frames].sum(0))
+        train_moments = Moments(1)
+        for state in scan["moments"][train_frames].numpy():
+            train_moments.merge(state)
+        transform.fit_moments(train_moments)
         self.statistics = {"rain_mean": transform.mean.float().clone(), "rain_std": transform.std.float().clone(),
-                           "rain_cap": torch.tensor(float(highs[train_frames].max()) * self.rain_cap_factor)}
+                           "rain_cap": torch.tensor(float(scan["highs"][train_frames].max()) * self.rain_cap_factor)}
         self.train_dataset = WindowDataset(reader, self.starts["train"], self.n_in, self.n_out, self.crop or None,
                                            self.augment)
         self.val_dataset = WindowDataset(reader, self.starts["val"], self.n_in, self.n_out)
         self.test_dataset = WindowDataset(reader, self.starts["test"], self.n_in, self.n_out)
+
+    def _scan_frames(self, reader: RadarReader, transform: RainTransform) -> dict[str, torch.Tensor]:
+        """Every frame of the archive read once: ``outage_frames`` (the indices of frames NaN everywhere),
+        ``moments`` (frames, 3): each frame's :class:`~climateml.data.normalize.Moments` state of the transformed
+        rain, and ``highs`` (frames,): each frame's ``rain_cap_quantile`` of its finite rain (0 when it has none)."""
+        moments = np.zeros((len(reader), 3))
+        highs = np.zeros(len(reader))
+
+        def record(k: int, frame: np.ndarray) -> None:
+            moments[k] = transform.moments(frame).state()
+            finite = frame[np.isfinite(frame)]
+            if finite.size:  # the plain maximum for the default quantile 1: no sort of every frame
+                highs[k] = float(finite.max() if self.rain_cap_quantile == 1.0 else np.quantile(finite, self.rain_cap_quantile))
+
+        empty = reader.check_frames(each=record, allow_empty=True)
+        return {"outage_frames": torch.from_numpy(empty), "moments": torch.from_numpy(moments),
+                "highs": torch.from_numpy(highs)}
 
     @property
     def grid(self) -> xr.Dataset:

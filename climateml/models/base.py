@@ -15,7 +15,6 @@ Under DDP every logged tensor is reduced across processes by default (``sync_dis
 
 from __future__ import annotations
 
-import functools
 import inspect
 from abc import ABC, abstractmethod
 from typing import Any, Literal, Mapping
@@ -25,34 +24,16 @@ import numpy as np
 import torch
 import torchmetrics
 
+from climateml.contracts import PostInit
 from climateml.data.base import DataSpec
 from climateml.errors import ConfigError, check_choice, check_positive
-from climateml.resume import ResumableSchedules
+from climateml.resume import ResumableSchedules, internal
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "rmsprop": torch.optim.RMSprop}
 SCHEDULERS = ("none", "plateau", "cosine", "step", "onecycle")
 #: the stages with epoch metrics (see :meth:`ClimateTask.configure_metrics`)
 STAGES = ("train", "val", "test")
-
-
-def _then_post_init(init):
-    """``init`` wrapped so that, when it is the outermost ``__init__`` of an instance (not one reached through
-    ``super().__init__``), ``self._post_init`` runs after it has returned, with the arguments it was given."""
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        depth = self.__dict__.get("_init_depth", 0)
-        self.__dict__["_init_depth"] = depth + 1
-        try:
-            init(self, *args, **kwargs)
-        finally:
-            self.__dict__["_init_depth"] = depth
-        if depth == 0:
-            del self.__dict__["_init_depth"]
-            self._post_init(init, args, kwargs)
-
-    __init__._post_init_wrapper = True
-    return __init__
 
 
 class SampleMean(torchmetrics.Metric):
@@ -92,7 +73,7 @@ class Sums(torchmetrics.Metric):
         return self.total
 
 
-class ClimateTask(ResumableSchedules, L.LightningModule, ABC):
+class ClimateTask(PostInit, ResumableSchedules, L.LightningModule, ABC):
     """Base LightningModule of every task (plateau schedules once per validation and across a resume:
     :class:`~climateml.resume.ResumableSchedules`).
 
@@ -134,25 +115,13 @@ class ClimateTask(ResumableSchedules, L.LightningModule, ABC):
         for name, value in self.spec.statistics.items():
             self.register_buffer(name, value.detach().clone().float())
 
-    __init__ = _then_post_init(__init__)
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is not None and not getattr(init, "_post_init_wrapper", False):
-            cls.__init__ = _then_post_init(init)
-
     def _post_init(self, init, args: tuple, kwargs: dict) -> None:
         """After the outermost ``__init__``: save its arguments as hyperparameters (the ones a LightningCLI config
         gave, else the call's, defaults filled in and ``**task_options`` spread out, plus what ClimateTask itself
         received; ``spec`` as plain types, its statistics' values live in the state dict), then build networks,
         loss and the stages' metrics."""
-        try:  # what LightningCLI gave (its config's init_args), which it needs to rebuild the model from a checkpoint
-            from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-            given = _given_hyperparameters.get()
-        except ImportError:
-            given = None
+        # what LightningCLI gave (its config's init_args), which it needs to rebuild the model from a checkpoint
+        given = internal("lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters").get()
         if given is not None:
             hp = dict(given)
         else:
@@ -246,8 +215,8 @@ class ClimateTask(ResumableSchedules, L.LightningModule, ABC):
         super().setup(stage)
         scratch = [f"{prefix}.{name}" if prefix else name for prefix, module in self.named_modules()
                    for name in module._non_persistent_buffers_set]
-        ignore = getattr(torch.nn.parallel.DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
-        if scratch and ignore is not None:
+        if scratch:
+            ignore = internal("torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model")
             ignore(self, sorted(set(scratch) | set(getattr(self, "_ddp_params_and_buffers_to_ignore", []))))
 
     def on_fit_start(self) -> None:

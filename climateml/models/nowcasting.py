@@ -281,7 +281,7 @@ class NowcastModel(ClimateTask):
 
     def to_rain(self, z: torch.Tensor, transformed: bool = True) -> torch.Tensor:
         """Transformed values (or, with ``transformed=False``, rain rates) -> rain rate [mm/h] in [0, rain_cap]."""
-        cap = getattr(self, "rain_cap", None)
+        cap = self.rain_cap if "rain_cap" in self.spec.statistics else None  # a buffer, as every statistic
         rain = self.transform.inverse(z.double()).float() if transformed else z.float().clamp(min=0.0)
         return rain if cap is None else rain.clamp(max=float(cap))
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from climateml.data.normalize import Moments
 from climateml.errors import DataError
 
 
@@ -66,20 +67,19 @@ class RainTransform(torch.nn.Module):
         """Standardised network value -> rain rate [mm/h], >= 0."""
         return self._map(lambda v: self._g_inverse(v * self.std.to(v.dtype) + self.mean.to(v.dtype)), value)
 
-    def moments(self, rain) -> np.ndarray:
-        """[count, sum, sum of squares] of g(R) over the finite values of ``rain`` [mm/h] (float64): add
-        them up over frames and pass the total to :meth:`fit_moments` to fit without holding all frames."""
+    def moments(self, rain) -> Moments:
+        """The :class:`~climateml.data.normalize.Moments` of g(R) over the finite values of ``rain`` [mm/h]: merge
+        them over frames (``Moments.merge``) and pass the total to :meth:`fit_moments` to fit without holding all
+        frames."""
         g = self._g(torch.as_tensor(np.asarray(rain) if not isinstance(rain, torch.Tensor) else rain,
                                     dtype=torch.float64))
-        g = g[~torch.isnan(g)]
-        return np.array([g.numel(), float(g.sum()), float((g * g).sum())])
+        return Moments(1).add(g[~torch.isnan(g)].reshape(1, -1))
 
     @torch.no_grad()
-    def fit_moments(self, moments) -> "RainTransform":
-        """Set mean and std of g(R) from summed :meth:`moments`."""
-        n, s, ss = (float(v) for v in moments)
-        mean = s / n if n > 0 else float("nan")
-        std = float(np.sqrt(max(ss / n - mean * mean, 0.0))) if n > 0 else float("nan")
+    def fit_moments(self, moments: Moments) -> "RainTransform":
+        """Set mean and std (population) of g(R) from merged :meth:`moments`."""
+        mean = float(moments.mean[0]) if moments.count > 0 else float("nan")
+        std = float(np.sqrt(moments.m2[0] / moments.count)) if moments.count > 0 else float("nan")
         if not np.isfinite(mean) or not std > 0:
             raise DataError(f"cannot fit the {self.kind} transform: mean {mean}, std {std} (no or constant data)")
         self.mean.fill_(mean)
@@ -93,11 +93,14 @@ class RainTransform(torch.nn.Module):
         if isinstance(rain, xr.DataArray) and rain.chunks is not None:
             import dask  # noqa: PLC0415
 
-            parts = rain.data.map_blocks(lambda a: self.moments(a)[None, None, None, :], dtype=np.float64,
+            parts = rain.data.map_blocks(lambda a: self.moments(a).state()[None, None, None, :], dtype=np.float64,
                                          chunks=((1,) * len(rain.data.chunks[0]), (1,) * len(rain.data.chunks[1]),
                                                  (1,) * len(rain.data.chunks[2]), (3,)), new_axis=3)
             with dask.config.set(scheduler="synchronous"):
-                total = parts.sum(axis=(0, 1, 2)).compute()
+                states = parts.compute().reshape(-1, 3)
+            total = Moments(1)
+            for state in states:
+                total.merge(state)
             return self.fit_moments(total)
         return self.fit_moments(self.moments(rain.values if isinstance(rain, xr.DataArray) else rain))
 
