@@ -35,10 +35,17 @@ class Complete(ClimateDataModule):
     def inputs_xarray(self, split):
         return None
 
+    def batch_to_xarray(self, values, split, indices, batch=None):
+        return {}
+
+    def batch_truth(self, batch, split, indices):
+        return {}
+
 
 def test_a_datamodule_missing_a_member_fails_at_instantiation_naming_it():
     class NoLayout(ClimateDataModule):
         build, to_xarray, truth, inputs_xarray = Complete.build, Complete.to_xarray, Complete.truth, Complete.inputs_xarray
+        batch_to_xarray, batch_truth = Complete.batch_to_xarray, Complete.batch_truth
         spec = Complete.spec
 
     with pytest.raises(TypeError, match=r"NoLayout.*layout"):
@@ -86,12 +93,13 @@ def test_each_task_datamodule_provides_what_its_evaluation_requires(monkeypatch)
             SegmentationDataModule: lambda: SegmentationDataModule("/nowhere", synthesize_if_missing=False),
             NowcastingDataModule: lambda: NowcastingDataModule("/nowhere/*.nc", synthesize_if_missing=False, **periods)}
     for cls, protocol, member in ((ClimateBenchDataModule, TabularData, "tensors"),
-                                  (ClimateBenchDataModule, BatchData, "batch_truth"),
                                   (SegmentationDataModule, FieldData, "fields"),
-                                  (SegmentationDataModule, SegmentationBatchData, "batch_to_xarray"),
                                   (NowcastingDataModule, NowcastData, "past_frames"),
                                   (NowcastingDataModule, NowcastBatchData, "batch_past_frames")):
         assert protocol in cls.PROTOCOLS and not made[cls]().is_built
+        # the batch members (batch_to_xarray, batch_truth) are declared by ClimateDataModule itself
+        assert isinstance(made[cls](), BatchData) and (cls is not SegmentationDataModule
+                                                      or isinstance(made[cls](), SegmentationBatchData))
         with monkeypatch.context() as patch:
             patch.delattr(cls, member)
             with pytest.raises(TypeError, match=rf"{cls.__name__} provides {protocol.__name__} .* has no {member}$"):

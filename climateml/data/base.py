@@ -548,3 +548,14 @@ class ClimateDataModule(PostInit, BaseDataModule, ABC):
     def inputs_xarray(self, split: str) -> xr.DataArray:
         """The model inputs of ``split`` in physical units on their coordinates, sample dim first: exactly
         the ``x`` the split's loader feeds the model (what attribution maps are computed on)."""
+
+    @abstractmethod
+    def batch_to_xarray(self, values: torch.Tensor, split: str, indices: Sequence[int],
+                        batch: Mapping | None = None) -> dict[str, xr.Dataset]:
+        """:meth:`to_xarray` of one batch: the outputs ``values`` of the samples ``indices`` of ``split`` (their
+        positions in the split; ``batch`` the loader's batch they came from), so the evaluation scores and writes
+        batch by batch and never holds a split (:class:`climateml.contracts.BatchData`)."""
+
+    @abstractmethod
+    def batch_truth(self, batch: Mapping, split: str, indices: Sequence[int]) -> dict[str, xr.Dataset]:
+        """:meth:`truth` of one batch: the targets of the samples ``indices`` of ``split`` from ``batch``."""
