@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -23,11 +22,10 @@ SUFFIXES = (".nc", ".zarr")
 FLAG_ATTRS = {"flag_values": np.array([0, 1, 2], dtype=np.int64),
               "flag_meanings": "background tropical_cyclone atmospheric_river"}
 
-try:  # xarray's own lock around HDF5 calls: netCDF4/HDF5 is not thread-safe, so our direct netCDF4 reads and
-    # xarray's take turns. Not re-entrant: take it around netCDF4 calls only, never around an xarray open.
-    from xarray.backends.locks import HDF5_LOCK
-except ImportError:  # pragma: no cover (an xarray without it)
-    HDF5_LOCK = threading.Lock()
+# xarray's own lock around HDF5 calls: netCDF4/HDF5 is not thread-safe, so our direct netCDF4 reads and xarray's
+# take turns. Not re-entrant: take it around netCDF4 calls only, never around an xarray open. An xarray without it
+# fails here, loudly (a lock of our own would not be shared with xarray's reads).
+from xarray.backends.locks import HDF5_LOCK  # noqa: E402
 
 
 def open_dataset(path: str | Path) -> xr.Dataset:
