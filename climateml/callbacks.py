@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from climateml.errors import ConfigError
 from climateml.resume import ResumeCheckpoint
-from climateml.writers import atomic_path, write_cf
+from climateml.writers import atomic_path
 
 
 class RestoreBestWeights(L.Callback):
@@ -41,29 +42,50 @@ class RestoreBestWeights(L.Callback):
 
 class NetCDFPredictionWriter(BasePredictionWriter):
     """Writes the predict split as ``predictions_<group>.nc`` (one file per scenario, period ...), on the
-    input's coordinates with CF attributes, through the DataModule's ``to_xarray(values, "predict")``.
+    input's coordinates with CF attributes, through the DataModule's ``batch_to_xarray(values, "predict", ...)``.
 
     Files go to ``output_dir`` or, if that is empty, to ``<trainer.log_dir>/predictions``. Every task writes through
     this one writer: what the model's ``predict_step`` returns for the predict split, in order, becomes the task's
     variables on the input's coordinates (temperature: ``tas`` (time, lat, lon) in K; segmentation: ``LABELS``
     (time, lat, lon) and ``probability`` (time, class, lat, lon); nowcasting: ``rain_rate`` (time, lead_time, y,
-    x) in mm/h with ``valid_time``). Under DDP every process predicts the whole split and global rank 0 writes.
+    x) in mm/h with ``valid_time``). Batch by batch: each batch is appended to a part store
+    (:class:`~climateml.evaluation.streaming.PredictionParts`, under ``<output dir>/.parts``) as soon as it is
+    predicted, and the parts become the NetCDF files chunk by chunk at the end, so a split larger than memory is
+    never held (``climateml predict`` asks Lightning to keep no predictions either). Under DDP every process
+    predicts the whole split and global rank 0 writes.
     """
 
     def __init__(self, output_dir: str = ""):
-        super().__init__(write_interval="epoch")
+        super().__init__(write_interval="batch")
         self.output_dir = output_dir
 
-    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        if not trainer.is_global_zero:
+    def _out_dir(self, trainer) -> Path:
+        return Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
+
+    def on_predict_epoch_start(self, trainer, pl_module) -> None:
+        from climateml.evaluation.streaming import PredictionParts
+
+        self._parts = PredictionParts(self._out_dir(trainer) / ".parts") if trainer.is_global_zero else None
+        if self._parts is not None and self._parts.folder.exists():
+            shutil.rmtree(self._parts.folder)  # what a killed run left
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx) -> None:
+        if self._parts is None:
             return
-        out_dir = Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
-        flat = predictions if isinstance(predictions[0], torch.Tensor) else [p for group in predictions for p in group]
-        values = torch.cat([p.float() for p in flat])
-        for group, ds in trainer.datamodule.to_xarray(values, "predict").items():
-            path = write_cf(ds, out_dir / f"predictions_{group}.nc",
-                            title=f"{type(pl_module).__name__} predictions for {group}")
+        for group, ds in trainer.datamodule.batch_to_xarray(prediction.float().cpu(), "predict", list(batch_indices),
+                                                            batch).items():
+            self._parts.append(group, ds)
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        parts, self._parts = self._parts, None
+        if parts is None:
+            return
+        for group in parts.groups():
+            path = parts.merge(group, self._out_dir(trainer) / f"predictions_{group}.nc",
+                               title=f"{type(pl_module).__name__} predictions for {group}")
             print(f"wrote {path}")
+        shutil.rmtree(parts.folder, ignore_errors=True)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

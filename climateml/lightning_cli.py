@@ -82,6 +82,15 @@ class ClimateCLI(LightningCLI):
             if isinstance(cb, ResumeCheckpoint):
                 cb.remove()
 
+    def predict(self, model, datamodule=None, return_predictions=None, ckpt_path=None, **kwargs):
+        """``Trainer.predict``, holding no predictions when every prediction writer writes batch by batch (ours
+        does): the written files are the result, so a predict split larger than memory is never held."""
+        writers = [c for c in self.trainer.callbacks if isinstance(c, BasePredictionWriter)]
+        if return_predictions is None and writers and all(w.interval.on_batch for w in writers):
+            return_predictions = False
+        return self.trainer.predict(model, datamodule=datamodule, return_predictions=return_predictions,
+                                    ckpt_path=ckpt_path, **kwargs)
+
     def fit(self, model, datamodule=None, ckpt_path=None, **kwargs) -> None:
         config = self.config[self.subcommand]
         n_members = int(config.get("ensemble", 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -179,7 +180,7 @@ def test_fit_writes_metrics_figures_verdict_and_beats_linear_baseline(tmp_path, 
         assert float(rmse(preds["tas"].sel(model=name), truth)) == pytest.approx(m["tas"][name]["rmse"], rel=1e-4), name
 
 
-def test_ensemble_and_predict_writes_cf_netcdf(cli_data, tmp_path):
+def test_ensemble_and_predict_writes_cf_netcdf(cli_data, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     common = ["--data.data_dir", str(cli_data), "--trainer.logger.init_args.save_dir", str(runs),
               "--trainer.enable_progress_bar", "false"]
@@ -197,10 +198,28 @@ def test_ensemble_and_predict_writes_cf_netcdf(cli_data, tmp_path):
     xr.testing.assert_allclose(preds["tas"].sel(model="model", drop=True), preds["tas_members"].mean("member"), rtol=1e-5)
 
     out = tmp_path / "pred"
-    rc = main(["predict", "--config", CONFIG, *common, "--ckpt_path", str(ckpts[0]),
+    import lightning
+
+    from climateml.callbacks import NetCDFPredictionWriter
+
+    held, appended, predict, write = [], [], lightning.Trainer.predict, NetCDFPredictionWriter.write_on_batch_end
+
+    def writes(self, trainer, *args):  # each batch reaches a part store as soon as it is predicted
+        write(self, trainer, *args)
+        appended.append(sorted(p.name for p in self._parts.folder.iterdir()))
+
+    @functools.wraps(predict)  # the same signature: the command line's options come from it
+    def predicts(self, *args, **kwargs):
+        held.append(predict(self, *args, **kwargs))
+
+    monkeypatch.setattr(lightning.Trainer, "predict", predicts)
+    monkeypatch.setattr(NetCDFPredictionWriter, "write_on_batch_end", writes)
+    rc = main(["predict", "--config", CONFIG, *common, "--ckpt_path", str(ckpts[0]), "--data.batch_size", "4",
                "--trainer.callbacks+=climateml.callbacks.NetCDFPredictionWriter",
                f"--trainer.callbacks.output_dir={out}"])
     assert rc == 0
+    assert held == [None] and len(appended) > 1 and appended[0] == ["ssp245.rank0.zarr"]  # nothing held, per batch
+    assert not (out / ".parts").exists()  # the parts became the file
     ds = xr.open_dataset(out / "predictions_ssp245.nc")
     truth = xr.open_dataset(cli_data / "outputs_ssp245.nc")
     assert ds["tas"].dims == ("time", "lat", "lon")
