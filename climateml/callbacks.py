@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import resource
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from climateml.errors import ConfigError
 from climateml.resume import ResumeCheckpoint
-from climateml.writers import atomic_path
+from climateml.writers import PredictionParts, atomic_path
 
 
 class RestoreBestWeights(L.Callback):
@@ -49,7 +48,7 @@ class NetCDFPredictionWriter(BasePredictionWriter):
     variables on the input's coordinates (temperature: ``tas`` (time, lat, lon) in K; segmentation: ``LABELS``
     (time, lat, lon) and ``probability`` (time, class, lat, lon); nowcasting: ``rain_rate`` (time, lead_time, y,
     x) in mm/h with ``valid_time``). Batch by batch: each batch is appended to a part store
-    (:class:`~climateml.evaluation.streaming.PredictionParts`, under ``<output dir>/.parts``) as soon as it is
+    (:class:`~climateml.writers.PredictionParts`, under ``<output dir>/.parts``) as soon as it is
     predicted, and the parts become the NetCDF files chunk by chunk at the end, so a split larger than memory is
     never held (``climateml predict`` asks Lightning to keep no predictions either). Under DDP every process
     predicts the whole split and global rank 0 writes.
@@ -63,11 +62,9 @@ class NetCDFPredictionWriter(BasePredictionWriter):
         return Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
-        from climateml.evaluation.streaming import PredictionParts
-
         self._parts = PredictionParts(self._out_dir(trainer) / ".parts") if trainer.is_global_zero else None
-        if self._parts is not None and self._parts.folder.exists():
-            shutil.rmtree(self._parts.folder)  # what a killed run left
+        if self._parts is not None:
+            self._parts.clear()  # what a killed run left
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx) -> None:
@@ -85,7 +82,7 @@ class NetCDFPredictionWriter(BasePredictionWriter):
             path = parts.merge(group, self._out_dir(trainer) / f"predictions_{group}.nc",
                                title=f"{type(pl_module).__name__} predictions for {group}")
             print(f"wrote {path}")
-        shutil.rmtree(parts.folder, ignore_errors=True)
+        parts.remove()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

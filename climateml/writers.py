@@ -166,3 +166,73 @@ def write_text(text: str, path: str | Path) -> Path:
 def write_cf(ds: xr.Dataset, path: str | Path, title: str = "", **attrs) -> Path:
     """CF attributes (:func:`cf_dataset`) then an atomic write: how every prediction file is written."""
     return write_dataset(cf_dataset(ds, title=title, **attrs), path)
+
+
+# ---- predictions written batch by batch (streaming evaluation, climateml predict) ----
+
+def synchronous():
+    """Dask's synchronous scheduler: one chunk (one batch) in memory at a time, and no thread pool (a pool
+    inherited over a fork would never answer)."""
+    import dask
+
+    return dask.config.set(scheduler="synchronous")
+
+
+class PredictionParts:
+    """Each rank's predictions, appended batch by batch along ``time`` to one Zarr store per group
+    (``<folder>/<group>.rank<r>.zarr``); read back lazily (:meth:`open`) and merged into one NetCDF (:meth:`merge`).
+
+    A variable without a ``time`` dim (``lead_time``, the grid, 2-d lat / lon) is written with the first batch
+    only. Each rank writes only its own stores, so ranks never write the same file.
+    """
+
+    def __init__(self, folder: str | Path, rank: int = 0):
+        self.folder = Path(folder)
+        self.rank = int(rank)
+        self.written: set[str] = set()
+
+    def _store(self, group: str, rank: int) -> Path:
+        return self.folder / f"{group}.rank{rank}.zarr"
+
+    def clear(self) -> None:
+        """Remove what an earlier (e.g. killed) run left (rank 0; the caller makes the other ranks wait for it)."""
+        if self.rank == 0 and self.folder.exists():
+            shutil.rmtree(self.folder)
+
+    def append(self, group: str, ds: xr.Dataset) -> None:
+        store = self._store(group, self.rank)
+        ds = ds.copy()
+        for v in ds.variables.values():
+            v.encoding = {}
+        if group not in self.written:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            ds.to_zarr(store, mode="w", zarr_format=2, consolidated=False)
+            self.written.add(group)
+        else:
+            fixed = [n for n in ds.variables if "time" not in ds[n].dims]
+            ds.drop_vars(fixed).to_zarr(store, append_dim="time", zarr_format=2, consolidated=False)
+
+    def groups(self) -> list[str]:
+        return sorted({p.name.rsplit(".rank", 1)[0] for p in self.folder.glob("*.rank*.zarr")})
+
+    def open(self, group: str) -> xr.Dataset:
+        """Every rank's predictions of ``group``, lazily (dask, one chunk per batch), in ``time`` order."""
+        stores = sorted(self.folder.glob(f"{group}.rank*.zarr"))
+        if not stores:
+            raise FileNotFoundError(f"{self.folder}: no predictions of {group!r} were written")
+        parts = [xr.open_zarr(s, consolidated=False) for s in stores]
+        if len(parts) == 1:
+            return parts[0]
+        merged = xr.concat(parts, dim="time", data_vars="minimal", coords="minimal", compat="override",
+                           join="override")
+        return merged.sortby("time")
+
+    def merge(self, name: str, path: Path, title: str, **attrs) -> Path:
+        """Write the predictions of group ``name`` to one CF NetCDF ``path`` (atomically), chunk by chunk from the parts."""
+        with synchronous():
+            return write_cf(self.open(name), path, title=title, **attrs)
+
+    def remove(self) -> None:
+        """Remove the parts (rank 0, once every rank is done with them: the caller's to ensure)."""
+        if self.rank == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -344,15 +344,17 @@ class Evaluation:
         then summed over the ranks, so each score is that of the whole evaluation set. Rank 0 writes
         metrics.json, merges the predictions into ``<split>_predictions_<group>.nc`` and draws the figures
         from what was written; every rank returns the scores."""
-        from climateml.evaluation.streaming import PredictionParts, Sums, barrier
+        from climateml.evaluation.streaming import Sums, barrier
+        from climateml.writers import PredictionParts
 
         world, rank = distributed_world()
         loader = datamodule.dataloader(self.split, distributed=True)
         sampler = loader.sampler
         # fewer samples than ranks: every rank's sampler holds them all, and rank 0 alone scores them
         shard = list(sampler.shard()) if world == 1 or sampler.sharded or rank == 0 else []
-        parts = PredictionParts(run_dir / ".parts" / self.split)
+        parts = PredictionParts(run_dir / ".parts" / self.split, rank)
         parts.clear()
+        barrier()  # no rank writes before rank 0 has cleared
         sums = Sums()
         device = _device(accelerator)
         states = [(m.training, _module_device(m)) for m in models]
@@ -387,6 +389,7 @@ class Evaluation:
             if rank == 0 and self.make_figures:
                 self.streamed_figures(run_dir / "figures", group, parts.open(group), sums, scores)
         result = self._finish(per_group, models, run_dir, histories, write=rank == 0)
+        barrier()  # every rank is done with the parts
         parts.remove()
         return result
 

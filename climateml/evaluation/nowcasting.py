@@ -19,7 +19,7 @@ from climateml import plotting
 from climateml.contracts import NowcastBatchData, NowcastData, require
 from climateml.errors import ConfigError
 from climateml.evaluation.base import Evaluation
-from climateml.evaluation.streaming import synchronous
+from climateml.writers import synchronous
 from climateml.metrics import categorical
 from climateml.models.extrapolation import METHODS, optical_flow_nowcast, persistence
 

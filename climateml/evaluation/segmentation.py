@@ -11,7 +11,7 @@ import xarray as xr
 from climateml import plotting
 from climateml.contracts import FieldData, SegmentationBatchData, require
 from climateml.evaluation.base import Evaluation
-from climateml.evaluation.streaming import synchronous
+from climateml.writers import synchronous
 from climateml.metrics.segmentation import CLASS_NAMES, confusion_matrix, scores_from_confusion
 from climateml.models.heuristic_detection import HeuristicDetector
 

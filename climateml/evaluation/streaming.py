@@ -3,8 +3,8 @@ ranks, predictions appended batch by batch to per-rank part stores and merged in
 
 Nothing of a whole split is held in memory: each batch's predictions, truth and baselines are turned into
 sums (:class:`Sums`: squared and absolute errors, counts, contingency tables, FSS fraction sums ...) and
-appended to this rank's Zarr part store (:class:`PredictionParts`), then dropped. At the end the sums are
-added over the ranks of a running ``torch.distributed`` process group (one ``all_reduce``), so every score
+appended to this rank's Zarr part store (:class:`climateml.writers.PredictionParts`), then dropped. At the end
+the sums are added over the ranks of a running ``torch.distributed`` process group (one ``all_reduce``), so every score
 is the score of the whole evaluation set, computed once from its totals (not a mean of per-batch or
 per-rank scores); rank 0 then merges the parts into ``<split>_predictions_<group>.nc`` chunk by chunk.
 The part stores live in the run directory (``.parts/``), which every rank must see (a shared file system,
@@ -14,16 +14,11 @@ as a run directory under DDP always is). What the evaluator calls on a DataModul
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import xarray as xr
-
 from climateml.data.base import distributed_world
-from climateml.writers import write_cf
 
 
 class Sums:
@@ -73,9 +68,11 @@ class Sums:
                 self.picks[key] = _best({*self.picks.get(key, []), *p}, max(len(p), len(self.picks.get(key, []))))
         keys = sorted(every)
         flat = np.concatenate([self.values.get(k, np.zeros(every[k])).ravel() for k in keys]) if keys else np.zeros(0)
-        total = torch.from_numpy(flat.astype(np.float64))
+        # NCCL (Lightning's backend on GPUs) reduces CUDA tensors only: the sums go to this rank's GPU and back
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        total = torch.from_numpy(flat.astype(np.float64)).to(device)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        total, start = total.numpy(), 0
+        total, start = total.cpu().numpy(), 0
         for k in keys:
             size = int(np.prod(every[k]))
             self.values[k] = total[start:start + size].reshape(every[k])
@@ -86,75 +83,6 @@ def _best(candidates, k: int) -> list[tuple[float, int]]:
     return sorted(set(candidates), key=lambda p: (-p[0], p[1]))[:k]
 
 
-def synchronous():
-    """Dask's synchronous scheduler: one chunk (one batch) in memory at a time, and no thread pool (a pool
-    inherited over a fork would never answer)."""
-    import dask
-
-    return dask.config.set(scheduler="synchronous")
-
-
 def barrier() -> None:
     if distributed_world()[0] > 1:
         torch.distributed.barrier()
-
-
-class PredictionParts:
-    """Each rank's predictions, appended batch by batch along ``time`` to one Zarr store per group
-    (``<folder>/<group>.rank<r>.zarr``); read back lazily (:meth:`open`) and merged into one NetCDF (:meth:`merge`).
-
-    A variable without a ``time`` dim (``lead_time``, the grid, 2-d lat / lon) is written with the first batch
-    only. Each rank writes only its own stores, so ranks never write the same file.
-    """
-
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        _, self.rank = distributed_world()
-        self.written: set[str] = set()
-
-    def _store(self, group: str, rank: int) -> Path:
-        return self.folder / f"{group}.rank{rank}.zarr"
-
-    def clear(self) -> None:
-        """Remove what an earlier (e.g. killed) run left (rank 0, before any rank writes)."""
-        if self.rank == 0 and self.folder.exists():
-            shutil.rmtree(self.folder)
-        barrier()
-
-    def append(self, group: str, ds: xr.Dataset) -> None:
-        store = self._store(group, self.rank)
-        ds = ds.copy()
-        for v in ds.variables.values():
-            v.encoding = {}
-        if group not in self.written:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            ds.to_zarr(store, mode="w", zarr_format=2, consolidated=False)
-            self.written.add(group)
-        else:
-            fixed = [n for n in ds.variables if "time" not in ds[n].dims]
-            ds.drop_vars(fixed).to_zarr(store, append_dim="time", zarr_format=2, consolidated=False)
-
-    def groups(self) -> list[str]:
-        return sorted({p.name.rsplit(".rank", 1)[0] for p in self.folder.glob("*.rank*.zarr")})
-
-    def open(self, group: str) -> xr.Dataset:
-        """Every rank's predictions of ``group``, lazily (dask, one chunk per batch), in ``time`` order."""
-        stores = sorted(self.folder.glob(f"{group}.rank*.zarr"))
-        if not stores:
-            raise FileNotFoundError(f"{self.folder}: no predictions of {group!r} were written")
-        parts = [xr.open_zarr(s, consolidated=False) for s in stores]
-        if len(parts) == 1:
-            return parts[0]
-        merged = xr.concat(parts, dim="time", data_vars="minimal", coords="minimal", compat="override",
-                           join="override")
-        return merged.sortby("time")
-
-    def merge(self, name: str, path: Path, title: str, **attrs) -> Path:
-        """Write the predictions of group ``name`` to one CF NetCDF ``path`` (atomically), chunk by chunk from the parts."""
-        with synchronous():
-            return write_cf(self.open(name), path, title=title, **attrs)
-
-    def remove(self) -> None:
-        barrier()
-        if self.rank == 0:
-            shutil.rmtree(self.folder, ignore_errors=True)

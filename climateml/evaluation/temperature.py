@@ -11,7 +11,7 @@ from climateml import metrics, plotting
 from climateml.contracts import TabularData, require
 from climateml.errors import ConfigError, check_positive
 from climateml.evaluation.base import Evaluation, cell_weights, error_scores, error_sums
-from climateml.evaluation.streaming import synchronous
+from climateml.writers import synchronous
 from climateml.models.baselines import LinearRegression, PatternScaling
 
 #: baseline name in the config -> its key in metrics.json, prediction files and figures
