@@ -139,12 +139,6 @@ class NowcastEvaluation(Evaluation):
         out["by_lead_time"] = {f"{m:g}min": {k: float(v[i]) for k, v in per_lead.items()} for i, m in enumerate(minutes)}
         return out
 
-    def score_variable(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict:
-        """MAE, RMSE [mm/h], CSI/POD/FAR per threshold and FSS per scale over every window and valid cell given:
-        means over lead times, and ``by_lead_time`` with each score per lead time (minutes); the same code as
-        the streaming evaluation (:meth:`scores_from_statistics` of :meth:`statistics`)."""
-        return self.scores_from_statistics(self.statistics(pred, truth, variable), variable)
-
     def observe(self, sums, group: str, truth: xr.Dataset, indices) -> None:
         """Picks the rainiest window (most cells >= ``figure_threshold`` over its lead times) for the figure."""
         v = "rain_rate"

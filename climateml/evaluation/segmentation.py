@@ -77,10 +77,6 @@ class SegmentationEvaluation(Evaluation):
         out["LABELS"].attrs = members["LABELS"].attrs
         return out
 
-    def score_variable(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, float]:
-        """IoU, precision and recall per class and mean IoU, from the confusion matrix of every test pixel."""
-        return self.scores_from_statistics(self.statistics(pred, truth, variable), variable)
-
     def streams(self, datamodule) -> bool:
         """Batch by batch for a DataModule that serves its batches' labels and fields (:class:`SegmentationBatchData`)."""
         return isinstance(datamodule, SegmentationBatchData)
