@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, instantiate_class
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import ParallelStrategy
 
 from climateml.callbacks import AtomicCheckpointIO, NetCDFPredictionWriter
 from climateml.data.base import hand_down_fitted
@@ -52,15 +53,23 @@ class ClimateCLI(LightningCLI):
         parser.link_arguments("data.spec", "model.init_args.spec", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """fit: pick up the run this command left unfinished (same run directory, its resume checkpoint)."""
+        """fit: pick up the run this command left unfinished (same run directory, its resume checkpoint). Every
+        subcommand: under srun or torchrun, connect the processes before the DataModule is built
+        (:func:`connect_processes_started_outside`)."""
         if self.subcommand == "fit":
             continue_interrupted_run(self.config["fit"])
+        if self.subcommand is not None:
+            connect_processes_started_outside(self.config[self.subcommand]["trainer"])
 
     def instantiate_trainer(self, **kwargs):
         """The config's Trainer, with checkpoints written atomically, a ResumeCheckpoint (for fit) and, for
         predict, a NetCDFPredictionWriter when the config has no prediction writer: predict always writes files."""
         trainer = super().instantiate_trainer(**kwargs)
-        if self.datamodule is not None:  # built (its spec linked): the DDP processes this one starts fit nothing again
+        strategy = trainer.strategy
+        if (self.datamodule is not None and isinstance(strategy, ParallelStrategy) and strategy.cluster_environment
+                and not strategy.cluster_environment.creates_processes_externally):
+            # Lightning's launcher will start the other processes, and the DataModule is built (its spec linked):
+            # they fit nothing again (processes srun or torchrun started were connected before building theirs)
             hand_down_fitted(self.datamodule, trainer.world_size)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -137,6 +146,61 @@ class ClimateCLI(LightningCLI):
             result = evaluation.run(members, self.datamodule, run_dir, histories, accelerator=accelerator)
         print("\n".join(evaluation.summary(result)))
         self._finish_run()
+
+
+#: the Trainer arguments that decide its strategy, its cluster environment and so its process group
+_CONNECTION_ARGUMENTS = ("accelerator", "devices", "num_nodes", "strategy", "plugins")
+
+
+def _instantiated(value):
+    """A config value given as ``{class_path, init_args}`` (or a list of them) as the object; others as they are."""
+    if isinstance(value, (list, tuple)):
+        return [_instantiated(v) for v in value]
+    as_dict = value.as_dict() if hasattr(value, "as_dict") else value
+    if isinstance(as_dict, dict) and "class_path" in as_dict:
+        return instantiate_class((), as_dict)
+    return value
+
+
+def connect_processes_started_outside(trainer_config) -> bool:
+    """Set up the process group now when a launcher outside Lightning started every process at once (SLURM's
+    srun, torchrun, LSF, MPI: a cluster environment that creates its processes externally), so that the
+    DataModule, built next, fits its statistics on rank 0 alone and sends them to the others
+    (:meth:`~climateml.data.base.BaseDataModule.fit_once`) instead of every process reading every training file.
+
+    The connection is Lightning's own: a Trainer with the config's ``accelerator``, ``devices``, ``num_nodes``,
+    ``strategy`` and ``plugins`` (built for this only) runs its strategy's ``setup_environment`` (the device, then
+    ``init_process_group`` with the backend, address, port, ranks and timeout the run's Trainer would use). The
+    run's Trainer later finds the group set up and keeps it. Nothing is done (False) for a single process, under
+    Lightning's own DDP launcher (the processes it starts take what this one fitted: :func:`hand_down_fitted`),
+    or when a group already exists (the members of ``--ensemble`` after the first). Returns True when it connected.
+    """
+    import logging
+
+    from lightning.fabric.plugins.environments import (LSFEnvironment, MPIEnvironment, SLURMEnvironment,
+                                                        TorchElasticEnvironment)
+    from lightning.pytorch import Trainer
+
+    if not torch.distributed.is_available() or torch.distributed.is_initialized():
+        return False
+    args = {name: _instantiated(trainer_config.get(name)) for name in _CONNECTION_ARGUMENTS if name in trainer_config}
+    outside = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)
+    if not args.get("plugins") and not any(env.detect() for env in outside):
+        return False  # the common case, a process started by hand or by Lightning's launcher: no Trainer built
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # its device lines come with the run's Trainer
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        strategy = Trainer(**args, logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False).strategy
+    finally:
+        quiet.setLevel(level)
+    if not isinstance(strategy, ParallelStrategy) or strategy.cluster_environment is None:
+        return False
+    if not strategy.cluster_environment.creates_processes_externally or strategy.world_size <= 1:
+        return False
+    strategy.setup_environment()
+    return torch.distributed.is_initialized()
 
 
 def build_task(config: str, overrides: list[str]):

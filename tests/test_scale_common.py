@@ -82,15 +82,18 @@ def task_args(task: str, data: Path, runs: Path, steps: int | None = None) -> li
                      "--evaluation.init_args.baselines", "[persistence]", "--evaluation.init_args.make_figures", "false"]
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``climateml fit <args>`` in a fresh process (as a user runs it); this folder on PYTHONPATH.
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300,
+            torchrun: int = 0) -> subprocess.CompletedProcess:
+    """``climateml fit <args>`` in a fresh process (as a user runs it); this folder on PYTHONPATH. With ``torchrun``
+    N: ``torchrun --standalone --nproc_per_node N`` starts N such processes at once (their output is torchrun's).
 
     A fresh interpreter imports torch and Lightning again (~8 s on two cores): only for what needs one, such
     as DDP, whose launcher starts the other ranks by running the command line again. Otherwise use
     :func:`run_forked`."""
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")]),
                 "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "climateml.cli", "fit", *args]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(torchrun)] if torchrun else []
+    cmd = [sys.executable, *launcher, "-m", "climateml.cli", "fit", *args]
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -235,6 +238,7 @@ class RecordSamples(L.Callback):
         record = {"rank": rank, "world_size": trainer.world_size,
                   # statistics this process fitted through fit_once, and those the DDP launcher handed down
                   "fitted": sorted(trainer.datamodule._fitted), "handed_down": sorted(_fitted_by_the_launcher()),
+                  "fitted_by": sorted(set(trainer.datamodule.fitted_by.values())),
                   "max_rss_mib": peak_rss_mib(), "rss_growth_mib": peak_rss_mib() - self.peak_rss_at_start,
                   "epochs": {str(k): v for k, v in self.epochs.items()}}
         (out / f"rank{rank}.json").write_text(json.dumps(record))

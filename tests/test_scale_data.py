@@ -222,7 +222,11 @@ def _reads(task: str, dm):
 
 def _setup_counting_reads(task: str, data: Path) -> tuple[int, dict]:
     """Set up ``task``'s DataModule, counting the reads of training data: (reads, statistics)."""
-    dm = _datamodule(task, data)
+    return _setup_counting_reads_of(task, _datamodule(task, data))
+
+
+def _setup_counting_reads_of(task: str, dm) -> tuple[int, dict]:
+    """Set up the DataModule ``dm`` of ``task``, counting the reads of training data: (reads, statistics)."""
     owner, name = _reads(task, dm)
     read, reads = getattr(owner, name), []
 
@@ -314,6 +318,93 @@ def test_a_fit_that_fails_on_rank_zero_stops_every_rank_with_its_message(tmp_pat
                 p.kill()
     assert errors[0] == "DataError: a.nc: damaged"
     assert errors[1] == "RuntimeError: BaseDataModule: rank 0 failed to fit 'statistics' for every rank: DataError: a.nc: damaged"
+
+
+def _launched_environment(launcher: str, rank: int, port: int) -> dict[str, str]:
+    """The variables srun or torchrun gives process ``rank`` of 2 on one node (what Lightning's SLURMEnvironment and
+    TorchElasticEnvironment read), the main address and port on this machine."""
+    common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    if launcher == "srun":
+        return {**common, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_PROCID": str(rank),
+                "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "climateml",
+                "SLURM_NODELIST": "127.0.0.1"}
+    return {**common, "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0", "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "climateml-test"}
+
+
+def _connect_and_build(launcher: str, rank: int, port: int, task: str, data: str, out) -> None:
+    """One of two processes started at once, as srun or torchrun starts them: connect as ``climateml`` does before
+    it builds the DataModule, then set the DataModule up counting its reads; report them and who fitted."""
+    from climateml.lightning_cli import connect_processes_started_outside
+
+    torch.set_num_threads(1)
+    for name in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_")) or k in ("RANK", "WORLD_SIZE")]:
+        del os.environ[name]  # this machine's own (a test run inside a SLURM job) would mix with the simulated ones
+    os.environ.update(_launched_environment(launcher, rank, port))
+    try:
+        connected = connect_processes_started_outside({"accelerator": "cpu", "devices": 2, "strategy": "ddp"})
+        dm = _datamodule(task, Path(data))
+        reads, stats = _setup_counting_reads_of(task, dm)
+        out.put((rank, connected, reads, stats, sorted(set(dm.fitted_by.values()))))
+    except Exception as err:  # noqa: BLE001  reported to the test instead of a wait for the queue
+        out.put((rank, f"{type(err).__name__}: {err}", None, None, None))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("launcher", ["srun", "torchrun"])
+def test_processes_srun_or_torchrun_start_take_rank_zeros_statistics(launcher, data_root):
+    """Under srun or torchrun every process starts at once and builds its DataModule before Lightning would set up
+    the process group: ``climateml`` connects them first (with the config's Trainer strategy), so rank 0 reads the
+    training data for the statistics and rank 1 reads none, both ending with one process's statistics."""
+    import multiprocessing
+    import queue
+    import socket
+
+    task = "segmentation"
+    data = make_data(task, data_root)
+    alone = _datamodule(task, data)
+    alone.setup()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_connect_and_build, args=(launcher, r, port, task, str(data), out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        results = {r: rest for r, *rest in (out.get(timeout=120) for _ in procs)}
+    except queue.Empty:
+        pytest.fail(f"the processes {launcher} started did not connect (or one waited for ever for rank 0)")
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    assert [results[r][0] for r in (0, 1)] == [True, True], results
+    assert results[0][1] == len(alone.splits["train"]) > 0 and results[1][1] == 0
+    assert results[0][3] == ["this process"] and results[1][3] == ["rank 0"]
+    for name, value in alone.spec.statistics.items():
+        assert (results[0][2][name] == value.numpy()).all() and (results[1][2][name] == value.numpy()).all(), name
+
+
+def test_a_process_started_by_hand_connects_nothing(monkeypatch):
+    """No launcher's variables (a process started by hand, or by Lightning's own DDP launcher): no process group is
+    set up and no Trainer is built; one srun task alone (world size 1) connects nothing either."""
+    from climateml.lightning_cli import connect_processes_started_outside
+
+    for name in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_", "OMPI_", "PMI_", "LSB_"))
+                 or k in ("RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")]:
+        monkeypatch.delenv(name)
+    assert connect_processes_started_outside({"accelerator": "cpu", "devices": 2, "strategy": "ddp"}) is False
+    for name, value in _launched_environment("srun", 0, 29500).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "1")
+    assert connect_processes_started_outside({"accelerator": "cpu", "devices": 1}) is False
+    assert not torch.distributed.is_initialized()
 
 
 def _build_in_child(task: str, data: str, out) -> None:

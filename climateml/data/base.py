@@ -13,7 +13,8 @@ The loaders are built for scale once, here, for every task:
 - :class:`ResumableDataLoader` (training): a run resumed from a mid-epoch checkpoint continues with the
   next batch of that epoch instead of starting the epoch again.
 - Statistics a task fits on its training files (:meth:`ClimateDataModule.fit_once`) are fitted by one process
-  and sent to the others under DDP, instead of every rank reading every training file.
+  and sent to the others under DDP, instead of every rank reading every training file, whichever launcher
+  started the processes (Lightning's, srun, torchrun).
 - DataLoader worker processes are safe for lazily opened NetCDF / Zarr: dask's thread pools are not
   carried over a fork, and each worker reads with dask's synchronous scheduler (readers that keep files
   open, like the radar reader, open their own in each worker).
@@ -254,7 +255,8 @@ def hand_down_fitted(datamodule: "ClimateDataModule", world_size: int) -> None:
     building its DataModule before any process group exists): leave them what this process fitted through
     :meth:`ClimateDataModule.fit_once`, in a temporary file named by ``$CLIMATEML_FITTED_STATISTICS`` (inherited
     by the processes it starts; deleted when this one exits). Processes started by SLURM or torchrun, all at once,
-    fit for themselves until the process group exists (:meth:`ClimateDataModule.fit_once`)."""
+    are connected before they build their DataModule instead, and rank 0 fits for all
+    (:func:`climateml.lightning_cli.connect_processes_started_outside`)."""
     if world_size <= 1 or not datamodule._fitted or FITTED_ENV in os.environ:
         return
     fd, path = tempfile.mkstemp(prefix="climateml-fitted-", suffix=".pt")
@@ -363,6 +365,7 @@ class BaseDataModule(L.LightningDataModule):
         self.predict_dataset: Dataset | None = None
         self.statistics: dict[str, torch.Tensor] = {}
         self._fitted: dict[str, Any] = {}  # what fit_once fitted, by key
+        self.fitted_by: dict[str, str] = {}  # who fitted it, by key: "this process", "rank 0" or "the launcher"
 
     def build(self) -> None:
         """Read the data, split it, fit statistics on the training split, set the four datasets."""
@@ -387,11 +390,13 @@ class BaseDataModule(L.LightningDataModule):
     def fit_once(self, name: str, fit: Callable[..., T], *args) -> T:
         """``fit(*args)`` (statistics read from the training files) done by one process for all of them.
 
-        Under a running torch.distributed process group (Lightning's DDP sets one up before it calls ``setup``),
-        global rank 0 fits and sends the result to the other ranks (``broadcast_object_list``); they read no file.
-        In a DDP process started by this machine's launching process, before the group exists (``climateml fit``
-        builds the DataModule to link its spec), the launcher's result is taken (:func:`hand_down_fitted`).
-        Otherwise this process fits. The result is found again by ``name`` and ``args`` (e.g. the training files);
+        Under a running torch.distributed process group (Lightning's DDP sets one up before it calls ``setup``;
+        ``climateml`` under srun or torchrun sets it up before it builds the DataModule:
+        :func:`climateml.lightning_cli.connect_processes_started_outside`), global rank 0 fits and sends the result
+        to the other ranks (``broadcast_object_list``); they read no file. In a DDP process started by Lightning's
+        launcher, before the group exists (``climateml fit`` builds the DataModule to link its spec), the launching
+        process's result is taken (:func:`hand_down_fitted`). Otherwise this process fits; :attr:`fitted_by` says
+        which of the three it was, by key. The result is found again by ``name`` and ``args`` (e.g. the training files);
         it holds tensors (a dict of them, as ``statistics``), so that a checkpoint could hold it too. When rank 0's
         fit raises, it raises that error and every other rank a RuntimeError quoting it (none waits for ever).
         """
@@ -411,11 +416,12 @@ class BaseDataModule(L.LightningDataModule):
             kind, value = box[0]
             if kind == "error":
                 raise RuntimeError(f"{type(self).__name__}: rank 0 failed to fit {name!r} for every rank: {value}")
+            by = "this process" if rank == 0 else "rank 0"
         else:
-            value = _fitted_by_the_launcher().get(key)
+            value, by = _fitted_by_the_launcher().get(key), "the launcher"
             if value is None:
-                value = fit(*args)
-        self._fitted[key] = value
+                value, by = fit(*args), "this process"
+        self._fitted[key], self.fitted_by[key] = value, by
         return value
 
     def dataset(self, split: str) -> Dataset:
