@@ -210,36 +210,52 @@ def test_dask_reads_in_forked_workers_do_not_deadlock(tmp_path):
     assert "TOTAL 12000.0" in stdout and "CHILD 0" in stdout
 
 
-def _reads(task: str, dm):
+def _reads(task: str, dm) -> list[tuple]:
     """(owner, name) of what reads the training data for the statistics: segmentation's file reader (looked up in
-    the module its fit reads through), the radar reader's frame read (nowcasting scans every frame)."""
+    the module its fit reads through), the radar reader's frame read (nowcasting scans every frame); then of what
+    reads each file's metadata: segmentation's grid, the radar archive's per-file header."""
     if task == "segmentation":
-        return sys.modules[type(dm)._fit_statistics.__module__], "read_snapshot"
+        from climateml.data import climatenet_reader
+
+        return [(sys.modules[type(dm)._fit_statistics.__module__], "read_snapshot"), (climatenet_reader, "read_grid")]
+    from climateml.data import radar_header
     from climateml.data.radar import RadarReader
 
-    return RadarReader, "read"
+    return [(RadarReader, "read"), (radar_header, "read_header")]
 
 
-def _setup_counting_reads(task: str, data: Path) -> tuple[int, dict]:
-    """Set up ``task``'s DataModule, counting the reads of training data: (reads, statistics)."""
+def _setup_counting_reads(task: str, data: Path) -> tuple[tuple[int, int], dict]:
+    """Set up ``task``'s DataModule, counting the reads of data: ((data reads, metadata reads), statistics)."""
     return _setup_counting_reads_of(task, _datamodule(task, data))
 
 
-def _setup_counting_reads_of(task: str, dm) -> tuple[int, dict]:
-    """Set up the DataModule ``dm`` of ``task``, counting the reads of training data: (reads, statistics)."""
-    owner, name = _reads(task, dm)
-    read, reads = getattr(owner, name), []
+def _setup_counting_reads_of(task: str, dm) -> tuple[tuple[int, int], dict]:
+    """Set up the DataModule ``dm`` of ``task``, counting the reads the statistics make of the training data and
+    the reads of each file's metadata: ((data reads, metadata reads), statistics)."""
+    originals, counts = [], []
+    for owner, name in _reads(task, dm):
+        read, reads = getattr(owner, name), []
 
-    def counting(*args, **kwargs):
-        reads.append(args)
-        return read(*args, **kwargs)
+        def counting(*args, _read=read, _reads=reads, **kwargs):
+            _reads.append(args)
+            return _read(*args, **kwargs)
 
-    setattr(owner, name, counting)
+        originals.append((owner, name, read))
+        counts.append(reads)
+        setattr(owner, name, counting)
     try:
         dm.setup("fit")
     finally:
-        setattr(owner, name, read)
-    return len(reads), {k: v.numpy() for k, v in dm.spec.statistics.items()}
+        for owner, name, read in originals:
+            setattr(owner, name, read)
+    return (len(counts[0]), len(counts[1])), {k: v.numpy() for k, v in dm.spec.statistics.items()}
+
+
+def n_files(dm) -> int:
+    """The files of a set-up DataModule's data (segmentation: every snapshot's; nowcasting: the archive's)."""
+    if hasattr(dm, "splits"):
+        return sum(len(snap.files) for split in dm.splits.values() for snap in split)
+    return len(dm.reader.files)
 
 
 def _build_on_rank(rank: int, store: str, task: str, data: str, out) -> None:
@@ -273,7 +289,8 @@ def test_statistics_are_fitted_by_rank_zero_and_sent_to_the_others(task, data_ro
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
     expected = len(alone.splits["train"]) if task == "segmentation" else len(alone.reader)
-    assert results[0][0] == expected > 0 and results[1][0] == 0
+    assert results[0][0][0] == expected > 0 and results[1][0][0] == 0
+    assert results[0][0][1] == n_files(alone) > 0 and results[1][0][1] == 0  # each file's metadata: rank 0 alone
     for name, value in alone.spec.statistics.items():
         assert (results[0][1][name] == value.numpy()).all() and (results[1][1][name] == value.numpy()).all(), name
 
@@ -384,7 +401,7 @@ def test_processes_srun_or_torchrun_start_take_rank_zeros_statistics(launcher, d
             if p.is_alive():
                 p.kill()
     assert [results[r][0] for r in (0, 1)] == [True, True], results
-    assert results[0][1] == len(alone.splits["train"]) > 0 and results[1][1] == 0
+    assert results[0][1] == (len(alone.splits["train"]), n_files(alone)) and results[1][1] == (0, 0)
     assert results[0][3] == ["this process"] and results[1][3] == ["rank 0"]
     for name, value in alone.spec.statistics.items():
         assert (results[0][2][name] == value.numpy()).all() and (results[1][2][name] == value.numpy()).all(), name
@@ -435,5 +452,5 @@ def test_processes_the_ddp_launcher_starts_take_its_statistics(task, data_root, 
         child.join(60)
     finally:
         path.unlink()
-    assert child.exitcode == 0 and n_reads == 0
+    assert child.exitcode == 0 and n_reads == (0, 0)
     assert all((stats[k] == v.numpy()).all() for k, v in parent.spec.statistics.items())

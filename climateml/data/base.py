@@ -246,7 +246,9 @@ def _fitted_by_the_launcher() -> dict[str, Any]:
     global _handed_down
     path = os.environ.get(FITTED_ENV, "")
     if path != _handed_down[0]:
-        _handed_down = (path, torch.load(path, weights_only=True) if path and os.path.isfile(path) else {})
+        # a file of our own (written by the launching process, mode 0600, named in the environment it handed down):
+        # pickled objects (an archive's index, a grid) are loaded as well as tensors
+        _handed_down = (path, torch.load(path, weights_only=False) if path and os.path.isfile(path) else {})
     return _handed_down[1]
 
 
@@ -388,7 +390,8 @@ class BaseDataModule(L.LightningDataModule):
                 self._use_restored_statistics()
 
     def fit_once(self, name: str, fit: Callable[..., T], *args) -> T:
-        """``fit(*args)`` (statistics read from the training files) done by one process for all of them.
+        """``fit(*args)`` (statistics read from the training files, or an index of the files' metadata) done by one
+        process for all of them.
 
         Under a running torch.distributed process group (Lightning's DDP sets one up before it calls ``setup``;
         ``climateml`` under srun or torchrun sets it up before it builds the DataModule:
@@ -396,8 +399,8 @@ class BaseDataModule(L.LightningDataModule):
         to the other ranks (``broadcast_object_list``); they read no file. In a DDP process started by Lightning's
         launcher, before the group exists (``climateml fit`` builds the DataModule to link its spec), the launching
         process's result is taken (:func:`hand_down_fitted`). Otherwise this process fits; :attr:`fitted_by` says
-        which of the three it was, by key. The result is found again by ``name`` and ``args`` (e.g. the training files);
-        it holds tensors (a dict of them, as ``statistics``), so that a checkpoint could hold it too. When rank 0's
+        which of the three it was, by key. The result is found again by ``name`` and ``args`` (e.g. the training
+        files); it is sent pickled, so keep it compact (tensors, arrays, an index; not the data). When rank 0's
         fit raises, it raises that error and every other rank a RuntimeError quoting it (none waits for ever).
         """
         key = f"{type(self).__qualname__}.{name}:{hashlib.sha1(repr(args).encode()).hexdigest()}"

@@ -219,7 +219,7 @@ class SegmentationDataModule(ClimateDataModule):
         if not snapshots:
             raise DataError(f"{self.data_dir}: no ClimateNet files (data-YYYY-MM-DD-01-1_N.nc)"
                             + ("" if self.data_dir.is_dir() else "; the folder does not exist"))
-        self.grid = common_grid(snapshots)
+        self.grid = self.fit_once("grid", common_grid, snapshots)  # every file's grid, read by one process for all
         self.splits = self._split(snapshots)
         train_items = [(s, k) for s in self.splits["train"] for k in range(len(s.files))] \
             if self.labellings == "extra" else [(s, None) for s in self.splits["train"]]

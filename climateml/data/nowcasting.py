@@ -24,7 +24,7 @@ from climateml.data.base import ClimateDataModule, DataSpec, check_crop, check_p
 from climateml.data.io import open_dataset, sample_data_folder
 from climateml.data.normalize import Moments
 from climateml.data.radar import RadarReader
-from climateml.data.radar_header import FILE_PATTERNS, resolve_paths
+from climateml.data.radar_header import FILE_PATTERNS, read_archive_headers, resolve_paths
 from climateml.data.windows import window_starts
 from climateml.errors import DataError, check_choice, check_fraction, check_positive
 from climateml.models.rain_transform import RainTransform
@@ -184,8 +184,12 @@ class NowcastingDataModule(ClimateDataModule):
 
     def build(self) -> None:
         self.prepare_data()
+        # every file's metadata (times, grid, units), read by one process for all (fit_once): no metadata storm of
+        # every rank opening every file of a large archive on a shared file system
+        headers = self.fit_once("radar_headers", read_archive_headers, self.paths, self.variable)
         reader = RadarReader(self.paths, self.variable, self.zr_a, self.zr_b, self.accumulation_minutes,
-                             max_open_files=self.max_open_files, cache_mb=self.cache_mb, region=self.region)
+                             max_open_files=self.max_open_files, cache_mb=self.cache_mb, region=self.region,
+                             headers=headers)
         if len(reader) < 2:
             raise DataError(f"{reader.path(0)}: the archive {self.paths} holds {len(reader)} frame; expected a "
                             f"sequence of at least n_in + n_out = {self.n_in + self.n_out}")

@@ -24,7 +24,7 @@ import xarray as xr
 from xarray.backends import CachingFileManager
 
 from climateml.data import odim
-from climateml.data.radar_header import FILE_LOCK, check_one_grid, read_header, resolve_paths
+from climateml.data.radar_header import FILE_LOCK, read_archive_headers
 from climateml.data.windows import time_step
 from climateml.errors import DataError
 
@@ -68,17 +68,17 @@ class RadarReader:
     ``accumulation_minutes``, else the archive's time step); rates in kg m-2 s-1 are multiplied by 3600;
     reflectivity [dBZ] becomes rain through Z = zr_a R^zr_b (Marshall-Palmer by default). Coordinates
     are kept as read (y may be descending) but must be the same in every file. Every problem is a
-    DataError naming the file.
+    DataError naming the file. ``headers``: the archive's :func:`~climateml.data.radar_header.read_archive_headers`
+    when another process has read them (DDP), instead of reading every file's metadata here.
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], variable: str, zr_a: float = 200.0,
                  zr_b: float = 1.6, accumulation_minutes: float | None = None, max_open_files: int = 64,
-                 cache_mb: float = 0.0, region: dict | None = None):
+                 cache_mb: float = 0.0, region: dict | None = None, headers: Sequence[dict] | None = None):
         self.variable, self.zr_a, self.zr_b = variable, float(zr_a), float(zr_b)
         self.max_open_files = max(1, int(max_open_files))
         self.cache_bytes = int(max(0.0, float(cache_mb)) * 2**20)
-        pieces = [read_header(path, variable) for path in resolve_paths(paths)]
-        check_one_grid(pieces, variable)
+        pieces = list(headers) if headers is not None else read_archive_headers(paths, variable)
         first = pieces[0]
         times = np.concatenate([p["times"] for p in pieces])
         self.frame_file = np.concatenate([np.full(p["times"].size, i, np.int64) for i, p in enumerate(pieces)])

@@ -231,6 +231,15 @@ def _describe_piece(header: dict, path: Path, variable: str) -> dict:
             "disk_names": {"time": time_dim, **{d: on_disk.get(d, d) for d in spatial}}}
 
 
+def read_archive_headers(paths: str | Path | Sequence[str | Path], variable: str) -> list[dict]:
+    """:func:`read_header` of every file of an archive (:func:`resolve_paths`), checked to be on one grid; only
+    the first file keeps its coordinates (the archive's), so the index stays small for many files (a process
+    that reads it can send it to the others: :meth:`climateml.data.base.BaseDataModule.fit_once`)."""
+    pieces = [read_header(path, variable) for path in resolve_paths(paths)]
+    check_one_grid(pieces, variable)
+    return [pieces[0], *({**p, "coords": None} for p in pieces[1:])]
+
+
 def check_one_grid(pieces: Sequence[dict], variable: str) -> None:
     """A DataError naming the first file whose grid (dimensions, ODIM projection and corners, coordinates) differs
     from the first file's: an archive is on one grid."""
