@@ -415,3 +415,27 @@ def test_attribution_maps_of_a_nowcast_keep_the_archive_coordinates(frames_dir):
         np.testing.assert_allclose(model.to_network(torch.as_tensor(base)).numpy(), 0.0, atol=1e-4)
     ig = attribute(model, x, "integrated_gradients", target=nowcast_rain(1), n_steps=4)
     assert ig.attrs["baseline"] == TRAINING_CLIMATOLOGY
+
+
+@pytest.mark.parametrize("n_lead", [1, 2, 6])
+def test_sequence_figure_title_fits_and_rows_are_named_once(n_lead):
+    """The sequence figure's title is wrapped to the figure's width, however few lead times (columns) it shows, and
+    each row is named once, left of its first panel (the observed row at the "now" panel)."""
+    import matplotlib.pyplot as plt
+
+    from climateml.evaluation.nowcasting import plot_sequences
+
+    rng = np.random.default_rng(0)
+    lead = np.arange(1, n_lead + 1) * np.timedelta64(5, "m")
+    observed = xr.DataArray(rng.gamma(0.5, 2, (n_lead, 8, 8)), dims=("lead_time", "y", "x"),
+                            coords={"lead_time": lead, "y": np.arange(8.0), "x": np.arange(8.0),
+                                    "time": np.datetime64("2024-06-01T06:30")})
+    fig = plot_sequences(observed, {"model": observed * 0.9, "optical_flow": observed}, last_input=observed[0])
+    try:
+        fig.canvas.draw()
+        title = fig._suptitle.get_window_extent()
+        assert title.x0 >= 0 and title.x1 <= fig.bbox.x1, (title, fig.bbox)
+        labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+        assert labels == ["observed", "model", "optical flow", "rain rate (mm/h)"]  # the last: the colour bar
+    finally:
+        plt.close(fig)

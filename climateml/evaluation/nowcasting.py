@@ -8,6 +8,7 @@ window before the ratio (not a mean of per-window FSS).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -267,14 +268,15 @@ def plot_sequences(observed: xr.DataArray, predictions: dict[str, xr.DataArray],
             if r == 0:
                 minutes = float(observed["lead_time"].values[c] / np.timedelta64(1, "m"))
                 ax.set_title(f"+{minutes:g} min", fontsize=9)
-        axes[r, extra].set_ylabel(name.replace("_", " "), fontsize=10)
-        if extra and r == 0:
-            axes[0, 0].set_ylabel("observed", fontsize=10)
+        # the row's name left of its first panel: the "now" panel's in the observed row
+        axes[r, extra if r else 0].set_ylabel(name.replace("_", " "), fontsize=10)
     issue = np.datetime_as_string(observed["time"].values, unit="m") if "time" in observed.coords else ""
     fig.colorbar(im, ax=axes, shrink=0.6, label="rain rate (mm/h)", extend="both")
     units = observed[xdim].attrs.get("units", "km")
-    fig.suptitle(f"Nowcasts issued {issue}: the rainiest test case ({xdim}, {ydim} in {units}; white: < 0.1 mm/h, "
-                 f"grey: outside the radar's range)", fontsize=10)
+    title = (f"Nowcasts issued {issue}: the rainiest test case ({xdim}, {ydim} in {units}; white: < 0.1 mm/h, "
+             f"grey: outside the radar's range)")
+    # wrapped to the figure's width (about 13 characters of 10-point text per inch), so few lead times clip nothing
+    fig.suptitle(textwrap.fill(title, width=max(30, int(13 * fig.get_figwidth()))), fontsize=10)
     return fig
 
 
