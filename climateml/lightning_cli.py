@@ -157,8 +157,9 @@ def _instantiated(value):
     if isinstance(value, (list, tuple)):
         return [_instantiated(v) for v in value]
     as_dict = value.as_dict() if hasattr(value, "as_dict") else value
-    if isinstance(as_dict, dict) and "class_path" in as_dict:
-        return instantiate_class((), as_dict)
+    if isinstance(as_dict, dict) and "class_path" in as_dict:  # its arguments may be classes too (a cluster environment)
+        init_args = {k: _instantiated(v) for k, v in (as_dict.get("init_args") or {}).items()}
+        return instantiate_class((), {"class_path": as_dict["class_path"], "init_args": init_args})
     return value
 
 

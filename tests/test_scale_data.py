@@ -359,7 +359,12 @@ def _connect_and_build(launcher: str, rank: int, port: int, task: str, data: str
         del os.environ[name]  # this machine's own (a test run inside a SLURM job) would mix with the simulated ones
     os.environ.update(_launched_environment(launcher, rank, port))
     try:
-        connected = connect_processes_started_outside({"accelerator": "cpu", "devices": 2, "strategy": "ddp"})
+        # the strategy as a config names it: a string, or a class with its arguments
+        strategy = "ddp" if launcher == "torchrun" else {"class_path": "lightning.pytorch.strategies.DDPStrategy",
+                                                          "init_args": {"process_group_backend": "gloo"}}
+        connected = connect_processes_started_outside({"accelerator": "cpu", "devices": 2, "strategy": strategy})
+        if connected:
+            assert torch.distributed.get_backend() == "gloo" and torch.distributed.get_rank() == rank
         dm = _datamodule(task, Path(data))
         reads, stats = _setup_counting_reads_of(task, dm)
         out.put((rank, connected, reads, stats, sorted(set(dm.fitted_by.values()))))
