@@ -49,11 +49,11 @@ def test_weighted_rmse_matches_hand_computation():
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
     w = torch.tensor([0.1, 0.2, 0.3, 0.1, 0.2, 0.1])
-    metric = WeightedRMSE()
-    metric.update((pred[:2] - target[:2]) ** 2, w)
-    metric.update((pred[2:] - target[2:]) ** 2, w)
+    metric = WeightedRMSE(["tas"])
+    metric.update((((pred[:2] - target[:2]) ** 2) @ w)[:, None])  # one row per sample (validation, test)
+    metric.update((((pred[2:] - target[2:]) ** 2) @ w).sum().view(1, 1), n=3)  # a batch summed into one row (train)
     expected = np.sqrt(np.mean([(w * (pred[i] - target[i]) ** 2).sum().item() for i in range(5)]))
-    assert metric.compute().item() == pytest.approx(expected, rel=1e-6)
+    assert metric.compute()["rmse_tas"].item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_linear_regression_recovers_a_linear_map():

@@ -14,33 +14,29 @@ from climateml.models.blocks import ACTIVATIONS, mlp
 
 
 class WeightedRMSE(torchmetrics.Metric):
-    """Area-weighted RMSE over all samples of an epoch: sqrt(sum_n sum_c w_c e_nc^2 / N), one per target.
+    """Area-weighted RMSE over all samples of an epoch, one per target ``names``: sqrt(sum_n sum_c w_c e_nc^2 / N),
+    as ``{"rmse_<name>": RMSE}``.
 
     Accumulated over the whole epoch (not a mean of batch RMSEs) and summed across processes under DDP.
-    Without ``names``: one target, ``compute`` gives its RMSE; with ``names``: ``{"rmse_<name>": RMSE}``.
     """
 
     full_state_update = False
 
-    def __init__(self, names: Sequence[str] | None = None):
+    def __init__(self, names: Sequence[str]):
         super().__init__()
-        self.names = None if names is None else list(names)
-        k = 1 if names is None else len(self.names)
-        self.add_state("sq", default=torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
+        self.names = list(names)
+        self.add_state("sq", default=torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, squared_error: torch.Tensor, weights: torch.Tensor | None = None, n: int | None = None) -> None:
-        """With ``weights`` (cells,): adds sum_c weights_c * squared_error_nc per sample n of one target (with area
-        weights summing to 1 this is the weighted MSE). Without: ``squared_error`` is already weighted, (rows,
-        n_targets). ``n``: the samples the rows stand for (default: one per row; a batch summed into one row)."""
-        per = (squared_error @ weights)[:, None] if weights is not None else squared_error
-        self.sq += per.sum(0).double()
-        self.n += squared_error.shape[0] if n is None else n
+    def update(self, weighted_sq: torch.Tensor, n: int | None = None) -> None:
+        """Adds ``weighted_sq`` (rows, targets): sum_c w_c e_nc^2 of each sample n (with area weights summing to 1,
+        its weighted MSE). ``n``: the samples the rows stand for (default: one per row; a batch summed into one
+        row)."""
+        self.sq += weighted_sq.sum(0).double()
+        self.n += weighted_sq.shape[0] if n is None else n
 
-    def compute(self) -> torch.Tensor | dict[str, torch.Tensor]:
+    def compute(self) -> dict[str, torch.Tensor]:
         rmse = torch.sqrt(self.sq / self.n)
-        if self.names is None:
-            return rmse[0]
         return {f"rmse_{t}": rmse[i].float() for i, t in enumerate(self.names)}
 
 
