@@ -11,8 +11,10 @@ directory. ``predict`` writes the predict split as NetCDF through :class:`~clima
 Scale, from the config alone (see scripts/ for launch scripts):
 
 - GPUs and DDP: ``trainer.accelerator``, ``devices``, ``num_nodes``, ``strategy: ddp``, ``precision``.
-  Under DDP every process trains and tests on its shard; the evaluation (metrics.json, predictions,
-  figures) then runs once, on global rank 0.
+  Under DDP every process trains and tests on its shard; then, when the evaluation streams (its DataModule
+  serves batches as xarray: :meth:`~climateml.evaluation.base.Evaluation.streams`), every process scores its
+  shard and writes its part of the predictions, the sums are added across them, and global rank 0 writes
+  metrics.json, merges the predictions and draws the figures; any other evaluation runs once, on global rank 0.
 - Fault tolerance: ``fit`` keeps ``<run>/checkpoints/resume.ckpt`` up to date (:class:`~climateml.resume.ResumeCheckpoint`,
   a ModelCheckpoint, added if the config lists none; ``every_n_train_steps`` is set there). Started again with the same
   command after a kill or pre-emption, ``fit`` finds the latest run of its logger left unfinished and
