@@ -94,6 +94,16 @@ def _moved(path: str, part: str, why: str) -> AssertionError:
                           f"torchmetrics {torchmetrics.__version__}")
 
 
+def _walk(node, parts: list[str], path: str, why: str):
+    """The object reached from ``node`` through the attributes ``parts``; :func:`_moved` naming ``path`` at the first
+    that is missing."""
+    for part in parts:
+        if not hasattr(node, part):
+            raise _moved(path, part, why)
+        node = getattr(node, part)
+    return node
+
+
 def internal(path: str):
     """The object at ``path``, one of :data:`IMPORTED_INTERNALS` (a module path, then attributes); an
     AssertionError naming the path and the missing part if the installed Lightning or torch moved it."""
@@ -108,32 +118,30 @@ def internal(path: str):
             i -= 1
     if node is None:
         raise _moved(path, parts[0], why)
-    for part in parts[i:]:
-        if not hasattr(node, part):
-            raise _moved(path, part, why)
-        node = getattr(node, part)
-    return node
+    return _walk(node, parts[i:], path, why)
 
 
 def check_lightning_internals(trainer: L.Trainer) -> None:
-    """Raise an AssertionError naming the first of :data:`LIGHTNING_INTERNALS` (then :data:`IMPORTED_INTERNALS`)
-    that is missing (the installed Lightning, torch or torchmetrics moved it): exact resume would otherwise be
-    silently inexact."""
+    """Raise an AssertionError naming the first of :data:`LIGHTNING_INTERNALS` (then :data:`RESULT_INTERNALS`, then
+    :data:`IMPORTED_INTERNALS`) that is missing (the installed Lightning, torch or torchmetrics moved it): exact
+    resume would otherwise be silently inexact."""
     roots = {"trainer": trainer, "module": trainer.lightning_module, "ModelCheckpoint": ModelCheckpoint,
              "metric": torchmetrics.MeanMetric(), "checkpoint": ModelCheckpoint()}
-    checks = [(roots[path.split(".")[0]], path, why) for path, why in LIGHTNING_INTERNALS]
-    logged = next(iter(trainer.fit_loop.epoch_loop._results.values()), None)
-    if logged is not None:
-        checks += [(logged, f"trainer.fit_loop.epoch_loop._results[...].{p}", "the interrupted epoch's logged "
-                    "training averages") for p in RESULT_INTERNALS]
-    for node, path, why in checks:
-        parts = path.split("].")[-1].split(".") if "]." in path else path.split(".")[1:]
-        for part in parts:
-            if not hasattr(node, part):
-                raise _moved(path, part, why)
-            node = getattr(node, part)
+    for path, why in LIGHTNING_INTERNALS:
+        root, *parts = path.split(".")
+        _walk(roots[root], parts, path, why)
+    check_logged_results(trainer)
     for path in IMPORTED_INTERNALS:
         internal(path)
+
+
+def check_logged_results(trainer: L.Trainer) -> None:
+    """:data:`RESULT_INTERNALS` on the first value the fit has logged (nothing before it has logged one)."""
+    logged = next(iter(trainer.fit_loop.epoch_loop._results.values()), None)
+    if logged is not None:
+        for p in RESULT_INTERNALS:
+            _walk(logged, p.split("."), f"trainer.fit_loop.epoch_loop._results[...].{p}",
+                  "the interrupted epoch's logged training averages")
 
 
 def batches_done(trainer: L.Trainer) -> tuple[int, int]:
@@ -315,8 +323,8 @@ class ResumeCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self._checked_results:  # once per fit, now that the first batch has logged its values
-            check_lightning_internals(trainer)
+        if not self._checked_results:  # once per fit, now that the first batch has logged (the rest: in setup)
+            check_logged_results(trainer)
             self._checked_results = True
         if self._sums is not None:
             self._add_back_epoch_sums(trainer, pl_module)
