@@ -175,11 +175,21 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def last_value(rows: list[dict], key: str) -> float:
-    """The last logged value of ``key`` in metrics.csv rows."""
+def logged_values(rows: list[dict], key: str) -> list[float]:
+    """Every logged value of ``key`` in metrics.csv rows, in order (it must have been logged)."""
     values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
     assert values, f"{key} was never logged"
-    return values[-1]
+    return values
+
+
+def first_value(rows: list[dict], key: str) -> float:
+    """The first logged value of ``key`` in metrics.csv rows."""
+    return logged_values(rows, key)[0]
+
+
+def last_value(rows: list[dict], key: str) -> float:
+    """The last logged value of ``key`` in metrics.csv rows."""
+    return logged_values(rows, key)[-1]
 
 
 # ---- callbacks the subprocesses load ----

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_scale_common import TASKS, make_data, read_csv, run_cli, run_dir, run_forked, task_args
+from test_scale_common import TASKS, first_value, make_data, read_csv, run_cli, run_dir, run_forked, task_args
 
 # |g_ddp - g_single| / |g_single| over all parameters, in float64: rounding of sums over a batch taken in a
 # different order (two halves, then their mean). Measured ~3e-16 for the MLP and the segmentation U-Net and
@@ -76,12 +76,6 @@ def _distance(a: dict, b: dict) -> float:
 
 def _norm(a: dict) -> float:
     return _distance(a, {k: torch.zeros_like(v) for k, v in a.items()})
-
-
-def _first(rows: list[dict], key: str) -> float:
-    values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
-    assert values, f"{key} was never logged"
-    return values[0]
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -148,12 +142,12 @@ def test_ddp_two_processes_matches_one(task, data_root, tmp_path):
     scores = json.loads((ddp_dir / "metrics.json").read_text())
     variable = variable or next(iter(scores))
     rows_1, rows_2 = read_csv(single_dir / "metrics.csv"), read_csv(ddp_dir / "metrics.csv")
-    assert _first(rows_2, csv_key) == pytest.approx(scores[variable]["model"][score], rel=1e-4, abs=1e-6)
+    assert first_value(rows_2, csv_key) == pytest.approx(scores[variable]["model"][score], rel=1e-4, abs=1e-6)
     # ... and the first validation's scores (after one step) are the single process's
     keys = [k for k in rows_1[0] if k.startswith("val_")]
     assert keys and keys == [k for k in rows_2[0] if k.startswith("val_")]
     for key in keys:
-        assert _first(rows_2, key) == pytest.approx(_first(rows_1, key), rel=VAL_TOLERANCE, abs=1e-6), key
+        assert first_value(rows_2, key) == pytest.approx(first_value(rows_1, key), rel=VAL_TOLERANCE, abs=1e-6), key
 
     # memory per rank does not grow with the number of ranks: what a rank's run adds to its resident memory
     # (data, model, training) against what the single run adds (the single run's process is a fork of this

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_scale_common import TASKS, last_value, make_data, read_csv, run_cli, run_dir, task_args
+from test_scale_common import TASKS, first_value, last_value, make_data, read_csv, run_cli, run_dir, task_args
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -33,8 +33,7 @@ def _run(task: str, data: Path, runs: Path, name: str, *extra: str) -> dict:
     out = run_cli(args, runs.parent, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = read_csv(run_dir(runs, name) / "metrics.csv")
-    first_val = next(float(r["val_loss"]) for r in rows if r.get("val_loss") not in (None, ""))
-    return {"val_loss": first_val, **{k: last_value(rows, k) for k in ("samples_per_s", "data_share")}}
+    return {"val_loss": first_value(rows, "val_loss"), **{k: last_value(rows, k) for k in ("samples_per_s", "data_share")}}
 
 
 @pytest.mark.parametrize("precision", list(TOLERANCE))
