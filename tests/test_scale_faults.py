@@ -15,6 +15,7 @@ import pytest
 import torch
 import xarray as xr
 
+from climateml.callbacks import AtomicCheckpointIO
 from climateml.writers import write_dataset, write_text
 from test_scale_common import make_data, read_csv, run_dir, run_forked, task_args
 
@@ -89,17 +90,11 @@ def _big(chunks: dict | None = None) -> xr.Dataset:
     return ds.chunk(chunks) if chunks else ds
 
 
-def _checkpoint_io():
-    from climateml.callbacks import AtomicCheckpointIO
-
-    return AtomicCheckpointIO()
-
-
 WRITERS = {  # kind: a large write of the new content (2.0) to path, long enough to be killed in the middle
     "netcdf": lambda path: write_dataset(_big(), path),
     "zarr": lambda path: write_dataset(_big({"t": 250}), path),
     "text": lambda path: write_text("2" * 300_000_000, path),
-    "checkpoint": lambda path: _checkpoint_io().save_checkpoint({"w": torch.full((20_000_000,), 2.0)}, path),
+    "checkpoint": lambda path: AtomicCheckpointIO().save_checkpoint({"w": torch.full((20_000_000,), 2.0)}, path),
 }
 
 
@@ -110,8 +105,6 @@ def _write_forever(kind: str, path: Path) -> None:
 
 
 def _old_content(kind: str, path: Path) -> None:
-    from climateml.callbacks import AtomicCheckpointIO
-
     if kind in ("netcdf", "zarr"):
         write_dataset(xr.Dataset({"v": (("t", "x"), np.full((10, 10), 1.0, "f4"))}), path)
     elif kind == "text":
