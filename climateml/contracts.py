@@ -2,7 +2,8 @@
 task-specific need, checked once, by the caller, with :func:`require`.
 
 Every DataModule declares the shared members (``build``, ``spec``, ``layout``, ``to_xarray``, ``truth``,
-``inputs_xarray``) as a :class:`~climateml.data.base.ClimateDataModule`; a task's evaluation that needs more
+``inputs_xarray``, and ``batch_to_xarray``, ``batch_truth`` of :class:`BatchData`) as a
+:class:`~climateml.data.base.ClimateDataModule`; a task's evaluation that needs more
 names it here as a ``typing.Protocol`` (runtime checkable) and calls ``require(datamodule, Protocol, "who")`` once:
 a DataModule without those members is one clear error naming them, instead of an ``AttributeError`` deep in a
 run or a silent ``hasattr`` fallback. A task's DataModule lists the protocols it provides in ``PROTOCOLS``; they are
