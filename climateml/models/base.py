@@ -56,7 +56,7 @@ class SampleMean(torchmetrics.Metric):
         return (self.total / self.n.clamp(min=1)).float()
 
 
-class Sums(torchmetrics.Metric):
+class EpochSums(torchmetrics.Metric):
     """Running sums of a tensor of fixed ``shape`` over the epoch, float64, summed across processes under DDP: the
     sufficient statistics of a task's own epoch scores (``compute`` returns the sums; the task derives its scores)."""
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchmetrics
 
 from climateml.errors import ConfigError, check_choice, check_fraction, check_positive
-from climateml.models.base import ClimateTask, Sums
+from climateml.models.base import ClimateTask, EpochSums
 from climateml.models.blocks_unet import UNet
 from climateml.models.extrapolation import gaussian_blur, optical_flow_nowcast
 from climateml.models.rain_transform import RainTransform
@@ -186,7 +186,7 @@ class NowcastModel(ClimateTask):
             self.scale_weights = torch.nn.Parameter(weights)
         # the gate's validation sums (see _gate_sums): the corrected nowcast's and optical flow's, and [samples, loss x
         # samples]; summed over the validation run and every process
-        self.gate_sums, self.gate_loss_sums = Sums(2, 5, self.n_out), Sums(2)
+        self.gate_sums, self.gate_loss_sums = EpochSums(2, 5, self.n_out), EpochSums(2)
         if self.space_to_depth > 1:
             self.refine = torch.nn.Conv2d(out, out, 3, padding=1, padding_mode="replicate")
             with torch.no_grad():
