@@ -321,15 +321,13 @@ class Evaluation:
         members = _members([predict(m, datamodule, self.split, accelerator) for m in models])
         baselines = self.baselines(datamodule)
         truth = datamodule.truth(self.split)
-        per_group: dict[str, dict[str, list]] = {}
+        per_group: list[dict[str, dict[str, dict]]] = []
         for group, member_ds in members.items():
             preds = {"model": self.combine_members(member_ds), **{b: p[group] for b, p in baselines.items()}}
             scores = {name: self.score(pred, truth[group]) for name, pred in preds.items()}
             extra = self.member_scores(member_ds, truth[group])
             scores["model"] = {v: {**s, **extra.get(v, {})} for v, s in scores["model"].items()}
-            for name, by_variable in scores.items():
-                for variable, s in by_variable.items():
-                    per_group.setdefault(variable, {}).setdefault(name, []).append(s)
+            per_group.append(scores)
             if self.write_predictions:
                 write_cf(self._prediction_dataset(preds, member_ds), run_dir / f"{self.split}_predictions_{group}.nc",
                          title=self._title(group), group=group)
@@ -374,16 +372,14 @@ class Evaluation:
                 m.train(training).to(was)
         sums.all_reduce()
         barrier()  # every rank's parts are complete
-        per_group: dict[str, dict[str, list]] = {}
+        per_group: list[dict[str, dict[str, dict]]] = []
         groups = sorted({k[0] for k in sums.values})
         for group in groups:
             names = list(dict.fromkeys(k[1] for k in sums.values if k[0] == group))
             scores = {name: {v: self.scores_from_statistics(sums.group(group, name, v), v)
                              for v in dict.fromkeys(k[2] for k in sums.values if k[:2] == (group, name))}
                       for name in names}
-            for name, by_variable in scores.items():
-                for variable, s in by_variable.items():
-                    per_group.setdefault(variable, {}).setdefault(name, []).append(s)
+            per_group.append(scores)
             if rank == 0 and self.write_predictions:
                 parts.merge(group, run_dir / f"{self.split}_predictions_{group}.nc", self._title(group), group=group)
             if rank == 0 and self.make_figures:
@@ -410,9 +406,16 @@ class Evaluation:
             if self.write_predictions or self.make_figures:  # the figures read the predictions back
                 parts.append(group, self._prediction_dataset(preds, member_ds))
 
-    def _finish(self, per_group: dict, models, run_dir: Path, histories, write: bool = True) -> dict:
-        """Scores of the groups aggregated; metrics.json with the verdicts, and the summary figures."""
-        result = {v: {name: self.aggregate(s) for name, s in by.items()} for v, by in per_group.items()}
+    def _finish(self, per_group: Sequence[dict[str, dict[str, dict]]], models, run_dir: Path, histories,
+                write: bool = True) -> dict:
+        """The groups' scores (each ``{name: {variable: scores}}``) aggregated (:meth:`aggregate`) into
+        ``{variable: {name: scores}}``; metrics.json with the verdicts, and the summary figures."""
+        by_variable: dict[str, dict[str, list]] = {}
+        for scores in per_group:
+            for name, of_name in scores.items():
+                for variable, s in of_name.items():
+                    by_variable.setdefault(variable, {}).setdefault(name, []).append(s)
+        result = {v: {name: self.aggregate(s) for name, s in by.items()} for v, by in by_variable.items()}
         for by_name in result.values():
             by_name["model"]["ensemble_size"] = len(models)
         if not write:
