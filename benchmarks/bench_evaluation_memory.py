@@ -13,7 +13,7 @@ whatever the test set's size, and would only blur the comparison.
 Each evaluation runs in its own interpreter; its peak resident memory is its own
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (imports, DataModule setup, evaluation, writing, figures). The
 test set is 1x, then 8x the windows; for context (``--context``, on by default) the same two sizes with the
-whole split held in memory (``Evaluation.run_in_memory``, the evaluator before streaming), to show the data
+whole split held in memory (``Evaluation.run(..., in_memory=True)``, the evaluator before streaming), to show the data
 dominates the peak when it is held. The size of a split's arrays (truth; model and baselines on a ``model``
 dim) is printed beside each. The last line is the ratio of the streaming evaluation's peaks, 8x / 1x.
 
@@ -71,11 +71,7 @@ def child(args) -> None:
     evaluation = NowcastEvaluation(fss_scales_km=[1, 4, 16])
     t0 = time.perf_counter()
     run_dir = Path(args.out)
-    if args.in_memory:
-        evaluation.datamodule = dm
-        result = evaluation.run_in_memory([model], dm, run_dir, None, "cpu")
-    else:
-        result = evaluation.run([model], dm, run_dir, accelerator="cpu")
+    result = evaluation.run([model], dm, run_dir, accelerator="cpu", in_memory=args.in_memory)
     seconds = time.perf_counter() - t0
     n = len(dm.dataset("test"))
     written = run_dir / "test_predictions_test.nc"

@@ -300,24 +300,28 @@ class Evaluation:
 
     # ---- the run ----
     def run(self, models: Sequence[torch.nn.Module], datamodule, run_dir: str | Path,
-            histories: Mapping[str, str | Path] | None = None, accelerator: str = "auto") -> dict:
+            histories: Mapping[str, str | Path] | None = None, accelerator: str = "auto",
+            in_memory: bool = False) -> dict:
         """Score ``models`` (an ensemble of one or more) and the baselines; write metrics.json, predictions, figures.
 
         Batch by batch on every rank when the task streams this DataModule (:meth:`streams`,
         :meth:`run_streaming`), else with the whole split in memory on this process (:meth:`run_in_memory`).
+        ``in_memory``: hold the whole split even when the task streams (the reference the streaming scores are
+        checked against).
         """
         self.datamodule = datamodule  # for hooks that need the inputs (e.g. fields under a mask figure)
         self.run_state = {}
         datamodule.setup("test")
         try:
-            if self.streams(datamodule):
+            if self.streams(datamodule) and not in_memory:
                 return self.run_streaming(models, datamodule, Path(run_dir), histories, accelerator)
             return self.run_in_memory(models, datamodule, Path(run_dir), histories, accelerator)
         finally:
             self.run_state = {}  # what the hooks kept for this run's figures is not kept past it
 
     def run_in_memory(self, models, datamodule, run_dir: Path, histories, accelerator: str) -> dict:
-        """The whole split's predictions, baselines and truth in memory, scored by :meth:`score`."""
+        """The whole split's predictions, baselines and truth in memory, scored by :meth:`score` (called by
+        :meth:`run`, which sets what the hooks use)."""
         members = _members([predict(m, datamodule, self.split, accelerator) for m in models])
         baselines = self.baselines(datamodule)
         truth = datamodule.truth(self.split)
