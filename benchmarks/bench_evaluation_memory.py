@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,7 @@ def measure(args, data: Path, windows: int, in_memory: bool, out: Path) -> dict:
            "--size", str(args.size), "--n-in", str(args.n_in), "--n-out", str(args.n_out),
            "--batch-size", str(args.batch_size), "--width", str(args.width)] + (["--child-in-memory"] if in_memory else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
