@@ -1,10 +1,13 @@
-"""The generic evaluator: predict through ``Trainer.predict``, score the model and the task's baselines with
-the same code, and write ``metrics.json``, prediction NetCDF and figures into a run directory.
+"""The generic evaluator: predict the split (batch by batch, or whole through ``Trainer.predict``), score the
+model and the task's baselines with the same code, and write ``metrics.json``, prediction NetCDF and figures
+into a run directory.
 
-A task subclasses :class:`Evaluation` and fills in the hooks — :meth:`~Evaluation.baselines`,
-:meth:`~Evaluation.score_variable` (or :meth:`~Evaluation.score`), :meth:`~Evaluation.figures`,
-:meth:`~Evaluation.summary_figures` (``metrics.png`` and ``learning_curves.png``, drawn once per run) — and is
-chosen in the task's YAML under ``evaluation:``. ``metrics.json`` always has one shape:
+A task subclasses :class:`Evaluation` and fills in the hooks — :meth:`~Evaluation.baselines` and
+:meth:`~Evaluation.batch_baselines`; :meth:`~Evaluation.statistics` and :meth:`~Evaluation.scores_from_statistics`
+(the default :meth:`~Evaluation.score_variable` scores through them, so both paths below share the code);
+:meth:`~Evaluation.figures` and :meth:`~Evaluation.streamed_figures`; :meth:`~Evaluation.summary_figures`
+(``metrics.png`` and ``learning_curves.png``, drawn once per run) — and is chosen in the task's YAML under
+``evaluation:``. ``metrics.json`` always has one shape:
 ``{variable: {"model": {...}, "<baseline>": {...}}}``, plus one reserved top-level key, ``"verdict"``
 (:data:`VERDICT_KEY`, never a variable's name): who won on each headline score, see :func:`verdict`. Readers
 that iterate over the variables skip it (:func:`variables`).
