@@ -1,13 +1,13 @@
 """The EOF baselines of the temperature lab at its full size: fit and predict time of the random forest and the
 Gaussian process on five EOFs (climateml.models.sklearn_baselines.EOFRegressionBaseline, the config's
-options), against linear pattern scaling (climateml.models.LinearRegression, one least-squares fit of every
-cell on the inputs) on the same data, measured in the same run.
+options), against multiple linear regression (climateml.models.LinearRegression, one least-squares fit of every
+cell on the inputs; not pattern scaling) on the same data, measured in the same run.
 
 Data: the sample data's training years of the lab (historical, ssp126, ssp370, ssp585, hist-GHG, hist-aer:
 753 years x 4 inputs: CO2, CH4, SO2, BC global sums -> tas on 96 x 144 cells); prediction: ssp245's 86
 years. The script checks that every prediction is the right shape and finite and prints its area-weighted
 RMSE (K) beside the times, so a faster baseline that predicts worse shows. The last lines give the ratio
-baseline time / linear pattern scaling time (fit, and predict), median of interleaved rounds.
+baseline time / linear regression time (fit, and predict), median of interleaved rounds.
 
     python benchmarks/bench_eof_baselines.py                 # ~1 min on 2 cores (data generated: +15 s)
     python benchmarks/bench_eof_baselines.py --data-dir DIR --repeats 5
@@ -34,7 +34,7 @@ def load(data_dir):
     dm = ClimateBenchDataModule(str(data_dir), inputs=["CO2", "CH4", "SO2", "BC"], val_fraction=0.0,
                                 synthesize_if_missing=False)
     dm.setup()
-    train, test = dm.dataset("train").tensors, dm.dataset("test").tensors
+    train, test = dm.tensors("train"), dm.tensors("test")
     weights = dm.area_weights.double().numpy()
     arrays = [t.double().numpy() for t in (train["x"], train["y"], test["x"], test["y"])]
     return arrays + [weights / weights.sum()], options
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     _common.add_data_dir_argument(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    header("EOF baselines at the lab size: random forest and Gaussian process vs linear pattern scaling")
+    header("EOF baselines at the lab size: random forest and Gaussian process vs linear regression")
     import numpy as np
     import torch
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 return EOFRegressionBaseline(name, **options.get(name, {})).fit(x, y, weights=w)
         return fit
 
-    methods = {"linear pattern scaling": linear, "random_forest": eof("random_forest"),
+    methods = {"linear regression": linear, "random_forest": eof("random_forest"),
                "gaussian_process": eof("gaussian_process")}
     fit_s = {m: [] for m in methods}
     predict_s = {m: [] for m in methods}
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             fit_s[name].append(timed(lambda: model.setdefault("m", fit())))
             m = model["m"]
             out = {}
-            if name == "linear pattern scaling":
+            if name == "linear regression":
                 predict_s[name].append(timed(lambda: out.setdefault("p", m(torch.as_tensor(x_test).float()).numpy())))
             else:
                 predict_s[name].append(timed(lambda: out.setdefault("p", m.predict(x_test))))
@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in methods:
         print(f"{name}: fit {summary(fit_s[name])} s; predict {x_test.shape[0]} years {summary(predict_s[name])} s; "
               f"test RMSE {rmse[name]:.3f} K")
-    base_fit, base_pred = median(fit_s["linear pattern scaling"]), median(predict_s["linear pattern scaling"])
+    base_fit, base_pred = median(fit_s["linear regression"]), median(predict_s["linear regression"])
     for name in ("random_forest", "gaussian_process"):
-        ratios_fit = [a / b for a, b in zip(fit_s[name], fit_s["linear pattern scaling"])]
-        ratios_pred = [a / b for a, b in zip(predict_s[name], predict_s["linear pattern scaling"])]
-        print(f"RATIO {name} / linear pattern scaling: fit {median(ratios_fit):.1f}x "
+        ratios_fit = [a / b for a, b in zip(fit_s[name], fit_s["linear regression"])]
+        ratios_pred = [a / b for a, b in zip(predict_s[name], predict_s["linear regression"])]
+        print(f"RATIO {name} / linear regression: fit {median(ratios_fit):.1f}x "
               f"(medians {median(fit_s[name]):.2f} s / {base_fit:.3f} s), predict {median(ratios_pred):.1f}x "
               f"(medians {median(predict_s[name]):.3f} s / {base_pred:.4f} s)")
     footer()

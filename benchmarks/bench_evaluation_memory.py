@@ -13,7 +13,7 @@ whatever the test set's size, and would only blur the comparison.
 Each evaluation runs in its own interpreter; its peak resident memory is its own
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (imports, DataModule setup, evaluation, writing, figures). The
 test set is 1x, then 8x the windows; for context (``--context``, on by default) the same two sizes with the
-whole split held in memory (``Evaluation.run_in_memory``, the evaluator before streaming), to show the data
+whole split held in memory (``Evaluation.run(..., in_memory=True)``, the evaluator before streaming), to show the data
 dominates the peak when it is held. The size of a split's arrays (truth; model and baselines on a ``model``
 dim) is printed beside each. The last line is the ratio of the streaming evaluation's peaks, 8x / 1x.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -71,11 +72,7 @@ def child(args) -> None:
     evaluation = NowcastEvaluation(fss_scales_km=[1, 4, 16])
     t0 = time.perf_counter()
     run_dir = Path(args.out)
-    if args.in_memory:
-        evaluation.datamodule = dm
-        result = evaluation.run_in_memory([model], dm, run_dir, None, "cpu")
-    else:
-        result = evaluation.run([model], dm, run_dir, accelerator="cpu")
+    result = evaluation.run([model], dm, run_dir, accelerator="cpu", in_memory=args.in_memory)
     seconds = time.perf_counter() - t0
     n = len(dm.dataset("test"))
     written = run_dir / "test_predictions_test.nc"
@@ -90,7 +87,7 @@ def measure(args, data: Path, windows: int, in_memory: bool, out: Path) -> dict:
            "--size", str(args.size), "--n-in", str(args.n_in), "--n-out", str(args.n_out),
            "--batch-size", str(args.batch_size), "--width", str(args.width)] + (["--child-in-memory"] if in_memory else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -77,7 +77,7 @@ def test_streaming_evaluation_equals_the_whole_split_in_memory(radar_dir, tmp_pa
     assert n % 3 and n > 6  # several batches, the last one short
     evaluation = _evaluation()
     streamed = evaluation.run([_model(dm)], dm, tmp_path / "streamed", accelerator="cpu")
-    whole = _evaluation().run_in_memory([_model(dm)], dm, tmp_path / "whole", None, "cpu")
+    whole = _evaluation().run([_model(dm)], dm, tmp_path / "whole", accelerator="cpu", in_memory=True)
     written = xr.open_dataset(tmp_path / "streamed" / "test_predictions_test.nc")
     held = xr.open_dataset(tmp_path / "whole" / "test_predictions_test.nc")
     xr.testing.assert_allclose(written, held)
@@ -192,7 +192,7 @@ def test_streaming_temperature_evaluation_equals_the_in_memory_scores(small_clim
 
     assert evaluation().streams(dm)
     streamed = evaluation().run(members, dm, tmp_path / "streamed", accelerator="cpu")
-    held = evaluation().run_in_memory(members, dm, tmp_path / "held", None, "cpu")
+    held = evaluation().run(members, dm, tmp_path / "held", accelerator="cpu", in_memory=True)
     for name, scores in held["tas"].items():
         assert set(streamed["tas"][name]) == set(scores)
         for key, value in scores.items():
@@ -221,7 +221,8 @@ def test_streaming_segmentation_evaluation_equals_the_in_memory_scores(tmp_path)
     model = SegmentationModel(dm.spec, depth=1, width=4, norm="group")
     assert SegmentationEvaluation().streams(dm)
     streamed = SegmentationEvaluation(make_figures=False).run([model], dm, tmp_path / "streamed", accelerator="cpu")
-    held = SegmentationEvaluation(make_figures=False).run_in_memory([model], dm, tmp_path / "held", None, "cpu")
+    held = SegmentationEvaluation(make_figures=False).run([model], dm, tmp_path / "held", accelerator="cpu",
+                                                         in_memory=True)
     assert set(streamed["LABELS"]) == {"model", "heuristic"}
     written = xr.open_dataset(tmp_path / "streamed" / "test_predictions_test.nc")
     xr.testing.assert_equal(written["LABELS"], xr.open_dataset(tmp_path / "held" / "test_predictions_test.nc")["LABELS"])

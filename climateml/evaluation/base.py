@@ -1,10 +1,13 @@
-"""The generic evaluator: predict through ``Trainer.predict``, score the model and the task's baselines with
-the same code, and write ``metrics.json``, prediction NetCDF and figures into a run directory.
+"""The generic evaluator: predict the split (batch by batch, or whole through ``Trainer.predict``), score the
+model and the task's baselines with the same code, and write ``metrics.json``, prediction NetCDF and figures
+into a run directory.
 
-A task subclasses :class:`Evaluation` and fills in the hooks — :meth:`~Evaluation.baselines`,
-:meth:`~Evaluation.score_variable` (or :meth:`~Evaluation.score`), :meth:`~Evaluation.figures`,
-:meth:`~Evaluation.summary_figures` (``metrics.png`` and ``learning_curves.png``, drawn once per run) — and is
-chosen in the task's YAML under ``evaluation:``. ``metrics.json`` always has one shape:
+A task subclasses :class:`Evaluation` and fills in the hooks — :meth:`~Evaluation.baselines` and
+:meth:`~Evaluation.batch_baselines`; :meth:`~Evaluation.statistics` and :meth:`~Evaluation.scores_from_statistics`
+(the default :meth:`~Evaluation.score_variable` scores through them, so both paths below share the code);
+:meth:`~Evaluation.figures` and :meth:`~Evaluation.streamed_figures`; :meth:`~Evaluation.summary_figures`
+(``metrics.png`` and ``learning_curves.png``, drawn once per run) — and is chosen in the task's YAML under
+``evaluation:``. ``metrics.json`` always has one shape:
 ``{variable: {"model": {...}, "<baseline>": {...}}}``, plus one reserved top-level key, ``"verdict"``
 (:data:`VERDICT_KEY`, never a variable's name): who won on each headline score, see :func:`verdict`. Readers
 that iterate over the variables skip it (:func:`variables`).
@@ -300,36 +303,38 @@ class Evaluation:
 
     # ---- the run ----
     def run(self, models: Sequence[torch.nn.Module], datamodule, run_dir: str | Path,
-            histories: Mapping[str, str | Path] | None = None, accelerator: str = "auto") -> dict:
+            histories: Mapping[str, str | Path] | None = None, accelerator: str = "auto",
+            in_memory: bool = False) -> dict:
         """Score ``models`` (an ensemble of one or more) and the baselines; write metrics.json, predictions, figures.
 
         Batch by batch on every rank when the task streams this DataModule (:meth:`streams`,
         :meth:`run_streaming`), else with the whole split in memory on this process (:meth:`run_in_memory`).
+        ``in_memory``: hold the whole split even when the task streams (the reference the streaming scores are
+        checked against).
         """
         self.datamodule = datamodule  # for hooks that need the inputs (e.g. fields under a mask figure)
         self.run_state = {}
         datamodule.setup("test")
         try:
-            if self.streams(datamodule):
+            if self.streams(datamodule) and not in_memory:
                 return self.run_streaming(models, datamodule, Path(run_dir), histories, accelerator)
             return self.run_in_memory(models, datamodule, Path(run_dir), histories, accelerator)
         finally:
             self.run_state = {}  # what the hooks kept for this run's figures is not kept past it
 
     def run_in_memory(self, models, datamodule, run_dir: Path, histories, accelerator: str) -> dict:
-        """The whole split's predictions, baselines and truth in memory, scored by :meth:`score`."""
+        """The whole split's predictions, baselines and truth in memory, scored by :meth:`score` (called by
+        :meth:`run`, which sets what the hooks use)."""
         members = _members([predict(m, datamodule, self.split, accelerator) for m in models])
         baselines = self.baselines(datamodule)
         truth = datamodule.truth(self.split)
-        per_group: dict[str, dict[str, list]] = {}
+        per_group: list[dict[str, dict[str, dict]]] = []
         for group, member_ds in members.items():
             preds = {"model": self.combine_members(member_ds), **{b: p[group] for b, p in baselines.items()}}
             scores = {name: self.score(pred, truth[group]) for name, pred in preds.items()}
             extra = self.member_scores(member_ds, truth[group])
             scores["model"] = {v: {**s, **extra.get(v, {})} for v, s in scores["model"].items()}
-            for name, by_variable in scores.items():
-                for variable, s in by_variable.items():
-                    per_group.setdefault(variable, {}).setdefault(name, []).append(s)
+            per_group.append(scores)
             if self.write_predictions:
                 write_cf(self._prediction_dataset(preds, member_ds), run_dir / f"{self.split}_predictions_{group}.nc",
                          title=self._title(group), group=group)
@@ -374,16 +379,14 @@ class Evaluation:
                 m.train(training).to(was)
         sums.all_reduce()
         barrier()  # every rank's parts are complete
-        per_group: dict[str, dict[str, list]] = {}
+        per_group: list[dict[str, dict[str, dict]]] = []
         groups = sorted({k[0] for k in sums.values})
         for group in groups:
             names = list(dict.fromkeys(k[1] for k in sums.values if k[0] == group))
             scores = {name: {v: self.scores_from_statistics(sums.group(group, name, v), v)
                              for v in dict.fromkeys(k[2] for k in sums.values if k[:2] == (group, name))}
                       for name in names}
-            for name, by_variable in scores.items():
-                for variable, s in by_variable.items():
-                    per_group.setdefault(variable, {}).setdefault(name, []).append(s)
+            per_group.append(scores)
             if rank == 0 and self.write_predictions:
                 parts.merge(group, run_dir / f"{self.split}_predictions_{group}.nc", self._title(group), group=group)
             if rank == 0 and self.make_figures:
@@ -410,9 +413,16 @@ class Evaluation:
             if self.write_predictions or self.make_figures:  # the figures read the predictions back
                 parts.append(group, self._prediction_dataset(preds, member_ds))
 
-    def _finish(self, per_group: dict, models, run_dir: Path, histories, write: bool = True) -> dict:
-        """Scores of the groups aggregated; metrics.json with the verdicts, and the summary figures."""
-        result = {v: {name: self.aggregate(s) for name, s in by.items()} for v, by in per_group.items()}
+    def _finish(self, per_group: Sequence[dict[str, dict[str, dict]]], models, run_dir: Path, histories,
+                write: bool = True) -> dict:
+        """The groups' scores (each ``{name: {variable: scores}}``) aggregated (:meth:`aggregate`) into
+        ``{variable: {name: scores}}``; metrics.json with the verdicts, and the summary figures."""
+        by_variable: dict[str, dict[str, list]] = {}
+        for scores in per_group:
+            for name, of_name in scores.items():
+                for variable, s in of_name.items():
+                    by_variable.setdefault(variable, {}).setdefault(name, []).append(s)
+        result = {v: {name: self.aggregate(s) for name, s in by.items()} for v, by in by_variable.items()}
         for by_name in result.values():
             by_name["model"]["ensemble_size"] = len(models)
         if not write:

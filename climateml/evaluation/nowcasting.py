@@ -140,11 +140,14 @@ class NowcastEvaluation(Evaluation):
         out["by_lead_time"] = {f"{m:g}min": {k: float(v[i]) for k, v in per_lead.items()} for i, m in enumerate(minutes)}
         return out
 
+    def _wet_cells(self, truth: xr.Dataset) -> np.ndarray:
+        """Per window, its cells >= ``figure_threshold`` over its lead times: the rainiest window is the figure's."""
+        rain = truth["rain_rate"]
+        return (rain >= self.figure_threshold).sum([d for d in rain.dims if d != "time"]).values
+
     def observe(self, sums, group: str, truth: xr.Dataset, indices) -> None:
-        """Picks the rainiest window (most cells >= ``figure_threshold`` over its lead times) for the figure."""
-        v = "rain_rate"
-        wet = (truth[v] >= self.figure_threshold).sum([d for d in truth[v].dims if d != "time"]).values
-        sums.pick((group, "rainiest"), wet, indices)
+        """Picks the rainiest window (:meth:`_wet_cells`) for the figure."""
+        sums.pick((group, "rainiest"), self._wet_cells(truth), indices)
 
     def streamed_figures(self, fig_dir: Path, group: str, predictions: xr.Dataset, sums, scores) -> None:
         """The rainiest window read back (its predictions from the written file, its frames from the data) and
@@ -177,8 +180,7 @@ class NowcastEvaluation(Evaluation):
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
                 members: xr.Dataset, scores: dict[str, dict[str, dict]]) -> None:
         v = "rain_rate"
-        wet = (truth[v] >= self.figure_threshold).sum([d for d in truth[v].dims if d != "time"]).values
-        case = int(np.argmax(wet))
+        case = int(np.argmax(self._wet_cells(truth)))
         last = self.run_state.get("last_input")
         last_input = None if last is None else truth[v].isel(time=case, lead_time=0).copy(data=last[case])
         plotting.save(plot_sequences(truth[v].isel(time=case), {n: p[v].isel(time=case) for n, p in predictions.items()},

@@ -42,7 +42,10 @@ class SegmentationEvaluation(Evaluation):
         if self.detector is None:
             return {}
         require(datamodule, FieldData, f"evaluation {type(self).__name__}")
-        fields = datamodule.fields(self.split, self._detector_fields(datamodule))
+        return self._heuristic(datamodule.fields(self.split, self._detector_fields(datamodule)))
+
+    def _heuristic(self, fields: xr.Dataset) -> dict[str, dict[str, xr.Dataset]]:
+        """The heuristic's labels of ``fields``, as a baseline entry."""
         return {"heuristic": {self.split: self.detector.predict(fields).to_dataset(name="LABELS")}}
 
     def _detector_fields(self, datamodule) -> list[str]:
@@ -85,8 +88,7 @@ class SegmentationEvaluation(Evaluation):
         """The heuristic on the raw fields of the batch's dates."""
         if self.detector is None:
             return {}
-        fields = datamodule.fields(self.split, self._detector_fields(datamodule), indices)
-        return {"heuristic": {self.split: self.detector.predict(fields).to_dataset(name="LABELS")}}
+        return self._heuristic(datamodule.fields(self.split, self._detector_fields(datamodule), indices))
 
     def statistics(self, pred: xr.DataArray, truth: xr.DataArray, variable: str) -> dict[str, np.ndarray]:
         """The confusion matrix (rows truth, columns prediction) of the pixels given."""
@@ -99,7 +101,7 @@ class SegmentationEvaluation(Evaluation):
 
     def observe(self, sums, group: str, truth: xr.Dataset, indices) -> None:
         """Keeps the ``n_figure_samples`` dates with the most feature (TC or AR) pixels for the mask figures."""
-        sums.pick((group, "features"), (truth["LABELS"] > 0).sum(("lat", "lon")).values, indices, self.n_figure_samples)
+        sums.pick((group, "features"), _feature_pixels(truth), indices, self.n_figure_samples)
 
     def streamed_figures(self, fig_dir: Path, group: str, predictions: xr.Dataset, sums, scores) -> None:
         """A mask figure of each date picked, its predictions read back from the written file."""
@@ -117,7 +119,7 @@ class SegmentationEvaluation(Evaluation):
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
                 members: xr.Dataset, scores: dict[str, dict[str, dict]]) -> None:
         # the dates with the most feature pixels: where a reader sees what the model found
-        order = np.argsort(-(truth["LABELS"] > 0).sum(("lat", "lon")).values)[: self.n_figure_samples]
+        order = np.argsort(-_feature_pixels(truth))[: self.n_figure_samples]
         fields = self.datamodule.fields(self.split, [self.figure_field])
         for i in order:
             date = str(truth["time"].values[i])
@@ -125,6 +127,11 @@ class SegmentationEvaluation(Evaluation):
             masks = {name: p["LABELS"].sel(time=date) for name, p in predictions.items()}
             plotting.save(plot_masks(field, truth["LABELS"].sel(time=date), masks, CLASS_NAMES),
                           fig_dir / f"masks_{date}.png")
+
+
+def _feature_pixels(truth: xr.Dataset) -> np.ndarray:
+    """Per date, its TC and AR pixels: the dates with the most get a mask figure."""
+    return (truth["LABELS"] > 0).sum(("lat", "lon")).values
 
 
 def plot_masks(field: xr.DataArray, truth: xr.DataArray, predictions: dict[str, xr.DataArray],
