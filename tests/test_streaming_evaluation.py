@@ -111,6 +111,48 @@ def test_sums_pick_the_highest_value_and_the_first_index_on_a_tie():
     assert sums.picks[("g", "top2")] == [(9.0, 11), (9.0, 12)]
 
 
+def _pick_on_rank(rank: int, port: int, out) -> None:
+    """One of two gloo processes: each saw one sample (index = rank) of the k = 2 a figure wants; report the picks
+    after the reduction (and, of rank 1, also a key only it picked)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        sums = Sums()
+        sums.pick(("g", "features"), [10.0 + rank], [rank], k=2)
+        if rank == 1:
+            sums.pick(("g", "rainiest"), [3.0], [1])
+        sums.all_reduce()
+        out.put((rank, sums.picks))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_picks_reduced_over_ranks_keep_k_samples_when_each_rank_saw_fewer():
+    """Two DDP ranks, one sample each, a pick of k = 2 (e.g. two segmentation figures): both ranks keep both
+    samples, best first, as one process would, and a key only one rank picked reaches both."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    procs = [context.Process(target=_pick_on_rank, args=(r, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        picks = dict(out.get(timeout=60) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    one = Sums()
+    for i in range(2):
+        one.pick(("g", "features"), [10.0 + i], [i], k=2)
+    for rank in range(2):
+        assert picks[rank][("g", "features")] == one.picks[("g", "features")] == [(11.0, 1), (10.0, 0)]
+        assert picks[rank][("g", "rainiest")] == [(3.0, 1)]
+
+
 def _rank(rank: int, world: int, port: int, radar_dir: Path, out: Path) -> None:
     """One DDP process (forked): join the gloo group, evaluate this rank's shard, leave."""
     code = 1

@@ -33,6 +33,7 @@ class Sums:
     def __init__(self):
         self.values: dict[tuple, np.ndarray] = {}
         self.picks: dict[tuple, list[tuple[float, int]]] = {}
+        self.pick_sizes: dict[tuple, int] = {}  # how many samples each pick keeps (its k)
 
     def add(self, key: tuple, statistics: Mapping[str, np.ndarray]) -> None:
         for name, value in statistics.items():
@@ -42,6 +43,7 @@ class Sums:
 
     def pick(self, key: tuple, values: Sequence[float], indices: Sequence[int], k: int = 1) -> None:
         """Keep, under ``key``, the ``k`` samples of the highest ``values`` seen so far (on a tie the lower index)."""
+        self.pick_sizes[key] = k
         self.picks[key] = _best([*self.picks.get(key, []), *zip(map(float, values), map(int, indices))], k)
 
     def group(self, *prefix) -> dict[str, np.ndarray]:
@@ -60,12 +62,15 @@ class Sums:
             return
         dist = torch.distributed
         shapes: list = [None] * world
-        dist.all_gather_object(shapes, ({k: v.shape for k, v in self.values.items()}, self.picks))
+        dist.all_gather_object(shapes, ({k: v.shape for k, v in self.values.items()}, self.picks, self.pick_sizes))
         every: dict[tuple, tuple] = {}
-        for rank_shapes, picks in shapes:
+        candidates: dict[tuple, set] = {}
+        for rank_shapes, picks, sizes in shapes:
             every.update(rank_shapes)
+            self.pick_sizes.update(sizes)  # the same k on every rank that picked under a key
             for key, p in picks.items():
-                self.picks[key] = _best({*self.picks.get(key, []), *p}, max(len(p), len(self.picks.get(key, []))))
+                candidates.setdefault(key, set()).update(p)
+        self.picks = {key: _best(c, self.pick_sizes[key]) for key, c in candidates.items()}
         keys = sorted(every)
         flat = np.concatenate([self.values.get(k, np.zeros(every[k])).ravel() for k in keys]) if keys else np.zeros(0)
         # NCCL (Lightning's backend on GPUs) reduces CUDA tensors only: the sums go to this rank's GPU and back
