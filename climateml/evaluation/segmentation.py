@@ -119,7 +119,7 @@ class SegmentationEvaluation(Evaluation):
     def figures(self, fig_dir: Path, group: str, truth: xr.Dataset, predictions: dict[str, xr.Dataset],
                 members: xr.Dataset, scores: dict[str, dict[str, dict]]) -> None:
         # the dates with the most feature pixels: where a reader sees what the model found
-        order = np.argsort(-_feature_pixels(truth))[: self.n_figure_samples]
+        order = np.argsort(-_feature_pixels(truth), kind="stable")[: self.n_figure_samples]
         fields = self.datamodule.fields(self.split, [self.figure_field])
         for i in order:
             date = str(truth["time"].values[i])
