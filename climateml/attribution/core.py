@@ -122,7 +122,7 @@ def attribute(model: nn.Module, x: xr.DataArray | xr.Dataset, method: str, targe
         ibs = int(internal_batch_size) if internal_batch_size is not None else \
             auto_batch_size(trial.activations_per_row, dev, memory_budget_mib)
         tgt = as_target(target)
-        bound: BoundTarget = tgt.bind(out_shape, x if isinstance(x, xr.Dataset) else xs, n, layout.sample_dim)
+        bound: BoundTarget = tgt.bind(out_shape, x, n, layout.sample_dim)
         fwd = TargetModule(model, bound.reducer).to(dev)
         fwd.eval()
         base, base_desc = baseline_array(baseline, layout, xs, method, int(opts.get("max_baselines", 64)), seed, model)

@@ -329,8 +329,7 @@ def _optimise(model, start, target, steps, lr, l2, smoothness, scale, variables,
     with eval_mode(model):
         with torch.no_grad():
             out_shape = tuple(model(x0[:1]).shape[1:])
-        bound = as_target(target).bind(out_shape, start if isinstance(start, xr.Dataset) else da, x0.shape[0],
-                                       layout.sample_dim)
+        bound = as_target(target).bind(out_shape, start, x0.shape[0], layout.sample_dim)
         if bound.extra:
             raise ConfigError("optimise_input takes targets without per-sample masks")
         fwd = TargetModule(model, bound.reducer).to(dev)

@@ -286,8 +286,7 @@ def target_function(model: nn.Module, x: xr.DataArray | xr.Dataset, target: Any 
     values = np.asarray(xs.values, dtype=np.float32)
     with eval_mode(model):
         trial = trial_forward(model, torch.as_tensor(values[:1], device=dev, dtype=dtype))
-    bound = as_target(target).bind(trial.output_shape, x if isinstance(x, xr.Dataset) else xs, values.shape[0],
-                                   layout.sample_dim)
+    bound = as_target(target).bind(trial.output_shape, x, values.shape[0], layout.sample_dim)
     fwd = TargetModule(model, bound.reducer).to(dev)
 
     def f(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:

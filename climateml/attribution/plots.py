@@ -217,7 +217,7 @@ def plot_maps(da: xr.DataArray | xr.Dataset, row: str | None = None, col: str | 
               panel_size: tuple[float, float] = (3.2, 2.4), boxes: Sequence[Mapping[str, Sequence[float]]] = ()):
     """A grid of maps: ``row`` and ``col`` dims (default: the non-horizontal dims in order) of a field with
     horizontal dims; diverging (centred on zero, shared symmetric limit) or sequential colours."""
-    d = stacked(da) if isinstance(da, xr.Dataset) else da
+    d = stacked(da)
     hdims = spatial_dims(d, required=False)
     if hdims is None:
         raise ValueError(f"plot_maps needs (lat, lon) or (y, x) dims, got {tuple(d.dims)}")
@@ -267,7 +267,7 @@ def plot_methods(maps: Mapping[str, xr.DataArray], sample: int = 0, channel: Map
     fig, axes = plt.subplots(nrow, ncol, figsize=(panel_size[0] * ncol, panel_size[1] * nrow + 0.4), squeeze=False,
                              constrained_layout=True)
     for k, (name, m) in enumerate(items):
-        a = stacked(m) if isinstance(m, xr.Dataset) else m
+        a = stacked(m)
         f = _sample_sel(a, sample)
         if channel:
             f = f.sel(channel)
