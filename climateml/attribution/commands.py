@@ -108,9 +108,9 @@ def _scores(model, x, a, method: str, target, baseline, split: str, out_dir: Pat
         check = None
         if sanity:
             check = faithfulness.randomisation_check(
-                model, faithfulness.first_samples(x, n_scored), method, target=target, baseline=baseline,
+                model, first_samples(x, n_scored), method, target=target, baseline=baseline,
                 cascade_steps=int(opts["randomisation_steps"]), seed=int(opts["seed"]),
-                attr=faithfulness.first_samples(a, n_scored), **options)
+                attr=first_samples(a, n_scored), **options)
             plots.save(plots.plot_sanity(check), out_dir / "figures" / f"sanity_{method}_{split}.png")
         result = faithfulness.attribution_scores(model, x, method, target=target, baseline=baseline, attr=a,
                                                  sanity=check, score_options=opts, **options)

@@ -68,10 +68,6 @@ def accuracy_skill(pred: np.ndarray, truth: np.ndarray) -> float:
 # relevance in a region
 # ---------------------------------------------------------------------------------------------------
 
-def _stacked(attr: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    return stacked(attr)
-
-
 def _oriented(da: xr.DataArray, orient: bool) -> np.ndarray:
     """(n, cells) relevance; with ``orient`` each sample's map times the sign of its total relevance."""
     r = np.asarray(da.values, dtype=np.float64).reshape(da.shape[0], -1)
@@ -93,7 +89,7 @@ def relevance_mass_accuracy(attr: xr.DataArray | xr.Dataset, region: Any, orient
     relevance, so for a sample whose target lies below the baseline's the evidence for that negative
     anomaly counts as positive (otherwise only the evidence against it would).
     """
-    da = _stacked(attr)
+    da = stacked(attr)
     mask = mask_array(region_mask(da, region, "relevance region"), da.dims, da.shape)
     r = np.clip(_oriented(da, orient), 0.0, None)
     m = mask.reshape(da.shape[0], -1)
@@ -115,7 +111,7 @@ def relevance_rank_accuracy(attr: xr.DataArray | xr.Dataset, region: Any, orient
     Cells are ranked by relevance; a cell whose relevance is not positive never counts as a hit. A
     region of k of N cells scores about k/N for random relevance. ``orient`` as in :func:`relevance_mass_accuracy`.
     """
-    da = _stacked(attr)
+    da = stacked(attr)
     mask = mask_array(region_mask(da, region, "relevance region"), da.dims, da.shape).reshape(da.shape[0], -1)
     r = _oriented(da, orient)
     k = mask.sum(1)

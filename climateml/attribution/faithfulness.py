@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -32,7 +32,9 @@ from torch import nn
 from climateml.attribution.adapter import first_samples, input_layout, input_values
 from climateml.attribution.baselines import default_baseline
 from climateml.attribution.core import attribute
-from climateml.attribution.methods import eval_mode, model_device, model_dtype, occlusion_window, trial_forward
+from climateml.attribution.methods import (
+    channel_scale, eval_mode, model_device, model_dtype, occlusion_window, trial_forward,
+)
 from climateml.data.adapter import FieldLayout
 from climateml.attribution.targets import TargetModule, as_target
 from climateml.errors import ConfigError
@@ -313,10 +315,6 @@ def perturbation_regions(xs: xr.DataArray) -> np.ndarray:
     return np.ravel_multi_index(tiles, n_tiles)
 
 
-def _values(a: xr.DataArray | xr.Dataset, variables: Sequence[str] | None) -> np.ndarray:
-    return input_values(a, variables)
-
-
 # ---------------------------------------------------------------------------------------------------
 # cascading model-parameter randomisation
 # ---------------------------------------------------------------------------------------------------
@@ -405,7 +403,7 @@ def randomisation_check(model: nn.Module, x: xr.DataArray | xr.Dataset, method: 
             return attribute(m, inputs, method, target=target, baseline=baseline, seed=seed, **options)
     layout = input_layout(x, None, model)
     variables = layout.variables
-    original = _values(attr if attr is not None else explain(model, x), variables)
+    original = input_values(attr if attr is not None else explain(model, x), variables)
     dev, dtype = model_device(model), model_dtype(model)
     layers = cascade_layers(model, torch.as_tensor(input_values(x, variables)[:1], device=dev, dtype=dtype))
     if not layers:
@@ -422,7 +420,7 @@ def randomisation_check(model: nn.Module, x: xr.DataArray | xr.Dataset, method: 
             for name in layers[done:c]:
                 reinitialise(modules[name], generator)
             done = c
-            rhos.append(spearman(original, _values(explain(randomised, x), variables)))
+            rhos.append(spearman(original, input_values(explain(randomised, x), variables)))
     per_sample = np.stack(rhos)
     return SanityResult(method, layers, counts, [float(np.nanmean(r)) for r in per_sample], per_sample)
 
@@ -430,15 +428,6 @@ def randomisation_check(model: nn.Module, x: xr.DataArray | xr.Dataset, method: 
 # ---------------------------------------------------------------------------------------------------
 # all scores of one method
 # ---------------------------------------------------------------------------------------------------
-
-def _channel_std(values: np.ndarray) -> np.ndarray:
-    if values.ndim < 2:
-        return np.array(values.std() or 1.0)
-    axes = tuple(i for i in range(values.ndim) if i != 1)
-    s = values.std(axis=axes)
-    s = np.where(s > 0, s, 1.0)
-    return s.reshape(s.shape[0], *([1] * (values.ndim - 2)))
-
 
 def attribution_scores(model: nn.Module, x: xr.DataArray | xr.Dataset, method: str, target: Any = None,
                        baseline: Any = None, attr: xr.DataArray | xr.Dataset | None = None,
@@ -471,7 +460,7 @@ def attribution_scores(model: nn.Module, x: xr.DataArray | xr.Dataset, method: s
         return attribute(m, inputs, method, target=target, baseline=baseline, seed=seed, **options)
 
     a = first_samples(attr, int(opts["n_samples"])) if attr is not None else explain(model, xs)
-    values, maps = np.asarray(stacked.values, dtype=np.float32), _values(a, variables)
+    values, maps = np.asarray(stacked.values, dtype=np.float32), input_values(a, variables)
     reference, reference_desc = default_baseline(model, stacked)
     regions = perturbation_regions(stacked)
     f = target_function(model, xs, target)
@@ -480,9 +469,9 @@ def attribution_scores(model: nn.Module, x: xr.DataArray | xr.Dataset, method: s
     morf = region_perturbation(f, values, maps, reference, regions, int(opts["n_curve_steps"]), seed)
 
     def explain_values(v: np.ndarray) -> np.ndarray:
-        return _values(explain(model, layout.unstack(v, xs)), variables)
+        return input_values(explain(model, layout.unstack(v, xs)), variables)
 
-    sens = max_sensitivity(explain_values, values, maps, float(opts["radius"]), _channel_std(values),
+    sens = max_sensitivity(explain_values, values, maps, float(opts["radius"]), channel_scale(values),
                            int(opts["n_sensitivity_draws"]), seed)
     if sanity is None:
         sanity = randomisation_check(model, xs, method, cascade_steps=1, seed=seed, attr=a,
