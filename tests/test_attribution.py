@@ -340,6 +340,29 @@ def test_dataset_input_gives_a_dataset_back():
     np.testing.assert_allclose(b["pr"].values, ref.sel(channel="pr").values)
 
 
+def test_attribute_task_draws_one_figure_per_sample_of_a_dataset_input(tmp_path):
+    """climateml attribute's figures count the samples of a Dataset input, also when the Dataset lists another dim
+    (here lat) before the sample dim."""
+    from climateml.attribution.commands import attribute_task
+
+    ds = xr.Dataset(coords={"lat": LAT, "lon": LON, "sample": [0]})
+    ds["tas"] = field_input(1, channels=("tas",)).sel(channel="tas", drop=True)
+    assert list(ds.dims)[0] == "lat"
+
+    class DM:  # what attribute_task reads of a ClimateDataModule
+        layout = type("Layout", (), {"coords": {}})()
+        spec = type("Spec", (), {"outputs": []})()
+
+        def setup(self, stage):
+            pass
+
+        def inputs_xarray(self, split):
+            return ds
+
+    attribute_task(FieldCNN(c=1), DM(), "saliency", n_samples=None, out_dir=tmp_path, n_figures=3, scores=False)
+    assert [p.name for p in (tmp_path / "figures").iterdir()] == ["attribution_saliency_test_0.png"]
+
+
 def test_field_layout_is_the_adapter_of_attribution_inputs():
     """FieldLayout stacks a Dataset (a variable stored (lon, lat) included) into the model's tensor order and puts
     numbers back on each variable's own dims; a DataArray is its own tensor. attribute() goes through it: the maps

@@ -170,14 +170,13 @@ def attribute_task(model: torch.nn.Module, datamodule, method: str, target: Any 
     ds.attrs = attrs
     path = write_cf(ds, out_dir / f"attribution_{method}_{split}.nc",
                     title=f"{method} attribution of {type(model).__name__} on {split} samples")
-    n = a.sizes[next(iter(a.dims))] if isinstance(a, xr.DataArray) else x.sizes[next(iter(x.dims))]
-    for k in range(min(n_figures, n)):
+    flat = stacked(a)  # (sample, [variable], ...)
+    for k in range(min(n_figures, flat.shape[0])):
         title = None
         if flag:
             title = f"{method}{flag}, sample {k}: {a.attrs.get('target', '')}"
         plots.save(plots.plot_attribution(a, x, sample=k, title=title),
                    out_dir / "figures" / f"attribution_{method}_{split}_{k}.png")
-    flat = stacked(a)
     if n_figures > 0 and flat.ndim == 2 and spatial_dims(flat, required=False) is None:  # feature inputs: all samples at once
         plots.save(plots.plot_feature_attribution(a),
                    out_dir / "figures" / f"attribution_{method}_{split}_features.png")
