@@ -59,8 +59,8 @@ def check_input(model: nn.Module, x: xr.DataArray, expected_coords: Mapping[str,
                             f"{expected} (its data spec); inputs {list(spec.inputs)}")
         names = list(getattr(spec, "inputs", []) or [])
         if x.ndim > 1 and len(names) == x.shape[1] and x.dims[1] in x.coords:
-            have = [str(v) for v in np.asarray(x[x.dims[1]].values).tolist()]
-            if all(isinstance(v, str) for v in np.asarray(x[x.dims[1]].values).tolist()) and have != names:
+            have = np.asarray(x[x.dims[1]].values).tolist()
+            if all(isinstance(v, str) for v in have) and have != names:
                 raise DataError(f"input {x.dims[1]!r} coordinate {have} does not match {type(model).__name__}'s inputs {names}")
     coords = dict(expected_coords or (getattr(spec, "options", {}) or {}).get("coords", {}) or {})
     for dim, values in coords.items():

@@ -7,9 +7,9 @@
 - ``climateml demo clever-hans --out DIR``: :func:`demo_clever_hans_main`.
 
 What is used of the DataModule (members every :class:`~climateml.data.base.ClimateDataModule` declares):
-``inputs_xarray(split)`` (the split's inputs as xarray with their coordinates, sample dim first), ``layout`` (a
-:class:`~climateml.data.adapter.FieldLayout` of the outputs: the output maps' grid and names) and
-``load_state_dict`` (the statistics saved in the checkpoint).
+``setup``, ``inputs_xarray(split)`` (the split's inputs as xarray with their coordinates, sample dim first),
+``layout`` (a :class:`~climateml.data.adapter.FieldLayout` of the outputs: the output maps' grid), ``spec`` (the
+output names) and ``load_state_dict`` (the statistics saved in the checkpoint).
 """
 
 from __future__ import annotations
