@@ -71,7 +71,7 @@ def build(args):
 def batched(model, x, target, args):
     from climateml.attribution import attribute
 
-    return attribute(model, x, "integrated_gradients", target=target, n_steps=args.steps,
+    return attribute(model, x, "integrated_gradients", target=target, baseline="zeros", n_steps=args.steps,
                      internal_batch_size=args.internal_batch_size).values
 
 
