@@ -31,6 +31,7 @@ from climateml.attribution.methods import (
 from climateml.attribution.targets import BoundTarget, TargetModule, as_target
 from climateml.errors import ConfigError
 
+
 def _plain(value: Any) -> Any:
     """An attribute value NetCDF can store."""
     if isinstance(value, bool):
@@ -40,7 +41,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return list(value)
     return str(value)
-
 
 
 def attribute(model: nn.Module, x: xr.DataArray | xr.Dataset, method: str, target: Any = None, baseline: Any = None, *,

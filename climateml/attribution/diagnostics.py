@@ -26,9 +26,9 @@ from torch import nn
 from climateml.attribution.adapter import input_layout, stacked
 from climateml.attribution.core import predict
 from climateml.attribution.methods import eval_mode, model_device, model_dtype
-from climateml.data.adapter import FieldLayout
 from climateml.attribution.regions import describe_region, mask_array, region_mask
 from climateml.attribution.targets import TargetModule, as_target
+from climateml.data.adapter import FieldLayout
 from climateml.errors import ConfigError, DataError
 from climateml.grid import spatial_dims
 from climateml.metrics.continuous import r2

@@ -35,8 +35,8 @@ from climateml.attribution.core import attribute
 from climateml.attribution.methods import (
     channel_scale, eval_mode, model_device, model_dtype, occlusion_window, trial_forward,
 )
-from climateml.data.adapter import FieldLayout
 from climateml.attribution.targets import TargetModule, as_target
+from climateml.data.adapter import FieldLayout
 from climateml.errors import ConfigError
 
 #: a method passes the sanity check when |Spearman rho| between its maps of the trained and of the fully

@@ -89,6 +89,7 @@ def model_dtype(model: nn.Module) -> torch.dtype:
             return t.dtype
     return torch.float32
 
+
 @dataclass
 class TrialPass:
     """What one forward pass on one sample tells: output shape, layers in the order they ran, the output
