@@ -469,10 +469,10 @@ class ClimateBenchDataModule(ClimateDataModule):
     # ---- one batch at a time (the streaming evaluation) ----
     def _batch_groups(self, split: str, indices) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{scenario: (positions in the batch, years)} of the samples ``indices`` of ``split``, in scenario order."""
-        origin = self.sample_origin["test" if split == "test" else split]
         idx = np.asarray(indices, dtype=np.int64)
-        return {s: (np.nonzero(origin["scenario"][idx] == s)[0], origin["year"][idx][origin["scenario"][idx] == s])
-                for s in self.groups(split) if (origin["scenario"][idx] == s).any()}
+        scenarios, years = self.sample_origin[split]["scenario"][idx], self.sample_origin[split]["year"][idx]
+        rows = {s: np.nonzero(scenarios == s)[0] for s in self.groups(split)}
+        return {s: (r, years[r]) for s, r in rows.items() if r.size}
 
     def batch_to_xarray(self, values, split: str, indices, batch) -> dict[str, xr.Dataset]:
         """:meth:`to_xarray` of the samples ``indices`` of ``split``: one Dataset per scenario the batch holds."""
