@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -180,12 +181,17 @@ def test_checkpoint_carries_the_normalisation_and_predicts_the_same(seg_dir, tmp
         torch.testing.assert_close(reloaded(x), expect)
 
 
-def test_xarray_out_keeps_the_input_coordinates_and_units(seg_dir):
+def test_xarray_out_keeps_the_input_coordinates_and_units(seg_dir, monkeypatch):
     dm = _dm(seg_dir, val_fraction=0.2, test_fraction=0.2)
     src = xr.load_dataset(_files_by_date(seg_dir)[dm.dates("test")[0]][0])
     fields = dm.fields("test", ["TMQ", "PSL"])
     assert fields["TMQ"].dims == ("time", "lat", "lon") and list(fields["time"].values) == dm.dates("test")
     assert fields["TMQ"].attrs["units"] == "kg/m2" and fields["PSL"].attrs["units"] == "Pa"
+    # the attributes were read once: a batch's fields (the streaming evaluation's) open no file through xarray
+    monkeypatch.setattr(sys.modules[type(dm).__module__], "open_dataset", None)
+    assert dm.fields("test", ["PSL"], [1])["PSL"].attrs["units"] == "Pa"
+    with pytest.raises(DataError, match=r"variable\(s\) \['NOPE'\] missing"):
+        dm.fields_layout(["NOPE"])
     np.testing.assert_array_equal(fields["TMQ"].isel(time=0), src["TMQ"].isel(time=0))
     logits = torch.randn(2, 3, NLAT, NLON)
     out = dm.to_xarray(logits, "test")["test"]

@@ -173,6 +173,7 @@ class SegmentationDataModule(ClimateDataModule):
         self.synthesize_if_missing, self.sample_options = synthesize_if_missing, dict(sample_options)
         self.splits: dict[str, list[Snapshot]] = {}
         self.grid: xr.Dataset | None = None
+        self._field_attrs: dict[str, dict] | None = None  # the first training file's variables' attributes
 
     # ---- reading and splitting ----
     def prepare_data(self) -> None:
@@ -220,7 +221,7 @@ class SegmentationDataModule(ClimateDataModule):
             raise DataError(f"{self.data_dir}: no ClimateNet files (data-YYYY-MM-DD-01-1_N.nc)"
                             + ("" if self.data_dir.is_dir() else "; the folder does not exist"))
         self.grid = self.fit_once("grid", common_grid, snapshots)  # every file's grid, read by one process for all
-        self.splits = self._split(snapshots)
+        self.splits, self._field_attrs = self._split(snapshots), None
         train_items = [(s, k) for s in self.splits["train"] for k in range(len(s.files))] \
             if self.labellings == "extra" else [(s, None) for s in self.splits["train"]]
         meridional = [i for i, c in enumerate(self.channels) if c in self.meridional_wind]
@@ -280,15 +281,17 @@ class SegmentationDataModule(ClimateDataModule):
         return self._layout(CLASS_NAMES, {})
 
     def fields_layout(self, variables: Sequence[str]) -> FieldLayout:
-        """How ``variables`` of the first file sit on the (lat, lon) grid, with their attributes (units)."""
+        """How ``variables`` of the first file sit on the (lat, lon) grid, with their attributes (units); the file's
+        attributes are read once per build (the streaming evaluation asks for the fields of every batch)."""
         self.setup()
         ref = self._snapshots("train")[0].files[0]
-        with open_dataset(ref) as ds:
-            missing = [v for v in variables if v not in ds.data_vars]
-            if missing:
-                raise DataError(f"{ref}: variable(s) {missing} missing; the file has {sorted(map(str, ds.data_vars))}")
-            attrs = {v: dict(ds[v].attrs) for v in variables}
-        return self._layout(variables, attrs)
+        if self._field_attrs is None:
+            with open_dataset(ref) as ds:
+                self._field_attrs = {str(v): dict(ds[v].attrs) for v in ds.data_vars}
+        missing = [v for v in variables if v not in self._field_attrs]
+        if missing:
+            raise DataError(f"{ref}: variable(s) {missing} missing; the file has {sorted(self._field_attrs)}")
+        return self._layout(variables, {v: dict(self._field_attrs[v]) for v in variables})
 
     def _layout(self, variables: Sequence[str], attrs: dict[str, dict]) -> FieldLayout:
         """``variables`` on this DataModule's (lat, lon) grid (a copy of its coordinates), one per date."""
