@@ -335,13 +335,11 @@ class NowcastingDataModule(ClimateDataModule):
     def to_xarray(self, values: torch.Tensor | np.ndarray, split: str) -> dict[str, xr.Dataset]:
         """Nowcasts (windows, lead_time, y, x) [mm/h] on the archive's grid, ``time`` = issue time; NaN
         where the radar saw nothing at issue time (e.g. beyond its range), as in the observations."""
-        values = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.array(values)
         n = len(self.starts[self.sample_split(split)])
-        if values.shape[:2] != (n, self.n_out):
-            raise DataError(f"predictions of shape {values.shape} do not fit the {n} {split} windows x {self.n_out} "
-                            "lead times")
-        values = np.where(self._unseen_mask(split), np.float32(np.nan), values).astype(values.dtype, copy=False)
-        return {self.sample_split(split): self._dataset(values, split)}
+        if np.shape(values)[:2] != (n, self.n_out):
+            raise DataError(f"predictions of shape {tuple(np.shape(values))} do not fit the {n} {split} windows x "
+                            f"{self.n_out} lead times")
+        return {self.sample_split(split): self._dataset(_nan_where(self._unseen_mask(split), values), split)}
 
     def _unseen_mask(self, split: str) -> np.ndarray:
         """(windows, 1, y, x): True where the last input frame of a window is NaN; read from the archive once
@@ -385,10 +383,8 @@ class NowcastingDataModule(ClimateDataModule):
     def batch_to_xarray(self, values, split: str, indices, batch) -> dict[str, xr.Dataset]:
         """:meth:`to_xarray` of the windows ``indices`` of ``split`` (one batch of its loader, ``batch``): NaN
         where the batch's last input frame is NaN."""
-        values = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.array(values)
         unseen = np.isnan(self.batch_past_frames(batch)[:, -1:])
-        values = np.where(unseen, np.float32(np.nan), values).astype(values.dtype, copy=False)
-        return {self.sample_split(split): self._dataset(values, split, indices=indices)}
+        return {self.sample_split(split): self._dataset(_nan_where(unseen, values), split, indices=indices)}
 
     def batch_truth(self, batch, split: str, indices) -> dict[str, xr.Dataset]:
         """:meth:`truth` of the windows ``indices`` of ``split``: the batch's future frames [mm/h]."""
@@ -397,3 +393,9 @@ class NowcastingDataModule(ClimateDataModule):
     def batch_past_frames(self, batch) -> np.ndarray:
         """:meth:`past_frames` of a batch: (windows, n_in, y, x) [mm/h]."""
         return batch["x"].float().cpu().numpy()
+
+
+def _nan_where(unseen: np.ndarray, values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Nowcasts as a numpy array (a tensor as float32), NaN where ``unseen`` (broadcast over lead times)."""
+    values = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.array(values)
+    return np.where(unseen, np.float32(np.nan), values).astype(values.dtype, copy=False)
