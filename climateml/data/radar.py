@@ -117,8 +117,8 @@ class RadarReader:
         unknown = sorted(set(region or {}) - set(self.spatial))
         if unknown:
             raise DataError(f"{first['path']}: region names {unknown}, but the grid's dimensions are {self.spatial}")
-        self.coords = {d: xr.DataArray(v[w], dims=d, attrs=a, name=d)
-                       for (d, (v, a)), w in zip(((d, first["coords"][d]) for d in self.spatial), self.window)}
+        self.coords = {d: xr.DataArray(first["coords"][d][0][w], dims=d, attrs=first["coords"][d][1], name=d)
+                       for d, w in zip(self.spatial, self.window)}
         self.source_units = str(first["units"])
         self._files: OrderedDict = OrderedDict()  # {file number: CachingFileManager}, least recently used first
         self._pid = os.getpid()
