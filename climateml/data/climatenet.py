@@ -324,8 +324,11 @@ class SegmentationDataModule(ClimateDataModule):
         """The (merged) expert labels of ``split`` as ``LABELS`` (time, lat, lon)."""
         ds = SnapshotDataset([(s, None) for s in self._snapshots(split)], self.channels)
         labels = np.stack([ds.labels(i) for i in range(len(ds))])[:, None]
-        layout = self._layout([LABEL_VAR], {LABEL_VAR: {"long_name": "expert label", **FLAG_ATTRS}})
-        return {self.sample_split(split): layout.to_xarray(labels, self._time(split))}
+        return {self.sample_split(split): self._truth_layout().to_xarray(labels, self._time(split))}
+
+    def _truth_layout(self) -> FieldLayout:
+        """The expert labels ``LABELS`` on the (lat, lon) grid."""
+        return self._layout([LABEL_VAR], {LABEL_VAR: {"long_name": "expert label", **FLAG_ATTRS}})
 
     def fields(self, split: str, channels: Sequence[str] | None = None, indices=None) -> xr.Dataset:
         """The raw input fields (physical units, with the files' attributes) of a split's dates (or of its
@@ -348,6 +351,5 @@ class SegmentationDataModule(ClimateDataModule):
 
     def batch_truth(self, batch, split: str, indices) -> dict[str, xr.Dataset]:
         """:meth:`truth` of the samples ``indices`` of ``split``: the batch's (merged) expert labels."""
-        layout = self._layout([LABEL_VAR], {LABEL_VAR: {"long_name": "expert label", **FLAG_ATTRS}})
         labels = batch["y"].cpu().numpy().astype(np.int64)[:, None]
-        return {self.sample_split(split): layout.to_xarray(labels, self._time(split, indices))}
+        return {self.sample_split(split): self._truth_layout().to_xarray(labels, self._time(split, indices))}
