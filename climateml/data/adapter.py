@@ -91,9 +91,8 @@ class FieldLayout:
         sample = {} if sample_coord is None else {self.sample_dim: sample_coord}
         all_coords = {**sample, **{k: list(v) for k, v in extra.items()}, **self.coords, **dict(coords or {})}
         axis = 1 + len(extra)
-        out = xr.Dataset({v: (dims, np.take(values, i, axis=axis), dict(self.attrs.get(v, {})))
-                          for i, v in enumerate(self.variables)}, coords=all_coords)
-        return out
+        return xr.Dataset({v: (dims, np.take(values, i, axis=axis), dict(self.attrs.get(v, {})))
+                           for i, v in enumerate(self.variables)}, coords=all_coords)
 
     def to_dataarray(self, values: torch.Tensor | np.ndarray, sample_coord, dim: str = "channel",
                      name: str | None = None, **kwargs) -> xr.DataArray:

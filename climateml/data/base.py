@@ -206,8 +206,7 @@ class ResumableDataLoader(DataLoader):
         if done and isinstance(self.sampler, ClimateSampler):
             self.sampler.skip = done * int(self.batch_size or 1)
         self._position = done
-        batches = super().__iter__()
-        return self._count(batches)
+        return self._count(super().__iter__())
 
     def _count(self, batches):
         for batch in batches:
@@ -459,13 +458,12 @@ class BaseDataModule(L.LightningDataModule):
         # the loader's own generator: creating an iterator draws no number from the global RNG, so a resumed
         # run's random stream (dropout, augmentation in the main process) is the uninterrupted one's
         generator = torch.Generator().manual_seed(global_seed() + 7919 * rank)
-        loader = loader_cls(
+        return loader_cls(
             ds, batch_size=self.batch_size, sampler=sampler, num_workers=workers, pin_memory=self._pin(),
             persistent_workers=workers > 0, generator=generator,
             collate_fn=batched_collate if hasattr(ds, "__getitems__") else None,
             worker_init_fn=partial(worker_init, rank=rank) if workers > 0 else None,
             multiprocessing_context=self.multiprocessing_context if workers > 0 else None)
-        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self.dataloader("train", shuffle=True, distributed=True)
