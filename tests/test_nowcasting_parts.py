@@ -14,12 +14,12 @@ import torch
 import xarray as xr
 
 from climateml.data.io import DataError
+from climateml.data.normalize import Moments
 from climateml.data.radar import RadarReader, open_radar
 from climateml.data.synthetic.radar import generate_radar
 from climateml.data.windows import time_step, window_starts
 from climateml.metrics.categorical import contingency, csi, far, fss, fss_components, fss_scales_km, pod
 from climateml.models.extrapolation import advect, estimate_motion, optical_flow_nowcast, persistence
-from climateml.data.normalize import Moments
 from climateml.models.rain_transform import RainTransform
 from radar_files import radar_frame
 
@@ -163,7 +163,6 @@ def test_dropped_reader_closes_its_files(tmp_path):
     xr.Dataset({"x": ("t", [1.0])}).to_netcdf(paths[0], mode="w")  # the file can be replaced
 
 
-
 def test_file_damaged_after_opening_is_one_error_naming_it(tmp_path):
     """The reader opens a file at its first read (xarray's file manager): a file truncated after the archive was
     opened is a DataError naming it; the other files still read."""
@@ -173,6 +172,7 @@ def test_file_damaged_after_opening_is_one_error_naming_it(tmp_path):
     with pytest.raises(DataError, match=rf"{paths[1].name}: cannot be read .*readable when the archive was opened"):
         reader.read(1)
     assert reader.read(2).shape == (8, 8)
+
 
 def _single_file(tmp_path, values, attrs, name="rain", times=None, suffix=".nc", **extra):
     times = pd.date_range(START, periods=values.shape[0], freq="10min") if times is None else times
