@@ -346,13 +346,10 @@ class BaseDataModule(L.LightningDataModule):
 
     #: the split whose samples the predict split serves (see :meth:`sample_split`)
     predict_split = "test"
-    #: the members a subclass must define as properties, checked when it is instantiated
-    PROPERTIES: tuple[str, ...] = ()
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool | None = None,
                  multiprocessing_context: str | None = None):
         super().__init__()
-        check_properties(type(self), next(c for c in type(self).__mro__ if "PROPERTIES" in vars(c)), self.PROPERTIES)
         check_positive("data.batch_size", batch_size)
         check_positive("data.num_workers", num_workers, allow_zero=True)
         if multiprocessing_context is not None:
@@ -517,6 +514,7 @@ class ClimateDataModule(PostInit, BaseDataModule, ABC):
     :mod:`climateml.contracts`; a DataModule lists those it provides in ``PROTOCOLS``, checked the same way.
     """
 
+    #: the members a subclass must define as properties, checked once its ``__init__`` has returned
     PROPERTIES = ("spec", "layout")
     #: the protocols of :mod:`climateml.contracts` a task's DataModule provides (what its evaluation requires):
     #: checked once its ``__init__`` has returned, a TypeError naming the missing members
@@ -525,6 +523,7 @@ class ClimateDataModule(PostInit, BaseDataModule, ABC):
     __init__ = then_post_init(BaseDataModule.__init__)  # a subclass without an __init__ of its own is checked too
 
     def _post_init(self, init, args: tuple, kwargs: dict) -> None:
+        check_properties(type(self), ClimateDataModule, self.PROPERTIES)
         check_provides(self, self.PROTOCOLS)
 
     @abstractmethod
