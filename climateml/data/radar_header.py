@@ -124,13 +124,13 @@ def read_header(path: Path, variable: str) -> dict:
     if odim.is_odim(path):
         return _odim_header(path, variable)
     if not is_zarr(path):
-        return _describe_piece(_netcdf_header(path), path, variable)
+        return _describe_piece(_netcdf_header(path), path, variable, zarr=False)
     ds = open_dataset(path)
     try:
         header = {str(n): (v.dims, v.values if v.ndim <= 1 else None, dict(v.attrs)) for n, v in ds.variables.items()}
     finally:
         ds.close()
-    return _describe_piece(header, path, variable)
+    return _describe_piece(header, path, variable, zarr=True)
 
 
 def _odim_header(path: Path, quantity: str) -> dict:
@@ -175,8 +175,9 @@ def _netcdf_header(path: Path) -> dict:
     return header
 
 
-def _describe_piece(header: dict, path: Path, variable: str) -> dict:
-    """What the reader (:class:`~climateml.data.radar.RadarReader`) needs of one file, from its header {name: (dims, values, attrs)}, checked."""
+def _describe_piece(header: dict, path: Path, variable: str, zarr: bool) -> dict:
+    """What the reader (:class:`~climateml.data.radar.RadarReader`) needs of one file, from its header
+    {name: (dims, values, attrs)}, checked; ``zarr``: whether the file is a Zarr store (:func:`read_header` looked)."""
     renamed = {k: v for k, v in RENAMES.items() if k in header}
     on_disk = {v: k for k, v in renamed.items()}
     header = {renamed.get(n, n): (tuple(renamed.get(d, d) for d in dims), values, attrs)
@@ -225,7 +226,7 @@ def _describe_piece(header: dict, path: Path, variable: str) -> dict:
     interval = None if start is None else (times - start)
     if interval is not None and np.any(interval <= np.timedelta64(0, "ns")):
         raise DataError(f"{path}: start_time is not before valid_time; expected the start of the accumulation")
-    return {"path": path, "zarr": is_zarr(path), "odim": False, "times": times, "interval": interval, "kind": kind,
+    return {"path": path, "zarr": zarr, "odim": False, "times": times, "interval": interval, "kind": kind,
             "factor": factor, "spatial": spatial, "coords": coords, "units": var_attrs.get("units"),
             "disk_dims": tuple(on_disk.get(d, d) for d in var_dims),
             "disk_names": {"time": time_dim, **{d: on_disk.get(d, d) for d in spatial}}}
