@@ -24,7 +24,8 @@ import xarray as xr
 from xarray.backends import CachingFileManager
 
 from climateml.data import odim
-from climateml.data.radar_header import FILE_LOCK, read_archive_headers
+from climateml.data.io import HDF5_LOCK
+from climateml.data.radar_header import read_archive_headers
 from climateml.data.windows import time_step
 from climateml.errors import DataError
 
@@ -137,7 +138,7 @@ class RadarReader:
 
     # ---- open files: xarray's CachingFileManager, at most max_open_files per reader and per process ----
     def _file(self, f: int):
-        """File ``f`` open for reading, as a context (the caller holds FILE_LOCK): xarray's file cache keeps it
+        """File ``f`` open for reading, as a context (the caller holds HDF5_LOCK): xarray's file cache keeps it
         open meanwhile, even if another thread's open evicts it. A forked DataLoader worker opens its own files:
         the parent's managers are kept referenced there, so the child never closes the parent's files. A dropped
         reader's managers close their files at once, or, while another thread reads, when xarray's file cache
@@ -149,7 +150,7 @@ class RadarReader:
         if manager is None:
             info = self.files[f]
             manager = self._files[f] = CachingFileManager(_open_file, info["path"], info["zarr"], info["odim"],
-                                                          lock=FILE_LOCK)
+                                                          lock=HDF5_LOCK)
             while len(self._files) > self.max_open_files:
                 self._files.popitem(last=False)[1].close(needs_lock=False)
         self._files.move_to_end(f)
@@ -157,7 +158,7 @@ class RadarReader:
 
     def close(self) -> None:
         """Close this process's open files (they are reopened on the next read); the frame cache stays."""
-        with FILE_LOCK:
+        with HDF5_LOCK:
             if self._pid == os.getpid():
                 for manager in self._files.values():
                     manager.close(needs_lock=False)
@@ -176,7 +177,7 @@ class RadarReader:
         file has no data; from the frame cache when it holds the frame. Safe to call from several threads
         (dask's threaded scheduler): file access and the cache's bookkeeping take one lock in turn."""
         frame = int(frame)
-        with FILE_LOCK:
+        with HDF5_LOCK:
             if self.cache_bytes <= 0:
                 return self._read_file(frame, rows, cols)
             full = self._cache.get(frame)

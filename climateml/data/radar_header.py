@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from climateml.data import odim
-from climateml.data.io import HDF5_LOCK as FILE_LOCK  # netCDF4/HDF5 is not thread-safe: reads take turns
-from climateml.data.io import DataError, open_dataset
+# HDF5_LOCK, xarray's own: netCDF4/HDF5 is not thread-safe, so reads take turns (not re-entrant)
+from climateml.data.io import HDF5_LOCK, DataError, open_dataset
 from climateml.grid import coord_mismatch
 
 #: the files an archive folder is read from (globs of names): a folder's entries matching one of them are its
@@ -135,7 +135,7 @@ def read_header(path: Path, variable: str) -> dict:
 
 def _odim_header(path: Path, quantity: str) -> dict:
     """:func:`read_header`'s answer for one ODIM HDF5 composite (one frame, grid from ``where``)."""
-    header = odim.odim_header(path, quantity, FILE_LOCK)
+    header = odim.odim_header(path, quantity, HDF5_LOCK)
     kind, factor = conversion(header["attrs"], path, quantity)
     return {"path": path, "zarr": False, "odim": True, "times": header["times"], "interval": header["interval"],
             "kind": kind, "factor": factor, "spatial": ("y", "x"), "coords": header["coords"],
@@ -154,7 +154,7 @@ def _netcdf_header(path: Path) -> dict:
         open_dataset(path)  # raises its clear DataError
     try:
         header = {}
-        with FILE_LOCK, netCDF4.Dataset(path, "r") as nc:  # HDF5 is not thread-safe: see climateml.data.radar.RadarReader.read
+        with HDF5_LOCK, netCDF4.Dataset(path, "r") as nc:  # HDF5 is not thread-safe: see climateml.data.radar.RadarReader.read
             for name, var in nc.variables.items():
                 attrs = {k: var.getncattr(k) for k in var.ncattrs()}
                 values = None
