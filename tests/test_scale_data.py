@@ -459,3 +459,26 @@ def test_processes_the_ddp_launcher_starts_take_its_statistics(task, data_root, 
         path.unlink()
     assert child.exitcode == 0 and n_reads == (0, 0)
     assert all((stats[k] == v.numpy()).all() for k, v in parent.spec.statistics.items())
+
+
+def test_statistics_handed_down_are_taken_only_for_the_same_options(data_root, monkeypatch):
+    """What the launching process handed down is found by every input of the fit: a DataModule of other channels
+    on the same training files (a second fit in the same script) fits its own statistics instead of taking those
+    of the launcher's channels."""
+    import climateml.data.base as base
+
+    data = make_data("segmentation", data_root)
+    parent = _datamodule("segmentation", data)
+    parent.setup()
+    monkeypatch.delenv(base.FITTED_ENV, raising=False)
+    base.hand_down_fitted(parent, world_size=2)
+    path = Path(os.environ[base.FITTED_ENV])
+    try:
+        same, other = _datamodule("segmentation", data), _datamodule("segmentation", data, channels=["TMQ"])
+        same.setup()
+        other.setup()
+    finally:
+        path.unlink()
+    assert set(same.fitted_by.values()) == {"the launcher"}
+    assert [by for key, by in other.fitted_by.items() if ".statistics:" in key] == ["this process"]
+    assert other.statistics["x_mean"].shape == (1,) and parent.statistics["x_mean"].shape == (4,)

@@ -231,17 +231,21 @@ class SegmentationDataModule(ClimateDataModule):
         self.test_dataset = SnapshotDataset([(s, None) for s in self.splits["test"]], self.channels)
         # prediction needs no labels: the same dates as test, fields only
         self.predict_dataset = SnapshotDataset([(s, None) for s in self.splits["test"]], self.channels, labels=False)
-        self.statistics = self.fit_once("statistics", self._fit_statistics, train_items)  # one process reads
+        # one process reads; the key is every input of the fit: the items and the options that shape the statistics
+        self.statistics = self.fit_once("statistics", self._fit_statistics, train_items, self.channels,
+                                        self.class_weighting)
 
-    def _fit_statistics(self, items) -> dict[str, torch.Tensor]:
-        """Per-channel mean and std over the training files, and class weights from the training masks."""
+    @staticmethod
+    def _fit_statistics(items, channels: Sequence[str], class_weighting: str) -> dict[str, torch.Tensor]:
+        """Per-channel mean and std of ``channels`` over the training files, and class weights from the training
+        masks."""
         n_classes = len(CLASS_NAMES)
-        moments, counts = Moments(len(self.channels)), np.zeros(n_classes)
+        moments, counts = Moments(len(channels)), np.zeros(n_classes)
         labellings: dict[Snapshot, list[int | None]] = {}
         for snap, k in items:
             labellings.setdefault(snap, []).append(k)
         for snap, ks in labellings.items():  # one snapshot's files at a time, each file opened once
-            fields, first = read_snapshot(snap.files[0], self.channels)
+            fields, first = read_snapshot(snap.files[0], channels)
             moments.add(fields, channel_axis=0)
             known: list[np.ndarray | None] = [first] + [None] * (len(snap.files) - 1)
             for k in ks:  # the targets SnapshotDataset.labels serves for these items
@@ -251,10 +255,10 @@ class SegmentationDataModule(ClimateDataModule):
                 y = merge_labellings(known) if k is None else known[k]
                 counts += np.bincount(y.ravel(), minlength=n_classes)
         mean, std = moments.mean_std()
-        if self.class_weighting == "none":
+        if class_weighting == "none":
             weights = torch.ones(n_classes)
         else:
-            weights = class_weights_from_counts(counts, self.class_weighting)
+            weights = class_weights_from_counts(counts, class_weighting)
         return {"x_mean": mean, "x_std": std, "class_weights": weights, "class_pixel_fraction": torch.tensor(counts / counts.sum(), dtype=torch.float32)}
 
     # ---- the data -> model spec ----
