@@ -263,12 +263,6 @@ class NowcastingDataModule(ClimateDataModule):
         return xr.Dataset(coords={d: self.reader.coords[d] for d in self.reader.spatial})
 
     @property
-    def grid_spacing_km(self) -> float:
-        """Mean spacing of the projected grid [km] (x and y in km, as CF radar composites store them)."""
-        grid = self.grid
-        return float(np.mean([np.abs(np.diff(grid[d].values)).mean() for d in grid.dims]))
-
-    @property
     def spec(self) -> DataSpec:
         self.setup()
         shape = tuple(self.grid.sizes.values())
