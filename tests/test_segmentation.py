@@ -97,6 +97,9 @@ def test_split_is_by_date_never_by_file(seg_dir):
     train_files = {f for snap, _ in dm.train_dataset.items for f in snap.files}
     assert not train_files & set(by_date[d])
     assert len(dm.val_dataset) == 1  # scored once, on the merged labels
+    # a date written without zero padding is the same date (a string comparison would select none, or others)
+    year, month, day = (int(v) for v in d.split("-"))
+    assert _dm(seg_dir, val_dates=[f"{year}-{month}-{day}"] * 2, test_fraction=0.2).dates("val") == [d]
 
 
 def test_a_date_in_two_configured_splits_is_an_error(seg_dir):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 from torch.utils.data import Dataset
@@ -161,8 +162,10 @@ class SegmentationDataModule(ClimateDataModule):
         check_choice("data.labellings", labellings, ("extra", "merge"))
         check_choice("data.class_weighting", class_weighting, ("inverse_frequency", "inverse_sqrt", "none"))
         crop = check_crop(crop, ("lat", "lon"))
-        check_periods({"train_dates": train_dates, "val_dates": val_dates, "test_dates": test_dates}, required=False,
-                      disjoint=False)  # a date in two splits is named with its file by _split
+        # the parsed bounds select the dates (a date written without zero padding, "2024-1-5", is a date too); a
+        # date in two splits is named with its file by _split
+        self._bounds = check_periods({"train_dates": train_dates, "val_dates": val_dates, "test_dates": test_dates},
+                                     required=False, disjoint=False)
         self.data_dir = Path(data_dir)
         self.channels = list(channels)
         self.periods = {"train": list(train_dates), "val": list(val_dates), "test": list(test_dates)}
@@ -190,7 +193,8 @@ class SegmentationDataModule(ClimateDataModule):
         chosen: dict[str, list[Snapshot]] = {}
         for split, period in self.periods.items():
             if period:
-                chosen[split] = [s for s in snapshots if period[0] <= s.date <= period[1]]
+                start, end = self._bounds[f"{split}_dates"]
+                chosen[split] = [s for s in snapshots if start <= pd.Timestamp(s.date) <= end]
                 if not chosen[split]:
                     raise ConfigError(f"data.{split}_dates {period} holds none of the {len(dates)} dates "
                                       f"({dates[0]}..{dates[-1]}) in {self.data_dir}")
