@@ -60,7 +60,7 @@ def cf_dataset(ds: xr.Dataset, title: str = "", source: str = "climateml", **att
     return ds
 
 
-def _temp_prefix(path: Path) -> str:
+def temp_prefix(path: Path) -> str:
     """Prefix of the temporary folders of writes to ``path``: hidden, naming the host and process that wrote."""
     return f".{path.name}.{socket.gethostname().split('.')[0]}.{os.getpid()}."
 
@@ -120,7 +120,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     tmp = tmp_dir / path.name
     try:
         yield tmp

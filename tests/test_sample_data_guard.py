@@ -4,6 +4,7 @@ that does not exist or is empty, for every task; a folder of other files is one 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,6 @@ def test_the_command_line_reports_the_folder_in_one_line(tmp_path, cli_error):
 
 def _race_for_sample_data(folder: str, log: str, barrier) -> None:
     """One of two processes started at once: ``sample_data_folder``, with a slow writer that notes each call."""
-    import os
     import time
 
     from climateml.data.io import sample_data_folder
@@ -178,3 +178,28 @@ def test_a_failed_sample_data_write_leaves_nothing(tmp_path):
             (out / "half.nc").write_text("x")
             raise RuntimeError("generator failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_what_a_killed_sample_data_write_left_is_removed_by_the_next(tmp_path):
+    """A process killed while writing sample data (SIGKILL: no clean-up ran) leaves its temporary folder beside the
+    data folder; the next write removes it, and the data folder is whole."""
+    import multiprocessing
+    import signal
+
+    from climateml.data.io import sample_data_folder
+
+    folder = tmp_path / "data"
+
+    def killed_while_writing():
+        with sample_data_folder(folder, ("*.nc",), "test", "data.data_dir") as out:
+            (out / "half.nc").write_text("x")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    child = multiprocessing.get_context("fork").Process(target=killed_while_writing)
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert len(list(tmp_path.iterdir())) == 1 and not folder.exists()  # its temporary folder, left behind
+    with sample_data_folder(folder, ("*.nc",), "test", "data.data_dir") as out:
+        (out / "whole.nc").write_text("x")
+    assert [p.name for p in tmp_path.iterdir()] == ["data"] and [p.name for p in folder.iterdir()] == ["whole.nc"]

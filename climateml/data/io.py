@@ -14,6 +14,7 @@ import xarray as xr
 
 from climateml.errors import DataError  # noqa: F401  (re-exported: climateml.data.io.DataError)
 from climateml.grid import coord_mismatch
+from climateml.writers import remove_stale_temporaries, temp_prefix
 from climateml.writers import write_dataset  # noqa: F401  (re-exported for the readers and generators)
 
 SUFFIXES = (".nc", ".zarr")
@@ -181,7 +182,8 @@ def sample_data_folder(folder: str | Path, patterns: tuple[str, ...], layout: st
     Yields None when nothing is to be written (:func:`may_write_sample_data`: the folder holds the layout's
     files), else a temporary folder beside ``folder`` to write into: at the end of the ``with`` block it becomes
     ``folder`` by one rename (the hidden entries an empty ``folder`` held, e.g. ``.gitkeep``, are kept), so a
-    reader never sees half the files, and a failed or killed write leaves nothing at ``folder``. Processes that
+    reader never sees half the files, and a failed or killed write leaves nothing at ``folder`` (the temporary
+    folder a killed write left beside it is removed by the next write). Processes that
     start at once (every DDP rank's ``prepare_data``, several jobs on one data folder) take turns on a lock on
     the parent folder; the one that comes second finds the files there and writes nothing. Where the lock does
     not hold (some network filesystems), the rename still does: the slower writer discards its copy.
@@ -199,7 +201,8 @@ def sample_data_folder(folder: str | Path, patterns: tuple[str, ...], layout: st
         if not may_write_sample_data(folder, patterns, layout, option):  # another process wrote it meanwhile
             yield None
             return
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.sample-", dir=folder.parent))
+        remove_stale_temporaries(folder)  # what a killed write left (its process is gone)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), dir=folder.parent))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # a folder as mkdir makes it (mkdtemp's is private)
